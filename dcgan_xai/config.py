@@ -1,0 +1,95 @@
+"""Structured configs: the schema of every config group, registered with Hydra's ConfigStore.
+
+A typo or a value of the wrong type in a config file or an override is refused by
+OmegaConf with an error naming the key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+
+from dcgan_xai.data.sources import MD5, SOURCES
+
+
+@dataclass
+class DataConfig:
+    root: str = "data/mnist"
+    image_size: int = 64
+    batch_size: int = 128
+    limit: Optional[int] = None
+    exclude: Optional[str] = None
+    sources: list[str] = field(default_factory=lambda: list(SOURCES))
+    checksums: dict[str, str] = field(default_factory=lambda: dict(MD5))
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "paper"
+    nz: int = 100
+    ngf: int = 64
+    ndf: int = 64
+    lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    bn_momentum: float = 0.1
+    n_samples: int = 64
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "auto"
+    devices: Any = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    max_epochs: int = 25
+    precision: str = "32-true"
+    log_every_n_steps: int = 50
+    enable_progress_bar: bool = True
+    deterministic: bool = False
+    limit_train_batches: Optional[float] = None
+
+
+@dataclass
+class GradCamConfig:
+    enabled: bool = True
+    layers: list[str] = field(default_factory=lambda: ["block3"])
+    bn_mode: str = "batch"
+    probe_size: int = 64
+    every_n_epochs: int = 1
+    pixel_threshold: float = 0.5
+    flag_threshold: float = 0.7
+    mask_threshold: float = 0.5
+    log_images: bool = True
+
+
+@dataclass
+class CallbacksConfig:
+    gradcam: GradCamConfig = field(default_factory=GradCamConfig)
+
+
+@dataclass
+class LoggerConfig:
+    tensorboard: bool = True
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    resume: bool = False
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
+def register_configs() -> None:
+    """Register the schemas; the primary configs name them first in their defaults."""
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+
+
+register_configs()

@@ -1,0 +1,222 @@
+"""MNIST at 64x64 as a LightningDataModule: resized once, cached as uint8, sliced by index."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Sampler
+
+from dcgan_xai.data.idx import md5sum, read_idx
+from dcgan_xai.data.sources import MD5, SOURCES, ensure_mnist
+from dcgan_xai.errors import UserError
+from dcgan_xai.runs import atomic_write_bytes
+
+RESIZE_METHOD = "bilinear-aa"
+
+
+@dataclass
+class Split:
+    """Images of one split, resident in memory.
+
+    Attributes:
+        images: uint8 (N, 1, S, S).
+        labels: int64 (N,).
+        indices: int64 (N,), each image's index in the original split.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    indices: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.numel())
+
+    def __getitem__(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A whole batch at once: ``rows`` is a tensor of positions."""
+        return self.images[rows], self.labels[rows], self.indices[rows]
+
+    def subset(self, rows: torch.Tensor) -> Split:
+        return Split(self.images[rows], self.labels[rows], self.indices[rows])
+
+
+def to_unit_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] to float [-1, 1]."""
+    return images.float().div(127.5).sub(1.0)
+
+
+def resize_images(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
+    """Resize uint8 (N, H, W) images to (N, 1, size, size) with antialiased bilinear."""
+    out = torch.empty(images.shape[0], 1, size, size, dtype=torch.uint8)
+    for start in range(0, images.shape[0], chunk):
+        batch = images[start : start + chunk].unsqueeze(1).float()
+        resized = F.interpolate(
+            batch, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        )
+        out[start : start + chunk] = resized.round().clamp(0, 255).to(torch.uint8)
+    return out
+
+
+def load_split(files: Mapping[str, Path], split: str, size: int, cache_dir: Path) -> Split:
+    """Read one split, resized to ``size`` and cached (uint8) under ``cache_dir``.
+
+    The cache key holds the size, the resize method and the raw file's MD5, so a
+    different size or different raw data never reads a stale cache.
+    """
+    raw = files[f"{split}-images"]
+    key = f"{split}-{size}-{RESIZE_METHOD}-{md5sum(raw)[:12]}.pt"
+    cache = cache_dir / key
+    labels = read_idx(files[f"{split}-labels"]).long()
+    if cache.is_file():
+        try:
+            images = torch.load(cache, weights_only=True)
+        except Exception:
+            images = None  # a damaged cache is rebuilt
+    else:
+        images = None
+    if images is None or images.shape[0] != labels.numel():
+        raw_images = read_idx(raw)
+        if raw_images.ndim != 3 or raw_images.shape[0] != labels.numel():
+            raise UserError(
+                f"{raw} holds shape {tuple(raw_images.shape)} but its labels file holds "
+                f"{labels.numel()} labels; expected (N, H, W) images, one label each"
+            )
+        images = resize_images(raw_images, size)
+        buf = io.BytesIO()
+        torch.save(images, buf)
+        atomic_write_bytes(cache, buf.getvalue())
+    return Split(images, labels, torch.arange(labels.numel()))
+
+
+def stratified_subset(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """Seeded, class-stratified choice of ``n`` positions (sorted), proportional per class."""
+    total = labels.numel()
+    if not 0 < n <= total:
+        raise UserError(f"subset size {n} is not allowed; it must be in 1..{total}")
+    gen = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(total, generator=gen)
+    classes, counts = torch.unique(labels, return_counts=True)
+    exact = counts.double() * n / total
+    quota = exact.floor().long()
+    remainder = n - int(quota.sum())
+    order = sorted(range(len(classes)), key=lambda i: (-(exact[i] - quota[i]).item(), i))
+    for i in order[:remainder]:
+        quota[i] += 1
+    shuffled = labels[perm]
+    chosen = [perm[shuffled == c][: int(q)] for c, q in zip(classes, quota, strict=True)]
+    return torch.cat(chosen).sort().values
+
+
+class IndexBatchSampler(Sampler[torch.Tensor]):
+    """Yields whole batches of positions: a seeded permutation per epoch, sharded by rank.
+
+    The order depends only on (seed, epoch), so a resumed run sees the same batches.
+    Every rank gets the same number of batches.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        batch_size: int,
+        seed: int,
+        shuffle: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.shuffle, self.rank, self.world_size = shuffle, rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _rows(self) -> torch.Tensor:
+        if self.shuffle:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.size, generator=gen)
+        else:
+            order = torch.arange(self.size)
+        per_rank = self.size // self.world_size
+        return order[self.rank :: self.world_size][:per_rank]
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        yield from self._rows().split(self.batch_size)
+
+    def __len__(self) -> int:
+        per_rank = self.size // self.world_size
+        return -(-per_rank // self.batch_size)
+
+
+class MNISTDataModule(L.LightningDataModule):
+    """MNIST resized once to ``image_size``; batches are ``(images uint8, labels, indices)``.
+
+    Args:
+        root: folder holding (or receiving) the raw IDX files and the resize cache.
+        image_size: side of the square images.
+        batch_size: images per batch (per process under DDP).
+        seed: seeds the subset choice and the per-epoch shuffle.
+        limit: train on a seeded, class-stratified subset of this many images.
+        exclude: dataset indices of the train split to leave out.
+        sources: where to get the raw files, tried in order.
+        checksums: expected MD5 of each raw file.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        image_size: int = 64,
+        batch_size: int = 128,
+        seed: int = 0,
+        limit: int | None = None,
+        exclude: torch.Tensor | None = None,
+        sources: Sequence[str] = SOURCES,
+        checksums: Mapping[str, str] | None = None,
+    ):
+        super().__init__()
+        if batch_size < 1:
+            raise UserError(f"data.batch_size={batch_size} is not allowed; it must be >= 1")
+        self.root = Path(root)
+        self.image_size, self.batch_size, self.seed, self.limit = image_size, batch_size, seed, limit
+        self.exclude = exclude
+        self.sources = tuple(sources)
+        self.checksums = dict(checksums or MD5)
+        self.train_set: Split | None = None
+        self.test_set: Split | None = None
+
+    def _files(self) -> dict[str, Path]:
+        return ensure_mnist(self.root, self.sources, self.checksums)
+
+    def prepare_data(self) -> None:
+        files = self._files()
+        for split in ("train", "test"):
+            load_split(files, split, self.image_size, self.root / "cache")
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        files = self._files()
+        train = load_split(files, "train", self.image_size, self.root / "cache")
+        self.test_set = load_split(files, "test", self.image_size, self.root / "cache")
+        keep = torch.ones(len(train), dtype=torch.bool)
+        if self.exclude is not None and self.exclude.numel():
+            keep[self.exclude] = False
+        if self.limit is not None:
+            chosen = torch.zeros_like(keep)
+            chosen[stratified_subset(train.labels, self.limit, self.seed)] = True
+            keep &= chosen
+        if not keep.any():
+            raise UserError("the training set is empty after data.limit and data.exclude")
+        self.train_set = train.subset(keep.nonzero().squeeze(1))
+
+    def train_dataloader(self) -> DataLoader:
+        assert self.train_set is not None, "call setup() first"
+        trainer = self.trainer
+        rank = trainer.global_rank if trainer is not None else 0
+        world = trainer.world_size if trainer is not None else 1
+        sampler = IndexBatchSampler(len(self.train_set), self.batch_size, self.seed, True, rank, world)
+        return DataLoader(self.train_set, sampler=sampler, batch_size=None, num_workers=0)

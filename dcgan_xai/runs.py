@@ -1,0 +1,206 @@
+"""The one owner of a run directory's layout: paths, atomic writes, loading artifacts.
+
+A run directory looks like::
+
+    <run>/.hydra/                    Hydra's composed config
+    <run>/checkpoints/epoch=NNN.ckpt  one per trained epoch (NNN = epochs trained), plus last.ckpt
+    <run>/tensorboard/                TensorBoard event files
+    <run>/probe.pt                    the fixed probe batch
+    <run>/gradcam/epoch_NNN.pt        maps and scores of the probe after NNN epochs
+    <run>/gradcam/scores.csv          one row per (epoch, layer)
+    <run>/analysis/ , <run>/curation/<name>/
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dcgan_xai.data.probe import Probe
+from dcgan_xai.errors import UserError
+
+CKPT_RE = re.compile(r"^epoch=(\d+)\.ckpt$")
+GRADCAM_RE = re.compile(r"^epoch_(\d+)\.pt$")
+
+
+class RunDir:
+    """Paths inside one training run directory."""
+
+    def __init__(self, root: str | os.PathLike[str]):
+        self.root = Path(root)
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / "tensorboard"
+
+    @property
+    def probe(self) -> Path:
+        return self.root / "probe.pt"
+
+    @property
+    def gradcam(self) -> Path:
+        return self.root / "gradcam"
+
+    @property
+    def scores_csv(self) -> Path:
+        return self.gradcam / "scores.csv"
+
+    @property
+    def analysis(self) -> Path:
+        return self.root / "analysis"
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.checkpoints / "last.ckpt"
+
+    def checkpoint(self, epoch: int) -> Path:
+        return self.checkpoints / f"epoch={epoch:03d}.ckpt"
+
+    def gradcam_file(self, epoch: int) -> Path:
+        return self.gradcam / f"epoch_{epoch:03d}.pt"
+
+    def curation(self, name: str) -> Path:
+        return self.root / "curation" / name
+
+    def checkpoint_epochs(self) -> list[int]:
+        """Epochs (counted as epochs trained) that have a checkpoint, ascending."""
+        return _numbered(self.checkpoints, CKPT_RE)
+
+    def gradcam_epochs(self) -> list[int]:
+        return _numbered(self.gradcam, GRADCAM_RE)
+
+
+def _numbered(folder: Path, pattern: re.Pattern[str]) -> list[int]:
+    if not folder.is_dir():
+        return []
+    found = (pattern.match(p.name) for p in folder.iterdir())
+    return sorted(int(m.group(1)) for m in found if m)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, then rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def safe_torch_load(path: str | os.PathLike[str], what: str) -> Any:
+    """``torch.load(weights_only=True)`` with a one-line error for a missing or damaged file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, bad pickle, ...
+        raise UserError(
+            f"{what} {path} is damaged or truncated and cannot be read "
+            f"({type(err).__name__}); delete it or restore it from a copy"
+        ) from err
+
+
+def write_csv(path: str | os.PathLike[str], fields: Sequence[str], rows: Iterable[dict]) -> None:
+    """Write a CSV file atomically."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(fields), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(row)
+    atomic_write_text(path, buf.getvalue())
+
+
+def read_csv(path: str | os.PathLike[str]) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+SCORE_FIELDS = ["epoch", "layer", "bn_mode"] + [
+    f"{probe}_{name}"
+    for probe in ("real", "fake")
+    for name in (
+        "focus_mean",
+        "focus_std",
+        "coverage_mean",
+        "coverage_std",
+        "degenerate",
+        "flagged",
+    )
+] + ["d_real", "d_fake"]
+
+
+def save_probe(run: RunDir, probe: Probe) -> None:
+    atomic_torch_save(probe.to_dict(), run.probe)
+
+
+def load_probe(run: RunDir) -> Probe:
+    data = safe_torch_load(run.probe, "probe file")
+    try:
+        return Probe.from_dict(data)
+    except (KeyError, TypeError) as err:
+        raise UserError(f"probe file {run.probe} lacks {err}; it was not written by dcgan_xai") from err
+
+
+def save_gradcam_epoch(run: RunDir, epoch: int, record: dict[str, Any]) -> None:
+    atomic_torch_save(record, run.gradcam_file(epoch))
+
+
+def load_gradcam_epoch(run: RunDir, epoch: int) -> dict[str, Any]:
+    return safe_torch_load(run.gradcam_file(epoch), "Grad-CAM file")
+
+
+def read_scores(run: RunDir) -> list[dict[str, Any]]:
+    """Rows of ``gradcam/scores.csv`` with numbers parsed, sorted by (epoch, layer)."""
+    if not run.scores_csv.is_file():
+        return []
+    rows: list[dict[str, Any]] = []
+    for raw in read_csv(run.scores_csv):
+        row: dict[str, Any] = dict(raw)
+        row["epoch"] = int(raw["epoch"])
+        for key in SCORE_FIELDS[3:]:
+            row[key] = float(raw[key])
+        rows.append(row)
+    return sorted(rows, key=lambda r: (r["epoch"], r["layer"]))
+
+
+def update_scores(run: RunDir, rows: list[dict[str, Any]], keep_through: int | None = None) -> None:
+    """Merge ``rows`` into ``scores.csv``: one row per (epoch, layer), newest wins.
+
+    Rows of epochs after ``keep_through`` are dropped first (a resumed run redoes them).
+    """
+    old = read_scores(run)
+    if keep_through is not None:
+        old = [r for r in old if r["epoch"] <= keep_through]
+    merged = {(r["epoch"], r["layer"]): r for r in old}
+    merged.update({(r["epoch"], r["layer"]): r for r in rows})
+    write_csv(run.scores_csv, SCORE_FIELDS, [merged[k] for k in sorted(merged)])

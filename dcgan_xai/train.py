@@ -1,0 +1,26 @@
+"""Entry point: ``python -m dcgan_xai.train +experiment=mnist64``."""
+
+from __future__ import annotations
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+import dcgan_xai.config  # noqa: F401  (registers the schemas)
+from dcgan_xai.errors import report_user_errors
+from dcgan_xai.training import train
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> None:
+    result = report_user_errors(lambda: train(cfg, HydraConfig.get().runtime.output_dir))
+    m = result["metrics"]
+    losses = ", ".join(f"{k.removeprefix('epoch/')}={v:.3f}" for k, v in sorted(m.items()))
+    print(
+        f"trained {result['epochs']} epochs in {result['seconds']:.0f} s ({losses}); "
+        f"run dir: {result['run_dir']}; TensorBoard: tensorboard --logdir {result['tensorboard']}"
+    )
+
+
+if __name__ == "__main__":
+    main()

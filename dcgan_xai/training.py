@@ -1,0 +1,184 @@
+"""``train(cfg, run_dir)``: build the data, model, callbacks and trainer from a config, and fit."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf
+
+from dcgan_xai.callbacks.gradcam import GradCamCallback
+from dcgan_xai.data.mnist import MNISTDataModule
+from dcgan_xai.errors import UserError
+from dcgan_xai.models.checkpoint import EpochCheckpoint
+from dcgan_xai.models.module import DCGAN
+from dcgan_xai.models.networks import IMAGE_SIZE, build_discriminator
+from dcgan_xai.runs import RunDir, atomic_write_text
+from dcgan_xai.xai.gradcam import BN_MODES, layer_names
+
+warnings.filterwarnings("ignore", ".*does not have many workers.*")
+
+
+def _check_fraction(name: str, value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise UserError(f"{name}={value} is not allowed; it must be in [0, 1]")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Refuse values the schema's types cannot catch, before anything is written."""
+    if cfg.data.image_size != IMAGE_SIZE:
+        raise UserError(
+            f"data.image_size={cfg.data.image_size} is not allowed; the DCGAN generator and "
+            f"discriminators are built for {IMAGE_SIZE}x{IMAGE_SIZE} images (allowed: {IMAGE_SIZE})"
+        )
+    if cfg.trainer.max_epochs < 1:
+        raise UserError(f"trainer.max_epochs={cfg.trainer.max_epochs} is not allowed; it must be >= 1")
+    d = build_discriminator(cfg.model.arch, 1)
+    gc = cfg.callbacks.gradcam
+    if gc.enabled:
+        valid = layer_names(d)
+        for layer in gc.layers:
+            if layer not in valid:
+                raise UserError(
+                    f"unknown Grad-CAM layer {layer!r} in callbacks.gradcam.layers; "
+                    f"valid layers of model.arch={cfg.model.arch}: {', '.join(valid)}"
+                )
+        if gc.bn_mode not in BN_MODES:
+            raise UserError(
+                f"callbacks.gradcam.bn_mode={gc.bn_mode!r} is not allowed; "
+                f"allowed: {', '.join(BN_MODES)}"
+            )
+        for key in ("pixel_threshold", "flag_threshold", "mask_threshold"):
+            _check_fraction(f"callbacks.gradcam.{key}", gc[key])
+        if gc.probe_size < 1 or gc.every_n_epochs < 1:
+            raise UserError(
+                "callbacks.gradcam.probe_size and every_n_epochs must be >= 1, got "
+                f"{gc.probe_size} and {gc.every_n_epochs}"
+            )
+
+
+def build_datamodule(cfg: DictConfig, exclude: torch.Tensor | None = None) -> MNISTDataModule:
+    d = cfg.data
+    return MNISTDataModule(
+        root=d.root,
+        image_size=d.image_size,
+        batch_size=d.batch_size,
+        seed=cfg.seed,
+        limit=d.limit,
+        exclude=exclude,
+        sources=list(d.sources),
+        checksums=dict(d.checksums),
+    )
+
+
+def build_model(cfg: DictConfig) -> DCGAN:
+    m = cfg.model
+    return DCGAN(
+        arch=m.arch,
+        nz=m.nz,
+        ngf=m.ngf,
+        ndf=m.ndf,
+        lr=m.lr,
+        beta1=m.beta1,
+        beta2=m.beta2,
+        bn_momentum=m.bn_momentum,
+        seed=cfg.seed,
+        n_samples=m.n_samples,
+    )
+
+
+def build_callbacks(cfg: DictConfig, run: RunDir) -> list[L.Callback]:
+    callbacks: list[L.Callback] = []
+    gc = cfg.callbacks.gradcam
+    if gc.enabled:
+        callbacks.append(
+            GradCamCallback(
+                run.root,
+                layers=list(gc.layers),
+                bn_mode=gc.bn_mode,
+                probe_size=gc.probe_size,
+                seed=cfg.seed,
+                every_n_epochs=gc.every_n_epochs,
+                pixel_threshold=gc.pixel_threshold,
+                flag_threshold=gc.flag_threshold,
+                mask_threshold=gc.mask_threshold,
+                log_images=gc.log_images,
+            )
+        )
+    callbacks.append(EpochCheckpoint(run.checkpoints))
+    return callbacks
+
+
+def build_trainer(cfg: DictConfig, run: RunDir, callbacks: list[L.Callback]) -> L.Trainer:
+    t = cfg.trainer
+    logger = (
+        TensorBoardLogger(save_dir=str(run.root), name="", version=run.tensorboard.name)
+        if cfg.logger.tensorboard
+        else False
+    )
+    extra: dict[str, Any] = {}
+    if t.limit_train_batches is not None:
+        extra["limit_train_batches"] = t.limit_train_batches
+    return L.Trainer(
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        max_epochs=t.max_epochs,
+        precision=t.precision,
+        log_every_n_steps=t.log_every_n_steps,
+        enable_progress_bar=t.enable_progress_bar,
+        deterministic=t.deterministic,
+        logger=logger,
+        callbacks=callbacks,
+        default_root_dir=str(run.root),
+        use_distributed_sampler=False,
+        num_sanity_val_steps=0,
+        **extra,
+    )
+
+
+def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
+    """Train a DCGAN as ``cfg`` says, writing everything into ``run_dir``.
+
+    Args:
+        cfg: a composed ``train`` config (see ``conf/train.yaml``).
+        run_dir: the run directory; with ``cfg.resume`` an existing run continues from
+            its ``last.ckpt``.
+
+    Returns:
+        ``run_dir``, ``tensorboard`` (log dir), ``epochs`` trained, ``seconds`` of fit,
+        and the last epoch's ``metrics`` as floats.
+    """
+    run = RunDir(run_dir)
+    validate(cfg)
+    ckpt_path = None
+    if run.last_checkpoint.is_file():
+        if not cfg.resume:
+            raise UserError(
+                f"run dir {run.root} already holds checkpoints; pass resume=true to continue "
+                "it, or choose another hydra.run.dir"
+            )
+        ckpt_path = str(run.last_checkpoint)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = build_datamodule(cfg)
+    model = build_model(cfg)
+    trainer = build_trainer(cfg, run, build_callbacks(cfg, run))
+    if trainer.is_global_zero:
+        atomic_write_text(run.root / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    start = time.perf_counter()
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    seconds = time.perf_counter() - start
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("epoch/")}
+    return {
+        "run_dir": str(run.root),
+        "tensorboard": str(run.tensorboard),
+        "epochs": trainer.current_epoch,
+        "seconds": seconds,
+        "metrics": metrics,
+    }

@@ -1,0 +1,120 @@
+"""Grad-CAM of a discriminator's logit, through Captum's LayerGradCam, with no side effects."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+
+import torch
+import torch.nn.functional as F
+from captum.attr import LayerGradCam
+from torch import nn
+
+from dcgan_xai.errors import UserError
+
+BN_MODES = ("batch", "eval")
+
+
+@contextmanager
+def preserved_state(module: nn.Module) -> Iterator[None]:
+    """Restore, on exit, everything a forward/backward pass could change on ``module``.
+
+    That is: each submodule's train/eval mode, every buffer (BatchNorm running statistics),
+    every parameter's ``.grad`` and ``requires_grad``, and the CPU and CUDA RNG states.
+    """
+    modes = [(m, m.training) for m in module.modules()]
+    buffers = [(b, b.detach().clone()) for b in module.buffers()]
+    params = [(p, p.requires_grad, None if p.grad is None else p.grad.clone()) for p in module.parameters()]
+    cpu_rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
+        for p, requires_grad, grad in params:
+            p.requires_grad_(requires_grad)
+            p.grad = grad
+        torch.set_rng_state(cpu_rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+
+
+def layer_names(discriminator: nn.Module) -> list[str]:
+    """The names Grad-CAM accepts: the discriminator's named blocks."""
+    names = getattr(discriminator, "block_names", None)
+    if names is None:
+        names = [n for n, _ in discriminator.named_children()]
+    return list(names)
+
+
+def _check_layers(discriminator: nn.Module, layer: str | Sequence[str]) -> list[str]:
+    layers = [layer] if isinstance(layer, str) else list(layer)
+    valid = layer_names(discriminator)
+    for name in layers:
+        if name not in valid:
+            raise UserError(f"unknown Grad-CAM layer {name!r}; valid layers: {', '.join(valid)}")
+    if not layers:
+        raise UserError(f"no Grad-CAM layer given; valid layers: {', '.join(valid)}")
+    return layers
+
+
+def normalize_maps(cam: torch.Tensor) -> torch.Tensor:
+    """Divide each map (N, H, W) by its max absolute value; an all-zero map stays zero."""
+    peak = cam.abs().flatten(1).amax(1).view(-1, 1, 1)  # (N, 1, 1)
+    return torch.where(peak > 0, cam / peak.clamp_min(torch.finfo(cam.dtype).tiny), 0.0)
+
+
+def grad_cam(
+    discriminator: nn.Module,
+    images: torch.Tensor,
+    layer: str | Sequence[str],
+    bn_mode: str = "batch",
+    relu: bool = True,
+) -> torch.Tensor | dict[str, torch.Tensor]:
+    """Grad-CAM of D's logit at a named block, upsampled to the input size.
+
+    Channel weights are the spatial mean of d(logit)/d(activation); the map is the
+    (ReLU of the) weighted sum of channels, bilinearly upsampled to the image size and
+    divided per image by its max. A map that is all zero (degenerate) stays zero.
+
+    Args:
+        discriminator: a module mapping images (N, C, H, W) to logits (N,). It is left
+            exactly as it was found (see :func:`preserved_state`).
+        images: (N, C, H, W) in [-1, 1].
+        layer: a block name (``block1``...) or a list of names.
+        bn_mode: ``batch`` uses the images' own batch statistics in BatchNorm;
+            ``eval`` uses D's running statistics.
+        relu: apply the ReLU of Grad-CAM; without it maps lie in [-1, 1].
+
+    Returns:
+        Maps (N, H, W) in [0, 1] for one layer, or a dict of them keyed by layer name.
+    """
+    if bn_mode not in BN_MODES:
+        raise UserError(f"bn_mode={bn_mode!r} is not allowed; allowed: {', '.join(BN_MODES)}")
+    if images.ndim != 4:
+        raise UserError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
+    layers = _check_layers(discriminator, layer)
+    device_type = images.device.type
+    no_autocast = (
+        torch.autocast(device_type, enabled=False) if device_type in ("cuda", "cpu") else nullcontext()
+    )
+    maps: dict[str, torch.Tensor] = {}
+    with preserved_state(discriminator), torch.inference_mode(False), torch.enable_grad(), no_autocast:
+        discriminator.train(bn_mode == "batch")
+        x = images.detach().clone().float()  # a normal tensor even under inference mode
+
+        def logit(inp: torch.Tensor) -> torch.Tensor:
+            return discriminator(inp).reshape(inp.shape[0]).float()
+
+        for name in layers:
+            explainer = LayerGradCam(logit, discriminator.get_submodule(name))
+            cam = explainer.attribute(x, relu_attributions=relu)  # (N, 1, h, w)
+            cam = F.interpolate(
+                cam.detach().float(), size=x.shape[-2:], mode="bilinear", align_corners=False
+            )  # (N, 1, H, W)
+            maps[name] = normalize_maps(cam[:, 0])
+    return maps[layer] if isinstance(layer, str) else maps

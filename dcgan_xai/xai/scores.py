@@ -1,0 +1,72 @@
+"""Scores of Grad-CAM maps: focus, coverage, degenerate maps."""
+
+from __future__ import annotations
+
+import torch
+
+
+def _hw(x: torch.Tensor) -> torch.Tensor:
+    """(N, 1, H, W) or (N, H, W) to (N, H, W)."""
+    return x[:, 0] if x.ndim == 4 else x
+
+
+def digit_mask(images: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """Pixels of the digit: value in [0, 1] scale above ``threshold``; images in [-1, 1]."""
+    return (_hw(images).float() + 1.0) / 2.0 > threshold
+
+
+def is_degenerate(maps: torch.Tensor) -> torch.Tensor:
+    """True for each map (N, H, W) that is all zero."""
+    return (maps.flatten(1) == 0).all(dim=1)
+
+
+def focus(maps: torch.Tensor, images: torch.Tensor, mask_threshold: float = 0.5) -> torch.Tensor:
+    """Share of each map's energy on the digit: sum(CAM * mask) / sum(CAM); 0 if degenerate.
+
+    Args:
+        maps: (N, H, W), non-negative.
+        images: (N, 1, H, W) or (N, H, W) in [-1, 1].
+        mask_threshold: the digit mask's threshold in [0, 1] scale.
+
+    Returns:
+        (N,) in [0, 1].
+    """
+    mask = digit_mask(images, mask_threshold).to(maps.dtype)
+    total = maps.flatten(1).sum(1)
+    on_digit = (maps * mask).flatten(1).sum(1)
+    return torch.where(total > 0, on_digit / total.clamp_min(torch.finfo(maps.dtype).tiny), 0.0)
+
+
+def coverage(maps: torch.Tensor, pixel_threshold: float = 0.5) -> torch.Tensor:
+    """Share of each map's pixels with CAM >= ``pixel_threshold``: (N,) in [0, 1]."""
+    return (maps >= pixel_threshold).flatten(1).float().mean(1)
+
+
+def summarize(
+    maps: torch.Tensor,
+    images: torch.Tensor,
+    pixel_threshold: float = 0.5,
+    flag_threshold: float = 0.7,
+    mask_threshold: float = 0.5,
+) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """Per-image scores and their summary over a batch of maps.
+
+    Returns:
+        ``(per_image, summary)``: per-image ``focus``, ``coverage`` and ``degenerate``
+        tensors (N,), and the batch's ``focus_mean``, ``focus_std``, ``coverage_mean``,
+        ``coverage_std``, ``degenerate`` (share of all-zero maps) and ``flagged`` (share
+        with coverage > ``flag_threshold``).
+    """
+    f = focus(maps, images, mask_threshold)
+    c = coverage(maps, pixel_threshold)
+    d = is_degenerate(maps)
+    per_image = {"focus": f, "coverage": c, "degenerate": d}
+    summary = {
+        "focus_mean": f.mean().item(),
+        "focus_std": f.std(unbiased=False).item(),
+        "coverage_mean": c.mean().item(),
+        "coverage_std": c.std(unbiased=False).item(),
+        "degenerate": d.float().mean().item(),
+        "flagged": (c > flag_threshold).float().mean().item(),
+    }
+    return per_image, summary

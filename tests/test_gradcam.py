@@ -1,0 +1,169 @@
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dcgan_xai.errors import UserError
+from dcgan_xai.models.networks import Discriminator, build_discriminator, dcgan_init
+from dcgan_xai.xai import coverage, focus, grad_cam, is_degenerate, overlay
+from dcgan_xai.xai.scores import digit_mask, summarize
+
+
+def tiny_discriminator() -> Discriminator:
+    """block1: 1x1 conv with weights (1, 2); head: 2x2 conv, channel 1 [[1,2],[3,4]], channel 2
+    [[0,0],[0,-2]]. So d(logit)/d(A) is the head's weights and the channel weights are their
+    means: 2.5 and -0.5. CAM = relu(2.5 * x - 0.5 * 2x) = relu(1.5 x)."""
+    conv = nn.Conv2d(1, 2, 1, bias=False)
+    head = nn.Conv2d(2, 1, 2, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([1.0, 2.0]).view(2, 1, 1, 1))
+        head.weight.copy_(torch.tensor([[[[1.0, 2.0], [3.0, 4.0]], [[0.0, 0.0], [0.0, -2.0]]]]))
+    return Discriminator([nn.Sequential(conv)], head)
+
+
+X = torch.tensor([[[[1.0, -1.0], [2.0, 0.0]]], [[[0.0, 0.0], [0.0, 0.0]]]])  # (2, 1, 2, 2)
+
+
+def test_hand_computed_grad_cam_on_a_tiny_net():
+    maps = grad_cam(tiny_discriminator(), X, "block1")
+    # relu(1.5 * [[1, -1], [2, 0]]) = [[1.5, 0], [3, 0]], divided by its max 3
+    assert torch.equal(maps[0], torch.tensor([[0.5, 0.0], [1.0, 0.0]]))
+    assert torch.equal(maps[1], torch.zeros(2, 2))  # degenerate: stays zero
+    assert is_degenerate(maps).tolist() == [False, True]
+
+
+def test_hand_computed_grad_cam_without_relu():
+    maps = grad_cam(tiny_discriminator(), X[:1], "block1", relu=False)
+    assert torch.equal(maps[0], torch.tensor([[0.5, -0.5], [1.0, 0.0]]))
+
+
+def reference_grad_cam(d: nn.Module, x: torch.Tensor, layer: str, bn_mode: str) -> torch.Tensor:
+    """A plain hook-based Grad-CAM, independent of Captum."""
+    d = copy.deepcopy(d)
+    d.train(bn_mode == "batch")
+    saved = {}
+    handle = d.get_submodule(layer).register_forward_hook(lambda m, i, o: saved.update(a=o))
+    logits = d(x)
+    handle.remove()
+    (grad,) = torch.autograd.grad(logits.sum(), saved["a"])
+    weights = grad.mean(dim=(2, 3), keepdim=True)
+    cam = F.relu((weights * saved["a"]).sum(1, keepdim=True))
+    cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    peak = cam.flatten(1).amax(1).view(-1, 1, 1)
+    return torch.where(peak > 0, cam / peak, torch.zeros_like(cam))
+
+
+@pytest.fixture
+def trained_like_d():
+    torch.manual_seed(0)
+    d = build_discriminator("paper", ndf=16)
+    d.apply(dcgan_init)
+    d.train()
+    with torch.no_grad():  # non-trivial running statistics
+        for _ in range(3):
+            d(torch.randn(32, 1, 64, 64))
+    return d
+
+
+@pytest.mark.parametrize("bn_mode", ["batch", "eval"])
+@pytest.mark.parametrize("layer", ["block1", "block2", "block3"])
+def test_matches_a_hook_based_reference(trained_like_d, bn_mode, layer):
+    x = torch.rand(8, 1, 64, 64) * 2 - 1
+    ours = grad_cam(trained_like_d, x, layer, bn_mode=bn_mode)
+    ref = reference_grad_cam(trained_like_d, x, layer, bn_mode)
+    assert ours.shape == (8, 64, 64)
+    assert (ours - ref).abs().max() < 1e-5
+    assert ours.min() >= 0 and ours.max() <= 1
+
+
+def test_bn_modes_differ(trained_like_d):
+    x = torch.rand(8, 1, 64, 64) * 2 - 1
+    a = grad_cam(trained_like_d, x, "block2", bn_mode="batch")
+    b = grad_cam(trained_like_d, x, "block2", bn_mode="eval")
+    assert not torch.allclose(a, b)
+
+
+def snapshot(d: nn.Module) -> dict:
+    return {
+        "modes": [m.training for m in d.modules()],
+        "buffers": [b.clone() for b in d.buffers()],
+        "params": [p.detach().clone() for p in d.parameters()],
+        "grads": [None if p.grad is None else p.grad.clone() for p in d.parameters()],
+        "requires_grad": [p.requires_grad for p in d.parameters()],
+        "rng": torch.get_rng_state(),
+    }
+
+
+def assert_same(a: dict, b: dict) -> None:
+    assert a["modes"] == b["modes"]
+    assert a["requires_grad"] == b["requires_grad"]
+    for key in ("buffers", "params"):
+        assert all(torch.equal(x, y) for x, y in zip(a[key], b[key], strict=True))
+    for x, y in zip(a["grads"], b["grads"], strict=True):
+        assert (x is None and y is None) or torch.equal(x, y)
+    assert torch.equal(a["rng"], b["rng"])
+
+
+@pytest.mark.parametrize("bn_mode", ["batch", "eval"])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_no_side_effects(trained_like_d, bn_mode, mode):
+    d = trained_like_d.train(mode == "train")
+    params = list(d.parameters())
+    params[0].grad = torch.ones_like(params[0])
+    params[1].requires_grad_(False)
+    x = torch.rand(4, 1, 64, 64) * 2 - 1
+    before = snapshot(d)
+    grad_cam(d, x, ["block1", "block3"], bn_mode=bn_mode)
+    assert_same(before, snapshot(d))
+
+
+@pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])
+def test_works_under_no_grad_and_inference_mode(trained_like_d, context):
+    x = torch.rand(4, 1, 64, 64) * 2 - 1
+    expected = grad_cam(trained_like_d, x, "block3")
+    with context():
+        got = grad_cam(trained_like_d, x.clone(), "block3")
+    assert torch.equal(expected, got)
+
+
+def test_layer_list_returns_a_dict(trained_like_d):
+    x = torch.rand(4, 1, 64, 64) * 2 - 1
+    maps = grad_cam(trained_like_d, x, ["block1", "block3"])
+    assert set(maps) == {"block1", "block3"}
+    assert torch.equal(maps["block3"], grad_cam(trained_like_d, x, "block3"))
+
+
+def test_unknown_layer_lists_valid_names(trained_like_d):
+    with pytest.raises(UserError, match="unknown Grad-CAM layer 'block9'; valid layers: block1, block2, block3"):
+        grad_cam(trained_like_d, torch.zeros(1, 1, 64, 64), "block9")
+
+
+def test_unknown_bn_mode(trained_like_d):
+    with pytest.raises(UserError, match="bn_mode='train' is not allowed; allowed: batch, eval"):
+        grad_cam(trained_like_d, torch.zeros(1, 1, 64, 64), "block1", bn_mode="train")
+
+
+def test_focus_and_coverage_by_hand():
+    images = -torch.ones(2, 1, 2, 2)
+    images[:, 0, 0, 0] = 1.0  # the digit is the top-left pixel (0.5 is the mask threshold)
+    images[:, 0, 0, 1] = 0.0  # exactly 0.5 in [0, 1] scale: not digit (> 0.5 is)
+    maps = torch.tensor([[[1.0, 0.5], [0.25, 0.25]], [[0.0, 0.0], [0.0, 0.0]]])
+    assert digit_mask(images)[0].tolist() == [[True, False], [False, False]]
+    assert torch.allclose(focus(maps, images), torch.tensor([0.5, 0.0]))
+    assert coverage(maps).tolist() == [0.5, 0.0]  # 1.0 and 0.5 are >= 0.5
+    assert coverage(maps, pixel_threshold=0.3).tolist() == [0.5, 0.0]
+    assert coverage(maps, pixel_threshold=0.2).tolist() == [1.0, 0.0]
+    per_image, summary = summarize(maps, images, flag_threshold=0.4)
+    assert summary["degenerate"] == 0.5 and summary["flagged"] == 0.5
+    assert summary["coverage_mean"] == 0.25 and per_image["degenerate"].tolist() == [False, True]
+
+
+def test_overlay_colours():
+    images = -torch.ones(1, 1, 1, 2)  # black
+    maps = torch.tensor([[[0.0, 1.0]]])
+    out = overlay(images, maps, alpha=0.5)
+    assert out.shape == (1, 3, 1, 2)
+    assert torch.allclose(out[0, :, 0, 0], torch.tensor([0.0, 0.0, 0.25]))  # jet(0): dark blue
+    assert torch.allclose(out[0, :, 0, 1], torch.tensor([0.25, 0.0, 0.0]))  # jet(1): dark red

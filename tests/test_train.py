@@ -1,0 +1,99 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ConfigAttributeError, ValidationError
+
+from dcgan_xai.errors import UserError
+from dcgan_xai.runs import RunDir, read_csv
+from dcgan_xai.training import train
+from tests.helpers import event_tags, same_weights, scalar_values
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_smoke_run_writes_checkpoints_and_panels(smoke_run):
+    run = RunDir(smoke_run["run_dir"])
+    assert smoke_run["epochs"] == 2
+    assert run.checkpoint_epochs() == [1, 2]
+    assert run.last_checkpoint.is_file()
+    assert same_weights(run.last_checkpoint, run.checkpoint(2))
+    tags = event_tags(run.tensorboard)
+    for name in ("d_loss", "g_loss", "d_real", "d_fake"):
+        assert f"train/{name}" in tags["scalars"]
+        assert f"epoch/{name}" in tags["scalars"]
+    assert "samples/fixed_noise" in tags["images"]
+    # 256 images / batch 32 = 8 steps per epoch, logged every step
+    assert len(scalar_values(run.tensorboard, "train/d_loss")) == 16
+    d_real = scalar_values(run.tensorboard, "train/d_real")
+    assert all(0.0 <= v <= 1.0 for v in d_real)
+    assert (run.root / "config.yaml").is_file()
+
+
+def test_checkpoint_is_self_describing(smoke_run):
+    from dcgan_xai.models.module import DCGAN
+
+    run = RunDir(smoke_run["run_dir"])
+    model = DCGAN.load_from_checkpoint(run.checkpoint(1), map_location="cpu", weights_only=True)
+    assert model.hparams.ngf == 8 and model.hparams.arch == "paper"
+
+
+def test_unknown_key_is_refused_naming_it(smoke_cfg):
+    with pytest.raises(ConfigCompositionException) as err:
+        smoke_cfg("data.batchsize=3")
+    assert "batchsize" in str(err.value) + str(err.value.__cause__)
+    assert isinstance(err.value.__cause__, ConfigAttributeError)
+    assert "Key 'batchsize' not in 'DataConfig'" in str(err.value.__cause__)
+
+
+def test_wrong_type_is_refused_naming_the_key(smoke_cfg):
+    with pytest.raises(ConfigCompositionException) as err:
+        smoke_cfg("trainer.max_epochs=many")
+    cause = err.value.__cause__
+    assert isinstance(cause, ValidationError)
+    assert "max_epochs" in str(cause) and "many" in str(cause)
+
+
+def test_cli_reports_a_bad_value_in_one_line(tmp_path, mnist_fixture):
+    root, _ = mnist_fixture
+    proc = subprocess.run(
+        [sys.executable, "-m", "dcgan_xai.train", "+experiment=smoke", f"data.root={root}",
+         "data.image_size=32", f"hydra.run.dir={tmp_path / 'run'}"],
+        capture_output=True, text=True, cwd=REPO, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: data.image_size=32 is not allowed; the DCGAN generator and discriminators "
+        "are built for 64x64 images (allowed: 64)"
+    )
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_existing_run_dir_is_not_overwritten(smoke_run):
+    with pytest.raises(UserError, match="already holds checkpoints; pass resume=true"):
+        train(smoke_run["cfg"], smoke_run["run_dir"])
+
+
+def test_same_seed_twice_gives_identical_losses_and_weights(smoke_run, smoke_cfg, tmp_path):
+    cfg = smoke_cfg("callbacks.gradcam.layers=[block1,block3]")
+    again = train(cfg, tmp_path)
+    a, b = RunDir(smoke_run["run_dir"]), RunDir(again["run_dir"])
+    assert scalar_values(a.tensorboard, "train/d_loss") == scalar_values(b.tensorboard, "train/d_loss")
+    assert scalar_values(a.tensorboard, "train/g_loss") == scalar_values(b.tensorboard, "train/g_loss")
+    assert same_weights(a.checkpoint(2), b.checkpoint(2))
+    assert read_csv(a.scores_csv) == read_csv(b.scores_csv)
+
+
+def test_gradcam_callback_changes_nothing_in_training(smoke_run, smoke_cfg, tmp_path):
+    without = train(smoke_cfg("callbacks=none"), tmp_path)
+    run = RunDir(without["run_dir"])
+    assert not run.gradcam.exists()
+    assert same_weights(RunDir(smoke_run["run_dir"]).checkpoint(2), run.checkpoint(2))
+
+
+def test_other_seed_gives_other_weights(smoke_run, smoke_cfg, tmp_path):
+    other = train(smoke_cfg("seed=1", "trainer.max_epochs=1", "callbacks=none"), tmp_path)
+    assert not same_weights(RunDir(smoke_run["run_dir"]).checkpoint(1), RunDir(other["run_dir"]).checkpoint(1))
