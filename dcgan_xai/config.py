@@ -12,6 +12,11 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 
 from dcgan_xai.data.sources import MD5, SOURCES
+from dcgan_xai.errors import UserError
+from dcgan_xai.xai.gradcam import BN_MODES
+
+SCORES = ("focus", "coverage")
+PROBES = ("real", "fake")
 
 
 @dataclass
@@ -86,10 +91,56 @@ class TrainConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
+@dataclass
+class AnalysisSettings:
+    """What :func:`analyze_run` computes. Every field is recorded in ``selection.json``."""
+
+    layers: list[str] = field(default_factory=lambda: ["block3"])
+    bn_mode: str = "batch"
+    probe: str = "real"
+    score: str = "focus"
+    k: int = 5
+    figure_epochs: list[int] = field(default_factory=lambda: [5, 10, 15, 20, 25])
+    samples: str = "informative:8"
+    pixel_threshold: float = 0.5
+    flag_threshold: float = 0.7
+    mask_threshold: float = 0.5
+    quality: bool = True
+    fid_samples: int = 10000
+    fid_seed: int = 0
+    batch_size: int = 500
+    classifier_epochs: int = 3
+    min_accuracy: float = 0.99
+    device: str = "auto"
+
+    def check(self) -> None:
+        if self.bn_mode not in BN_MODES:
+            raise UserError(f"bn_mode={self.bn_mode!r} is not allowed; allowed: {', '.join(BN_MODES)}")
+        if self.probe not in PROBES:
+            raise UserError(f"probe={self.probe!r} is not allowed; allowed: {', '.join(PROBES)}")
+        if self.score not in SCORES:
+            raise UserError(f"score={self.score!r} is not allowed; allowed: {', '.join(SCORES)}")
+        for name in ("pixel_threshold", "flag_threshold", "mask_threshold"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise UserError(f"{name}={value} is not allowed; it must be in [0, 1]")
+        if self.k < 1:
+            raise UserError(f"k={self.k} is not allowed; the coarse step must be >= 1")
+        if self.fid_samples < 2:
+            raise UserError(f"fid_samples={self.fid_samples} is not allowed; it must be >= 2")
+
+
+@dataclass
+class AnalyzeConfig(AnalysisSettings):
+    run_dir: Optional[str] = None
+    compare: Optional[list[str]] = None
+
+
 def register_configs() -> None:
     """Register the schemas; the primary configs name them first in their defaults."""
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
+    cs.store(name="analyze_schema", node=AnalyzeConfig)
 
 
 register_configs()

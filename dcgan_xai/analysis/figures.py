@@ -1,0 +1,119 @@
+"""Figures: the paper's Figure 1, score and FID curves, sample grids, coverage histograms."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torchvision  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+
+from dcgan_xai.runs import atomic_write_bytes  # noqa: E402
+from dcgan_xai.xai.overlay import side_by_side  # noqa: E402
+
+TILE_PAD = 2
+LABEL_WIDTH = 64
+HEADER_HEIGHT = 16
+
+
+def save_png(image: Image.Image, path: str | Path) -> None:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def figure_size(rows: int, samples: int, tile: int = 64) -> tuple[int, int]:
+    """(width, height) in pixels of :func:`figure1` for ``rows`` epochs and ``samples`` pairs."""
+    cols = 2 * samples
+    return (
+        LABEL_WIDTH + cols * (tile + TILE_PAD) + TILE_PAD,
+        HEADER_HEIGHT + rows * (tile + TILE_PAD) + TILE_PAD,
+    )
+
+
+def figure1(
+    images: torch.Tensor, maps_by_epoch: Mapping[int, torch.Tensor], title: str = ""
+) -> Image.Image:
+    """The paper's Figure 1: a row per epoch, each sample an (original, overlay) pair.
+
+    Args:
+        images: (S, 1, H, W) in [-1, 1], the chosen probe samples.
+        maps_by_epoch: epoch to maps (S, H, W) of those samples.
+        title: text for the header row.
+    """
+    rows = []
+    for epoch in sorted(maps_by_epoch):
+        tiles = side_by_side(images, maps_by_epoch[epoch].float())
+        grid = torchvision.utils.make_grid(tiles, nrow=tiles.shape[0], padding=TILE_PAD, pad_value=1.0)
+        rows.append((epoch, grid))
+    width, height = figure_size(len(rows), images.shape[0], images.shape[-1])
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((4, 2), title, fill="black")
+    row_height = images.shape[-1] + TILE_PAD
+    for i, (epoch, grid) in enumerate(rows):
+        top = HEADER_HEIGHT + i * row_height
+        array = (grid.permute(1, 2, 0).clamp(0, 1) * 255).round().byte().numpy()
+        strip = Image.fromarray(array[: row_height + TILE_PAD])
+        canvas.paste(strip, (LABEL_WIDTH, top))
+        draw.text((4, top + row_height // 2 - 6), f"epoch {epoch}", fill="black")
+    return canvas
+
+
+def sample_grid(images: torch.Tensor, nrow: int = 8) -> Image.Image:
+    grid = torchvision.utils.make_grid(images.float(), nrow=nrow, normalize=True, value_range=(-1, 1))
+    return Image.fromarray((grid.permute(1, 2, 0) * 255).round().byte().numpy())
+
+
+def _fig_to_image(fig: plt.Figure) -> Image.Image:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    buf.seek(0)
+    return Image.open(buf).convert("RGB")
+
+
+def curves(
+    epochs: Sequence[int],
+    series: Mapping[str, Sequence[float]],
+    fid: Sequence[float] | None = None,
+    marks: Mapping[str, int] | None = None,
+    title: str = "",
+) -> Image.Image:
+    """Scores over epochs (left axis) and FID (right axis), with chosen epochs marked."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, values in series.items():
+        ax.plot(epochs, values, marker="o", ms=3, label=name)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("score")
+    ax.set_ylim(0, 1)
+    if fid is not None and not all(np.isnan(fid)):
+        ax2 = ax.twinx()
+        ax2.plot(epochs, fid, color="black", marker="s", ms=3, label="FID")
+        ax2.set_ylabel("FID (lower is better)")
+        ax2.legend(loc="upper right")
+    for (name, epoch), colour in zip((marks or {}).items(), ["red", "green", "purple", "grey"], strict=False):
+        ax.axvline(epoch, color=colour, ls="--", label=f"{name}: {epoch}")
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title(title)
+    return _fig_to_image(fig)
+
+
+def histogram(values: torch.Tensor, threshold: float, title: str = "") -> Image.Image:
+    """Histogram of coverage with the flag threshold drawn."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.hist(values.numpy(), bins=50, range=(0, 1), color="steelblue")
+    ax.axvline(threshold, color="red", ls="--", label=f"threshold {threshold}")
+    ax.set_xlabel("coverage")
+    ax.set_ylabel("images")
+    ax.set_yscale("log")
+    ax.legend()
+    ax.set_title(title)
+    return _fig_to_image(fig)

@@ -1,0 +1,177 @@
+"""Generator quality: FID and KID in the feature space of an MNIST classifier trained here."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.kid import KernelInceptionDistance
+
+from dcgan_xai.data.mnist import Split, to_unit_range
+from dcgan_xai.errors import UserError
+from dcgan_xai.runs import atomic_torch_save, safe_torch_load
+
+
+class MNISTClassifier(nn.Module):
+    """A small CNN on 64x64 digits in [-1, 1]; its 128-d penultimate layer is the feature space."""
+
+    num_features = 128
+
+    def __init__(self) -> None:
+        super().__init__()
+
+        def block(cin: int, cout: int) -> nn.Sequential:
+            return nn.Sequential(
+                nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            )
+
+        self.body = nn.Sequential(
+            nn.AvgPool2d(2),  # (N, 1, 32, 32)
+            block(1, 32),  # (N, 32, 16, 16)
+            block(32, 64),  # (N, 64, 8, 8)
+            block(64, 128),  # (N, 128, 4, 4)
+            nn.Flatten(),
+            nn.Linear(128 * 16, self.num_features),
+            nn.ReLU(inplace=True),
+        )
+        self.classes = nn.Linear(self.num_features, 10)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classes(self.features(x))
+
+
+class Features(nn.Module):
+    """The classifier's feature extractor, in the form torchmetrics takes."""
+
+    def __init__(self, classifier: MNISTClassifier):
+        super().__init__()
+        self.classifier = classifier.eval()
+        self.num_features = classifier.num_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier.features(x.float())
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, split: Split, batch_size: int = 1000) -> float:
+    model.eval()
+    device = next(model.parameters()).device
+    correct = 0
+    for rows in torch.arange(len(split)).split(batch_size):
+        images, labels, _ = split[rows]
+        logits = model(to_unit_range(images.to(device)))
+        correct += int((logits.argmax(1).cpu() == labels).sum())
+    return correct / len(split)
+
+
+def train_classifier(
+    train: Split, test: Split, seed: int = 0, epochs: int = 3, batch_size: int = 128,
+    device: str | torch.device = "cpu",
+) -> tuple[MNISTClassifier, float]:  # fmt: skip
+    """Train :class:`MNISTClassifier` (Adam, one-cycle schedule); return it and its test accuracy."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = MNISTClassifier().to(device)
+    steps = epochs * -(-len(train) // batch_size)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)
+    model.train()
+    for _ in range(epochs):
+        for rows in torch.randperm(len(train), generator=gen).split(batch_size):
+            images, labels, _ = train[rows]
+            x = to_unit_range(images.to(device))
+            shift = torch.randint(-2, 3, (2,), generator=gen).tolist()
+            x = torch.roll(x, shifts=shift, dims=(2, 3))  # light augmentation
+            loss = F.cross_entropy(model(x), labels.to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    return model.eval(), accuracy(model, test)
+
+
+def load_or_train_classifier(
+    path: Path, train: Split, test: Split, seed: int = 0, epochs: int = 3,
+    min_accuracy: float = 0.99, device: str | torch.device = "cpu",
+) -> tuple[MNISTClassifier, float]:  # fmt: skip
+    """The cached classifier at ``path`` (trained and saved first if missing).
+
+    Raises:
+        UserError: the classifier's test accuracy is below ``min_accuracy``.
+    """
+    if path.is_file():
+        saved = safe_torch_load(path, "classifier")
+        model = MNISTClassifier()
+        model.load_state_dict(saved["state_dict"])
+        acc = float(saved["accuracy"])
+    else:
+        start = time.perf_counter()
+        model, acc = train_classifier(train, test, seed, epochs, device=device)
+        model = model.cpu()
+        atomic_torch_save(
+            {"state_dict": model.state_dict(), "accuracy": acc, "seed": seed, "epochs": epochs,
+             "seconds": time.perf_counter() - start},
+            path,
+        )  # fmt: skip
+    if acc < min_accuracy:
+        raise UserError(
+            f"the MNIST classifier at {path} reaches {acc:.4f} test accuracy, below the "
+            f"required {min_accuracy}; delete it to retrain with more epochs"
+        )
+    return model.eval().to(device), acc
+
+
+@dataclass
+class QualityMeter:
+    """FID and KID of generated images against a fixed real set, in the classifier's space.
+
+    The real features are computed once; :meth:`score` can then be called for many sets.
+    """
+
+    classifier: MNISTClassifier
+    real: torch.Tensor  # uint8 (N, 1, 64, 64)
+    batch_size: int = 500
+    kid_subset_size: int = 1000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        features = Features(self.classifier)
+        n = self.real.shape[0]
+        self.fid = FrechetInceptionDistance(feature=features, reset_real_features=False)
+        self.kid = KernelInceptionDistance(
+            feature=features, subset_size=min(self.kid_subset_size, n), reset_real_features=False
+        )
+        device = next(self.classifier.parameters()).device
+        self.fid.to(device)
+        self.kid.to(device)
+        for batch in self.real.split(self.batch_size):
+            x = to_unit_range(batch.to(device))
+            self.fid.update(x, real=True)
+            self.kid.update(x, real=True)
+
+    @torch.no_grad()
+    def score(self, fakes: torch.Tensor) -> dict[str, float]:
+        """FID, KID mean and KID std of ``fakes`` (float (N, 1, 64, 64) in [-1, 1])."""
+        self.fid.reset()
+        self.kid.reset()
+        device = next(self.classifier.parameters()).device
+        for batch in fakes.split(self.batch_size):
+            self.fid.update(batch.to(device).float(), real=False)
+            self.kid.update(batch.to(device).float(), real=False)
+        self.kid.subset_size = min(self.kid.subset_size, fakes.shape[0])
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            kid_mean, kid_std = self.kid.compute()
+        return {"fid": float(self.fid.compute()), "kid": float(kid_mean), "kid_std": float(kid_std)}

@@ -1,0 +1,350 @@
+"""Analyse one run: per-epoch maps and scores, coarse-to-fine selection, FID/KID, figures."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+from scipy.stats import spearmanr
+
+from dcgan_xai.analysis import figures
+from dcgan_xai.analysis.quality import QualityMeter, load_or_train_classifier
+from dcgan_xai.analysis.selection import Selection, select_epoch
+from dcgan_xai.callbacks.gradcam import explain_epoch
+from dcgan_xai.config import AnalysisSettings
+from dcgan_xai.data.mnist import MNISTDataModule, to_unit_range
+from dcgan_xai.data.probe import Probe, make_probe
+from dcgan_xai.data.sources import MD5, SOURCES
+from dcgan_xai.errors import UserError
+from dcgan_xai.models.module import DCGAN
+from dcgan_xai.models.sampling import generate
+from dcgan_xai.runs import (
+    RunDir,
+    atomic_torch_save,
+    atomic_write_text,
+    load_gradcam_epoch,
+    load_probe,
+    safe_torch_load,
+    save_probe,
+)
+
+def parse_samples(spec: str, probe_size: int) -> tuple[str, list[int] | int]:
+    """``fixed:3,5,9`` (probe positions) or ``informative:<k>``."""
+    kind, _, arg = spec.partition(":")
+    try:
+        if kind == "fixed":
+            positions = [int(x) for x in arg.split(",") if x.strip()]
+            bad = [p for p in positions if not 0 <= p < probe_size]
+            if not positions or bad:
+                raise ValueError
+            return kind, positions
+        if kind == "informative" and int(arg) >= 1:
+            return kind, min(int(arg), probe_size)
+    except ValueError:
+        pass
+    raise UserError(
+        f"samples={spec!r} is not allowed; use fixed:<positions 0..{probe_size - 1}, comma "
+        "separated> or informative:<count >= 1>"
+    )
+
+
+def run_config(run: RunDir) -> Any:
+    """The resolved config a run was trained with."""
+    path = run.root / "config.yaml"
+    if not path.is_file():
+        raise UserError(f"{run.root} has no config.yaml; is it a dcgan_xai run directory?")
+    return OmegaConf.load(path)
+
+
+def datamodule_for_run(run: RunDir) -> MNISTDataModule:
+    """The run's data, as it was configured (without exclusions or subset: the full splits)."""
+    cfg = run_config(run)
+    data = cfg.data
+    dm = MNISTDataModule(
+        data.root,
+        data.image_size,
+        sources=list(data.get("sources", SOURCES)),
+        checksums=dict(data.get("checksums", MD5)),
+    )
+    dm.setup()
+    return dm
+
+
+def load_module(path: Path) -> DCGAN:
+    """A DCGAN from a checkpoint, with a one-line error for a damaged or foreign file."""
+    ckpt = safe_torch_load(path, "checkpoint")
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
+        raise UserError(f"checkpoint {path} was not written by dcgan_xai's training")
+    model = DCGAN(**ckpt["hyper_parameters"])
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[1:2] or [str(err)]
+        raise UserError(
+            f"checkpoint {path} does not match the architecture it names "
+            f"({ckpt['hyper_parameters']}): {first[0].strip()}"
+        ) from err
+    return model.eval()
+
+
+def ensure_probe(run: RunDir, dm: MNISTDataModule) -> Probe:
+    """The run's probe; made (seeded as training would) and saved if the run has none."""
+    if run.probe.is_file():
+        return load_probe(run)
+    cfg = run_config(run)
+    assert dm.test_set is not None
+    gc = cfg.callbacks.gradcam
+    probe = make_probe(dm.test_set.images, dm.test_set.labels, gc.probe_size, cfg.seed, cfg.model.nz)
+    save_probe(run, probe)
+    return probe
+
+
+def epoch_records(
+    run: RunDir, probe: Probe, settings: AnalysisSettings, epochs: Sequence[int]
+) -> dict[int, dict[str, Any]]:
+    """Per-epoch Grad-CAM records: the callback's file where it holds the same layers and BN
+    mode, else recomputed from the epoch's checkpoint."""
+    records = {}
+    for epoch in epochs:
+        record = None
+        if run.gradcam_file(epoch).is_file():
+            saved = load_gradcam_epoch(run, epoch)
+            same = saved["bn_mode"] == settings.bn_mode and all(
+                layer in saved["layers"] for layer in settings.layers
+            ) and all(
+                saved.get(k) == getattr(settings, k)
+                for k in ("pixel_threshold", "flag_threshold", "mask_threshold")
+            )
+            if same:
+                record = saved
+        if record is None:
+            model = load_module(run.checkpoint(epoch))
+            record = explain_epoch(
+                model.discriminator, model.generator, probe, settings.layers, settings.bn_mode,
+                settings.pixel_threshold, settings.flag_threshold, settings.mask_threshold,
+            )  # fmt: skip
+            record["epoch"] = epoch
+            record["recomputed"] = True
+        records[epoch] = record
+    return records
+
+
+def informative_samples(maps_by_epoch: dict[int, torch.Tensor], count: int) -> list[int]:
+    """Probe positions whose maps change most across epochs (mean per-pixel std)."""
+    stack = torch.stack([maps_by_epoch[e].float() for e in sorted(maps_by_epoch)])  # (E, N, H, W)
+    change = stack.std(dim=0, unbiased=False).mean(dim=(1, 2)) if len(stack) > 1 else stack[0].mean((1, 2))
+    order = sorted(range(change.numel()), key=lambda i: (-float(change[i]), i))
+    return order[:count]
+
+
+def _fmt(x: float | None, digits: int = 3) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def analyze_run(run_dir: str | Path, settings: AnalysisSettings | None = None) -> dict[str, Any]:
+    """Select the best epoch of a run from D's Grad-CAM and check it against FID/KID.
+
+    Writes ``<run>/analysis/``: ``selection.json``, ``selection.md``, ``figure1_<layer>.png``,
+    ``curves.png``, ``best_generator.pt`` and ``best_samples.png``; and the figure and table
+    to the run's TensorBoard.
+
+    Returns:
+        The content of ``selection.json``.
+    """
+    settings = settings or AnalysisSettings()
+    settings.check()
+    device = settings.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    run = RunDir(run_dir)
+    epochs = run.checkpoint_epochs()
+    if not epochs:
+        raise UserError(f"analyze: {run.checkpoints} holds no epoch=NNN.ckpt checkpoints")
+    cfg = run_config(run)
+    dm = datamodule_for_run(run)
+    probe = ensure_probe(run, dm)
+    kind, arg = parse_samples(settings.samples, probe.labels.numel())
+    records = epoch_records(run, probe, settings, epochs)
+    layer = settings.layers[0]
+    key = f"{settings.probe}_{settings.score}_mean"
+    scores = {e: records[e]["summary"][layer][key] for e in epochs}
+    selection = select_epoch(scores, settings.k)
+
+    quality: dict[int, dict[str, float]] = {}
+    classifier_acc = None
+    if settings.quality:
+        assert dm.train_set is not None and dm.test_set is not None
+        digest = dm.checksums["test-images"][:8]
+        path = Path(cfg.data.root) / "classifier" / f"mnist{cfg.data.image_size}-cnn-e{settings.classifier_epochs}-seed0-{digest}.pt"
+        classifier, classifier_acc = load_or_train_classifier(
+            path, dm.train_set, dm.test_set, epochs=settings.classifier_epochs,
+            min_accuracy=settings.min_accuracy, device=device,
+        )  # fmt: skip
+        real = dm.test_set.images[: settings.fid_samples]
+        meter = QualityMeter(classifier, real, settings.batch_size, seed=settings.fid_seed)
+        noise = torch.randn(
+            settings.fid_samples, cfg.model.nz, 1, 1,
+            generator=torch.Generator().manual_seed(settings.fid_seed),
+        )  # fmt: skip
+        for epoch in epochs:
+            g = load_module(run.checkpoint(epoch)).generator.to(device)
+            quality[epoch] = meter.score(generate(g, noise.to(device), settings.batch_size))
+
+    table = []
+    for e in epochs:
+        s = records[e]["summary"][layer]
+        q = quality.get(e, {})
+        table.append({
+            "epoch": e,
+            "focus": s[f"{settings.probe}_focus_mean"],
+            "coverage": s[f"{settings.probe}_coverage_mean"],
+            "degenerate": s[f"{settings.probe}_degenerate"],
+            "d_real": records[e]["d_real"],
+            "d_fake": records[e]["d_fake"],
+            "fid": q.get("fid"),
+            "kid": q.get("kid"),
+            "recomputed": bool(records[e].get("recomputed", False)),
+        })  # fmt: skip
+    result: dict[str, Any] = {
+        "run_dir": str(run.root),
+        "settings": settings.__dict__,
+        "selection": selection.to_dict(),
+        "selected_epoch": selection.fine_winner,
+        "last_epoch": epochs[-1],
+        "classifier_accuracy": classifier_acc,
+        "epochs": table,
+    }
+    if quality:
+        result["verdict"] = verdict(selection, {e: quality[e]["fid"] for e in epochs}, scores)
+
+    out = run.analysis
+    atomic_write_text(out / "selection.json", json.dumps(result, indent=2) + "\n")
+    atomic_write_text(out / "selection.md", selection_markdown(result))
+    _write_figures(run, out, probe, records, settings, kind, arg, selection, table)
+    best = load_module(run.checkpoint(selection.fine_winner))
+    atomic_torch_save(
+        {"state_dict": best.generator.state_dict(), "nz": best.hparams.nz, "ngf": best.hparams.ngf,
+         "epoch": selection.fine_winner},
+        out / "best_generator.pt",
+    )  # fmt: skip
+    samples = generate(best.generator, best.sample_noise)
+    figures.save_png(figures.sample_grid(samples), out / "best_samples.png")
+    _to_tensorboard(run, out, result)
+    return result
+
+
+def verdict(selection: Selection, fid: dict[int, float], scores: dict[int, float]) -> dict[str, Any]:
+    """The selected epoch's FID against the best and the last epoch, and Spearman's rho."""
+    epochs = sorted(fid)
+    chosen, last = selection.fine_winner, epochs[-1]
+    best = min(epochs, key=lambda e: (fid[e], e))
+    rho = float("nan")
+    if len(epochs) > 2:
+        rho = float(spearmanr([scores[e] for e in epochs], [fid[e] for e in epochs]).statistic)
+    if fid[chosen] > fid[last]:
+        plain = (
+            f"The Grad-CAM choice (epoch {chosen}, FID {fid[chosen]:.1f}) is worse than simply "
+            f"taking the last epoch ({last}, FID {fid[last]:.1f})."
+        )
+    elif chosen == last:
+        plain = f"The Grad-CAM choice is the last epoch ({last}) itself."
+    elif fid[chosen] == fid[last]:
+        plain = f"The Grad-CAM choice (epoch {chosen}) ties with the last epoch ({last})."
+    else:
+        plain = (
+            f"The Grad-CAM choice (epoch {chosen}, FID {fid[chosen]:.1f}) beats the last epoch "
+            f"({last}, FID {fid[last]:.1f})."
+        )
+    return {
+        "selected_fid": fid[chosen],
+        "best_epoch": best,
+        "best_fid": fid[best],
+        "last_fid": fid[last],
+        "regret": fid[chosen] - fid[best],
+        "spearman_score_fid": rho,
+        "worse_than_last": fid[chosen] > fid[last],
+        "statement": plain,
+    }
+
+
+def selection_markdown(result: dict[str, Any]) -> str:
+    s, sel = result["settings"], result["selection"]
+    lines = [
+        f"# Epoch selection for {result['run_dir']}",
+        "",
+        f"Score: mean {s['score']} of the {s['probe']} probe at {s['layers'][0]}, BN mode "
+        f"{s['bn_mode']}; coarse step k={sel['k']}.",
+        "",
+        f"- coarse epochs: {sel['coarse_epochs']}; coarse winner: {sel['coarse_winner']}",
+        f"- fine window: {sel['fine_window']}; **selected epoch: {sel['fine_winner']}**",
+    ]
+    v = result.get("verdict")
+    if v:
+        lines += [
+            f"- selected FID {_fmt(v['selected_fid'], 2)}; best epoch {v['best_epoch']} "
+            f"(FID {_fmt(v['best_fid'], 2)}); last epoch FID {_fmt(v['last_fid'], 2)}; "
+            f"regret {_fmt(v['regret'], 2)}",
+            f"- Spearman rho between {s['score']} and FID over epochs: "
+            f"{_fmt(v['spearman_score_fid'], 2)}",
+            f"- classifier test accuracy: {_fmt(result['classifier_accuracy'], 4)}",
+            "",
+            f"**{v['statement']}**",
+        ]
+    lines += [
+        "",
+        "| epoch | focus | coverage | degenerate | D(x) | D(G(z)) | FID | KID |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in result["epochs"]:
+        mark = " *" if row["epoch"] == sel["fine_winner"] else ""
+        lines.append(
+            f"| {row['epoch']}{mark} | {_fmt(row['focus'])} | {_fmt(row['coverage'])} | "
+            f"{_fmt(row['degenerate'], 2)} | {_fmt(row['d_real'])} | {_fmt(row['d_fake'])} | "
+            f"{_fmt(row['fid'], 2)} | {_fmt(row['kid'], 4)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _write_figures(
+    run: RunDir, out: Path, probe: Probe, records: dict[int, dict[str, Any]],
+    settings: AnalysisSettings, kind: str, arg: list[int] | int, selection: Selection,
+    table: list[dict[str, Any]],
+) -> None:  # fmt: skip
+    fig_epochs = [e for e in settings.figure_epochs if e in records] or sorted(records)
+    real = to_unit_range(probe.images)
+    for layer in settings.layers:
+        maps = {e: records[e]["maps"][layer]["real"] for e in fig_epochs}
+        positions = list(arg) if kind == "fixed" else informative_samples(maps, int(arg))  # type: ignore[arg-type]
+        image = figures.figure1(
+            real[positions], {e: m[positions] for e, m in maps.items()},
+            title=f"{layer}, BN {settings.bn_mode}, probe positions {positions}",
+        )  # fmt: skip
+        figures.save_png(image, out / f"figure1_{layer}.png")
+    epochs = [r["epoch"] for r in table]
+    fid = [float("nan") if r["fid"] is None else r["fid"] for r in table]
+    image = figures.curves(
+        epochs, {"focus": [r["focus"] for r in table], "coverage": [r["coverage"] for r in table]},
+        fid, {"Grad-CAM choice": selection.fine_winner}, title=str(run.root.name),
+    )  # fmt: skip
+    figures.save_png(image, out / "curves.png")
+
+
+def _to_tensorboard(run: RunDir, out: Path, result: dict[str, Any]) -> None:
+    import numpy as np
+    from PIL import Image
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(log_dir=str(run.tensorboard))
+    try:
+        step = result["selected_epoch"]
+        for path in sorted(out.glob("figure1_*.png")) + [out / "curves.png"]:
+            array = np.asarray(Image.open(path).convert("RGB"))
+            writer.add_image(f"analysis/{path.stem}", array, step, dataformats="HWC")
+        writer.add_text("analysis/selection", (out / "selection.md").read_text(), step)
+    finally:
+        writer.close()

@@ -1,0 +1,180 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from dcgan_xai.analysis.figures import figure1, figure_size
+from dcgan_xai.analysis.quality import QualityMeter, load_or_train_classifier
+from dcgan_xai.analysis.report import analyze_run, epoch_records, informative_samples, parse_samples
+from dcgan_xai.analysis.selection import argmax_epoch, select_epoch
+from dcgan_xai.config import AnalysisSettings
+from dcgan_xai.data.mnist import MNISTDataModule, to_unit_range
+from dcgan_xai.errors import UserError
+from dcgan_xai.runs import RunDir, load_gradcam_epoch, load_probe
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = dict(fid_samples=100, classifier_epochs=10, min_accuracy=0.9, k=2, device="cpu")
+
+
+def test_coarse_to_fine_on_a_hand_made_sequence():
+    scores = {e: 0.1 * e for e in range(1, 26)}
+    scores[15] = 5.0  # coarse winner among 5, 10, 15, 20, 25
+    scores[18] = 6.0  # best in the window 11..19
+    scores[20] = 4.0
+    s = select_epoch(scores, k=5)
+    assert s.coarse_epochs == [5, 10, 15, 20, 25]
+    assert s.coarse_winner == 15
+    assert s.fine_window == list(range(11, 20))  # within k-1 = 4 of 15
+    assert s.fine_winner == 18
+
+
+def test_fine_window_edges_are_inclusive_and_clipped():
+    scores = {e: 0.0 for e in range(1, 8)}
+    scores[5] = 1.0
+    scores[1] = 2.0  # 4 away from the coarse winner 5: inside the window
+    s = select_epoch(scores, k=5)
+    assert s.coarse_epochs == [5] and s.fine_window == [1, 2, 3, 4, 5, 6, 7]
+    assert s.fine_winner == 1
+    s = select_epoch({e: float(e == 10) for e in range(1, 21)}, k=5)
+    assert s.fine_window == list(range(6, 15))
+
+
+def test_ties_go_to_the_earlier_epoch_and_nan_never_wins():
+    s = select_epoch({e: 1.0 for e in range(1, 11)}, k=5)
+    assert s.coarse_winner == 5 and s.fine_winner == 1
+    assert argmax_epoch({1: float("nan"), 2: 0.5, 3: 0.5}) == 2
+
+
+def test_without_multiples_of_k_all_epochs_are_coarse():
+    s = select_epoch({1: 0.2, 2: 0.9, 3: 0.1}, k=5)
+    assert s.coarse_epochs == [1, 2, 3] and s.coarse_winner == 2 and s.fine_winner == 2
+
+
+def test_bad_selection_input():
+    with pytest.raises(UserError, match="k=0 is not allowed"):
+        select_epoch({1: 0.0}, k=0)
+    with pytest.raises(UserError, match="score table is empty"):
+        select_epoch({}, k=5)
+
+
+def test_samples_spec():
+    assert parse_samples("fixed:0,3", 16) == ("fixed", [0, 3])
+    assert parse_samples("informative:4", 16) == ("informative", 4)
+    with pytest.raises(UserError, match=r"samples='fixed:99' is not allowed; use fixed:<positions 0..15"):
+        parse_samples("fixed:99", 16)
+
+
+def test_informative_samples_prefer_changing_maps():
+    a = torch.zeros(3, 4, 4)
+    b = a.clone()
+    b[1] = 1.0  # sample 1 changes most
+    b[2, 0, 0] = 1.0
+    assert informative_samples({5: a, 10: b}, 2) == [1, 2]
+
+
+def test_figure1_pixel_size():
+    images = torch.zeros(3, 1, 64, 64)
+    maps = {e: torch.rand(3, 64, 64) for e in (5, 10, 15, 20)}
+    image = figure1(images, maps)
+    assert image.size == figure_size(4, 3) == (64 + 6 * 66 + 2, 16 + 4 * 66 + 2)
+
+
+@pytest.fixture(scope="session")
+def analyzed(smoke_run):
+    return analyze_run(smoke_run["run_dir"], AnalysisSettings(**FAST, layers=["block3", "block1"]))
+
+
+def test_analysis_writes_its_files_and_a_valid_selection_json(analyzed, smoke_run):
+    out = RunDir(smoke_run["run_dir"]).analysis
+    for name in ("selection.json", "selection.md", "figure1_block3.png", "figure1_block1.png",
+                 "curves.png", "best_generator.pt", "best_samples.png"):  # fmt: skip
+        assert (out / name).is_file(), name
+    data = json.loads((out / "selection.json").read_text())
+    assert data == json.loads(json.dumps(analyzed))
+    assert set(data) >= {"run_dir", "settings", "selection", "selected_epoch", "last_epoch",
+                         "classifier_accuracy", "epochs", "verdict"}  # fmt: skip
+    assert set(data["selection"]) == {"k", "coarse_epochs", "coarse_winner", "fine_window", "fine_winner"}
+    assert data["selection"]["coarse_epochs"] == [2]
+    assert [row["epoch"] for row in data["epochs"]] == [1, 2]
+    for row in data["epochs"]:
+        assert set(row) == {"epoch", "focus", "coverage", "degenerate", "d_real", "d_fake", "fid",
+                            "kid", "recomputed"}  # fmt: skip
+        assert 0 <= row["focus"] <= 1 and row["fid"] >= 0 and row["recomputed"] is False
+    v = data["verdict"]
+    fids = {row["epoch"]: row["fid"] for row in data["epochs"]}
+    assert v["best_fid"] == min(fids.values())
+    assert v["regret"] == pytest.approx(fids[data["selected_epoch"]] - v["best_fid"])
+    assert v["last_fid"] == fids[2]
+    assert data["settings"]["fid_samples"] == 100
+    with Image.open(out / "figure1_block3.png") as im:
+        assert im.size == figure_size(2, 8)  # both epochs (no 5, 10, ...), 8 informative samples
+    g = torch.load(out / "best_generator.pt", weights_only=True)
+    assert g["epoch"] == data["selected_epoch"] and "net.0.0.weight" in g["state_dict"]
+    md = (out / "selection.md").read_text()
+    assert f"selected epoch: {data['selected_epoch']}" in md and v["statement"] in md
+
+
+def test_analysis_goes_to_tensorboard(analyzed, smoke_run):
+    from tests.helpers import event_tags
+
+    tags = event_tags(RunDir(smoke_run["run_dir"]).tensorboard)
+    assert "analysis/figure1_block3" in tags["images"] and "analysis/curves" in tags["images"]
+
+
+def test_other_bn_mode_is_recomputed_from_checkpoints(smoke_run):
+    run = RunDir(smoke_run["run_dir"])
+    probe = load_probe(run)
+    settings = AnalysisSettings(bn_mode="eval", quality=False)
+    records = epoch_records(run, probe, settings, [2])
+    assert records[2]["recomputed"] is True and records[2]["bn_mode"] == "eval"
+    same = epoch_records(run, probe, AnalysisSettings(quality=False), [2])
+    assert "recomputed" not in same[2]
+    saved = load_gradcam_epoch(run, 2)["maps"]["block3"]["real"]
+    assert torch.equal(same[2]["maps"]["block3"]["real"], saved)
+
+
+@pytest.fixture(scope="session")
+def fixture_classifier(mnist_fixture, tmp_path_factory):
+    root, sums = mnist_fixture
+    dm = MNISTDataModule(root, sources=["local"], checksums=sums)
+    dm.setup()
+    path = tmp_path_factory.mktemp("clf") / "clf.pt"
+    model, acc = load_or_train_classifier(path, dm.train_set, dm.test_set, epochs=10, min_accuracy=0.9)
+    return dm, model, acc, path
+
+
+def test_classifier_is_cached_with_its_accuracy(fixture_classifier):
+    dm, model, acc, path = fixture_classifier
+    assert acc >= 0.9 and path.is_file()
+    again, acc2 = load_or_train_classifier(path, dm.train_set, dm.test_set, min_accuracy=0.9)
+    assert acc2 == acc
+    with pytest.raises(UserError, match=r"below the required 1.01"):
+        load_or_train_classifier(path, dm.train_set, dm.test_set, min_accuracy=1.01)
+
+
+def test_fid_of_a_set_against_itself_is_zero_and_halves_beat_noise(fixture_classifier):
+    dm, model, _, _ = fixture_classifier
+    images = dm.test_set.images  # (120, 1, 64, 64) uint8
+    meter = QualityMeter(model, images[:60], batch_size=32)
+    itself = meter.score(to_unit_range(images[:60]))
+    assert abs(itself["fid"]) < 1e-2
+    halves = meter.score(to_unit_range(images[60:]))
+    noise = meter.score(torch.rand(60, 1, 64, 64) * 2 - 1)
+    assert halves["fid"] * 5 < noise["fid"]
+    assert halves["kid"] < noise["kid"]
+
+
+def test_analyze_cli_refuses_a_run_without_checkpoints(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "dcgan_xai.analyze", f"run_dir={tmp_path}"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: analyze: {tmp_path / 'checkpoints'} holds no epoch=NNN.ckpt checkpoints"
+    )
+    assert not (tmp_path / "analysis").exists()
