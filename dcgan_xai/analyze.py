@@ -5,6 +5,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+import dcgan_xai.config  # noqa: F401  (registers the schemas)
 from dcgan_xai.config import AnalysisSettings
 from dcgan_xai.errors import UserError, report_user_errors
 
@@ -18,8 +19,11 @@ def settings_from(cfg: DictConfig) -> AnalysisSettings:
 
 
 def run(cfg: DictConfig) -> str:
-    from dcgan_xai.analysis.report import analyze_run
+    from dcgan_xai.analysis.report import analyze_run, compare_runs
 
+    if cfg.compare:
+        result = compare_runs(list(cfg.compare), settings_from(cfg))
+        return f"compared {len(result['rows'])} runs: {result['dir']}/compare.md"
     if cfg.run_dir is None:
         raise UserError("run_dir is required: python -m dcgan_xai.analyze run_dir=<run dir>")
     result = analyze_run(cfg.run_dir, settings_from(cfg))

@@ -136,11 +136,28 @@ class AnalyzeConfig(AnalysisSettings):
     compare: Optional[list[str]] = None
 
 
+@dataclass
+class CurateConfig:
+    run_dir: Optional[str] = None
+    epoch: str = "selected"
+    ckpt: Optional[str] = None
+    layer: str = "block3"
+    bn_mode: str = "batch"
+    threshold: float = 0.7
+    pixel_threshold: float = 0.5
+    mask_threshold: float = 0.5
+    batch_size: int = 1024
+    name: Optional[str] = None
+    device: str = "auto"
+    progress: bool = True
+
+
 def register_configs() -> None:
     """Register the schemas; the primary configs name them first in their defaults."""
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="analyze_schema", node=AnalyzeConfig)
+    cs.store(name="curate_schema", node=CurateConfig)
 
 
 register_configs()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import warnings
 from pathlib import Path
@@ -13,7 +14,10 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from dcgan_xai.callbacks.gradcam import GradCamCallback
+from dcgan_xai.data.exclusion import fingerprint, load_exclusion
+from dcgan_xai.data.idx import md5sum
 from dcgan_xai.data.mnist import MNISTDataModule
+from dcgan_xai.data.sources import ensure_mnist
 from dcgan_xai.errors import UserError
 from dcgan_xai.models.checkpoint import EpochCheckpoint
 from dcgan_xai.models.module import DCGAN
@@ -165,12 +169,25 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
                 "it, or choose another hydra.run.dir"
             )
         ckpt_path = str(run.last_checkpoint)
+    exclude, exclusion = None, None
+    if cfg.data.exclude:
+        files = ensure_mnist(cfg.data.root, list(cfg.data.sources), dict(cfg.data.checksums))
+        expected = fingerprint(files)
+        exclude = load_exclusion(cfg.data.exclude, expected)
+        exclusion = {
+            "manifest": str(Path(cfg.data.exclude).resolve()),
+            "manifest_md5": md5sum(cfg.data.exclude),
+            "fingerprint": expected,
+            "excluded": int(exclude.numel()),
+        }
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = build_datamodule(cfg)
+    datamodule = build_datamodule(cfg, exclude)
     model = build_model(cfg)
     trainer = build_trainer(cfg, run, build_callbacks(cfg, run))
     if trainer.is_global_zero:
         atomic_write_text(run.root / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        if exclusion is not None:
+            atomic_write_text(run.root / "exclusion.json", json.dumps(exclusion, indent=2) + "\n")
     start = time.perf_counter()
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     seconds = time.perf_counter() - start
@@ -179,6 +196,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         "run_dir": str(run.root),
         "tensorboard": str(run.tensorboard),
         "epochs": trainer.current_epoch,
+        "train_images": len(datamodule.train_set) if datamodule.train_set is not None else 0,
         "seconds": seconds,
         "metrics": metrics,
     }

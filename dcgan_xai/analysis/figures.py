@@ -67,9 +67,15 @@ def figure1(
     return canvas
 
 
+def tiles_image(tiles: torch.Tensor, nrow: int = 8) -> Image.Image:
+    """A grid of (N, C, H, W) tiles in [0, 1]."""
+    grid = torchvision.utils.make_grid(tiles.float(), nrow=nrow, padding=TILE_PAD, pad_value=1.0)
+    return Image.fromarray((grid.clamp(0, 1).permute(1, 2, 0) * 255).round().byte().numpy())
+
+
 def sample_grid(images: torch.Tensor, nrow: int = 8) -> Image.Image:
-    grid = torchvision.utils.make_grid(images.float(), nrow=nrow, normalize=True, value_range=(-1, 1))
-    return Image.fromarray((grid.permute(1, 2, 0) * 255).round().byte().numpy())
+    """A grid of generated images in [-1, 1]."""
+    return tiles_image((images.float() + 1) / 2, nrow)
 
 
 def _fig_to_image(fig: plt.Figure) -> Image.Image:

@@ -348,3 +348,56 @@ def _to_tensorboard(run: RunDir, out: Path, result: dict[str, Any]) -> None:
         writer.add_text("analysis/selection", (out / "selection.md").read_text(), step)
     finally:
         writer.close()
+
+
+def load_or_analyze(run_dir: str | Path, settings: AnalysisSettings) -> dict[str, Any]:
+    """The run's ``analysis/selection.json``, made first if missing."""
+    path = RunDir(run_dir).analysis / "selection.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    return analyze_run(run_dir, settings)
+
+
+def compare_runs(run_dirs: Sequence[str | Path], settings: AnalysisSettings) -> dict[str, Any]:
+    """Side by side: FID/KID of the selected, best and last epochs, and the score curves.
+
+    Writes ``compare.md``, ``compare.json`` and ``compare.png`` into the last run's
+    ``analysis/compare/``.
+    """
+    if len(run_dirs) < 2:
+        raise UserError(f"compare needs at least two run dirs, got {len(run_dirs)}")
+    rows = []
+    series: dict[str, list[float]] = {}
+    for run_dir in run_dirs:
+        result = load_or_analyze(run_dir, settings)
+        exclusion_path = RunDir(run_dir).root / "exclusion.json"
+        excluded = json.loads(exclusion_path.read_text())["excluded"] if exclusion_path.is_file() else 0
+        v = result.get("verdict") or {}
+        last = result["epochs"][-1]
+        rows.append({
+            "run_dir": str(run_dir), "excluded": excluded, "selected_epoch": result["selected_epoch"],
+            "selected_fid": v.get("selected_fid"), "best_epoch": v.get("best_epoch"),
+            "best_fid": v.get("best_fid"), "last_fid": v.get("last_fid"), "last_kid": last["kid"],
+            "regret": v.get("regret"),
+        })  # fmt: skip
+        label = Path(run_dir).name
+        series[f"{label} focus"] = [r["focus"] for r in result["epochs"]]
+    out = RunDir(run_dirs[-1]).analysis / "compare"
+    lines = [
+        "# Baseline against curated runs",
+        "",
+        "| run | images excluded | selected epoch | its FID | best epoch | best FID | last FID | last KID | regret |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['run_dir']} | {r['excluded']} | {r['selected_epoch']} | {_fmt(r['selected_fid'], 2)} "
+            f"| {r['best_epoch']} | {_fmt(r['best_fid'], 2)} | {_fmt(r['last_fid'], 2)} "
+            f"| {_fmt(r['last_kid'], 4)} | {_fmt(r['regret'], 2)} |"
+        )
+    atomic_write_text(out / "compare.md", "\n".join(lines) + "\n")
+    atomic_write_text(out / "compare.json", json.dumps(rows, indent=2) + "\n")
+    n = min(len(v) for v in series.values())
+    image = figures.curves(list(range(1, n + 1)), {k: v[:n] for k, v in series.items()}, title="focus")
+    figures.save_png(image, out / "compare.png")
+    return {"rows": rows, "dir": str(out)}

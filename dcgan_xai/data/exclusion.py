@@ -1,0 +1,96 @@
+"""Curation manifests: which training images to leave out, tied to the data they were made on."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dcgan_xai.data.idx import md5sum
+from dcgan_xai.errors import UserError
+
+MANIFEST_FIELDS = ["index", "label", "coverage", "focus", "flagged"]
+
+
+def fingerprint(files: Mapping[str, Path], split: str = "train") -> dict[str, Any]:
+    """What identifies a split's data: its name, size and the MD5 of its raw files."""
+    images, labels = files[f"{split}-images"], files[f"{split}-labels"]
+    size = (labels.stat().st_size - 8) if labels.is_file() else 0
+    return {"split": split, "size": size, "images_md5": md5sum(images), "labels_md5": md5sum(labels)}
+
+
+def read_manifest(path: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Rows of ``manifest.csv`` (parsed) and the ``summary.json`` beside it.
+
+    Raises:
+        UserError: a missing file, a missing column, or a value that does not parse.
+    """
+    path = Path(path)
+    summary_path = path.parent / "summary.json"
+    if not path.is_file():
+        raise UserError(f"curation manifest not found: {path}")
+    if not summary_path.is_file():
+        raise UserError(f"malformed curation manifest {path}: no summary.json beside it")
+    try:
+        summary = json.loads(summary_path.read_text())
+        summary["fingerprint"]["images_md5"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise UserError(f"malformed curation manifest {path}: summary.json lacks a fingerprint") from err
+    rows: list[dict[str, Any]] = []
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in MANIFEST_FIELDS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise UserError(
+                f"malformed curation manifest {path}: missing column(s) {', '.join(missing)}; "
+                f"expected {', '.join(MANIFEST_FIELDS)}"
+            )
+        for line, raw in enumerate(reader, start=2):
+            try:
+                flagged = raw["flagged"].strip().lower()
+                if flagged not in ("true", "false", "1", "0"):
+                    raise ValueError(raw["flagged"])
+                rows.append({
+                    "index": int(raw["index"]),
+                    "label": int(raw["label"]),
+                    "coverage": float(raw["coverage"]),
+                    "focus": float(raw["focus"]),
+                    "flagged": flagged in ("true", "1"),
+                })  # fmt: skip
+            except (ValueError, TypeError, AttributeError) as err:
+                raise UserError(f"malformed curation manifest {path}: bad value on line {line}: {err}") from err
+    return rows, summary
+
+
+def load_exclusion(path: str | Path, expected: Mapping[str, Any]) -> torch.Tensor:
+    """Dataset indices a manifest flags, after checking it was made on the ``expected`` data.
+
+    Raises:
+        UserError: malformed, made for other data, or flagging every image.
+    """
+    rows, summary = read_manifest(path)
+    made_on = summary["fingerprint"]
+    keys = ("split", "size", "images_md5", "labels_md5")
+    if any(made_on.get(k) != expected.get(k) for k in keys):
+        raise UserError(
+            f"curation manifest {path} was made for other data ({made_on.get('split')}, "
+            f"{made_on.get('size')} images, md5 {made_on.get('images_md5')}); this run trains on "
+            f"{expected['split']}, {expected['size']} images, md5 {expected['images_md5']}"
+        )
+    indices = sorted({r["index"] for r in rows})
+    if len(rows) != expected["size"] or indices != list(range(expected["size"])):
+        raise UserError(
+            f"malformed curation manifest {path}: {len(rows)} rows, expected one per image "
+            f"(indices 0..{expected['size'] - 1})"
+        )
+    flagged = [r["index"] for r in rows if r["flagged"]]
+    if len(flagged) == len(rows):
+        raise UserError(
+            f"curation manifest {path} flags all {len(rows)} images; nothing would be left to "
+            "train on (raise the threshold)"
+        )
+    return torch.tensor(flagged, dtype=torch.long)

@@ -1,0 +1,152 @@
+import csv
+import json
+import shutil
+
+import pytest
+import torch
+
+from dcgan_xai.analysis.curation import curate_run, flag_images
+from dcgan_xai.data.exclusion import read_manifest
+from dcgan_xai.data.idx import md5sum
+from dcgan_xai.data.sources import FILES
+from dcgan_xai.errors import UserError
+from dcgan_xai.runs import RunDir
+from dcgan_xai.training import build_datamodule, train
+from dcgan_xai.xai import coverage
+
+
+def test_flag_rule_at_the_threshold_edges():
+    maps = torch.zeros(3, 10, 10)
+    maps[0].view(-1)[:70] = 0.5  # coverage exactly 0.7: not flagged (the rule is > 0.7)
+    maps[1].view(-1)[:71] = 1.0  # 0.71: flagged
+    maps[2].view(-1)[:69] = 0.9  # 0.69
+    maps[2].view(-1)[69] = 0.4999  # below the pixel threshold
+    cov = coverage(maps)
+    assert torch.allclose(cov, torch.tensor([0.70, 0.71, 0.69]))
+    assert flag_images(cov, 0.7).tolist() == [False, True, False]
+    assert flag_images(cov, 0.0).tolist() == [True, True, True]
+    with pytest.raises(UserError, match=r"threshold=1.5 is not allowed; it must be in \[0, 1\]"):
+        flag_images(cov, 1.5)
+
+
+@pytest.fixture(scope="session")
+def curated(smoke_run, mnist_fixture):
+    root, _ = mnist_fixture
+    before = {name: md5sum(root / name) for name in FILES.values()}
+    first = curate_run(smoke_run["run_dir"], epoch=2, threshold=0.7, batch_size=64, progress=False)
+    rows, _ = read_manifest(f"{first['dir']}/manifest.csv")
+    median = float(torch.tensor([r["coverage"] for r in rows]).median())
+    half = curate_run(smoke_run["run_dir"], epoch=2, threshold=median, batch_size=64, name="half",
+                      progress=False)  # fmt: skip
+    return first, half, before
+
+
+def test_manifest_round_trips_and_summary_records_everything(curated, smoke_run):
+    first, _, _ = curated
+    rows, summary = read_manifest(f"{first['dir']}/manifest.csv")
+    assert len(rows) == summary["total"] == 300
+    assert [r["index"] for r in rows] == list(range(300))
+    assert summary["flagged"] == sum(r["flagged"] for r in rows)
+    assert all(r["flagged"] == (r["coverage"] > 0.7) for r in rows)
+    assert summary["settings"]["threshold"] == 0.7 and summary["settings"]["layer"] == "block3"
+    assert len(summary["checkpoint_sha256"]) == 64
+    assert summary["fingerprint"]["split"] == "train" and summary["fingerprint"]["size"] == 300
+    assert sum(summary["flagged_per_digit"].values()) == summary["flagged"]
+    for name in ("coverage_hist.png", "flagged_examples.png"):
+        assert (RunDir(smoke_run["run_dir"]).curation(first["dir"].split("/")[-1]) / name).is_file()
+
+
+def test_source_data_is_untouched(curated, mnist_fixture):
+    root, _ = mnist_fixture
+    _, _, before = curated
+    assert {name: md5sum(root / name) for name in FILES.values()} == before
+
+
+def test_exclude_removes_exactly_the_flagged_images(curated, smoke_cfg, tmp_path):
+    _, half, _ = curated
+    manifest = f"{half['dir']}/manifest.csv"
+    rows, _ = read_manifest(manifest)
+    flagged = {r["index"] for r in rows if r["flagged"]}
+    assert 0 < len(flagged) < 300
+    cfg = smoke_cfg("data.limit=null", f"data.exclude={manifest}", "trainer.max_epochs=1", "callbacks=none")
+    result = train(cfg, tmp_path)
+    assert result["train_images"] == 300 - len(flagged)
+    record = json.loads((tmp_path / "exclusion.json").read_text())
+    assert record["excluded"] == len(flagged) and record["fingerprint"]["size"] == 300
+    from dcgan_xai.data.exclusion import load_exclusion
+
+    exclude = load_exclusion(manifest, record["fingerprint"])
+    dm = build_datamodule(cfg, exclude)
+    dm.setup()
+    assert set(dm.train_set.indices.tolist()) == set(range(300)) - flagged
+
+
+def _edit(manifest_dir, tmp_path, name, rows_fn=None, summary_fn=None):
+    out = tmp_path / name
+    shutil.copytree(manifest_dir, out)
+    if rows_fn:
+        with open(out / "manifest.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        fields, rows = rows_fn(rows)
+        with open(out / "manifest.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields)
+            w.writeheader()
+            w.writerows(rows)
+    if summary_fn:
+        s = json.loads((out / "summary.json").read_text())
+        summary_fn(s)
+        (out / "summary.json").write_text(json.dumps(s))
+    return out / "manifest.csv"
+
+
+def _all_flagged(rows):
+    return list(rows[0]), [dict(r, flagged="True") for r in rows]
+
+
+def _no_coverage(rows):
+    return ["index", "label", "focus", "flagged"], [{k: r[k] for k in ("index", "label", "focus", "flagged")} for r in rows]
+
+
+def _other_data(s):
+    s["fingerprint"]["images_md5"] = "f" * 32
+
+
+@pytest.mark.parametrize(
+    "case, rows_fn, summary_fn, message",
+    [
+        ("all", _all_flagged, None, "flags all 300 images; nothing would be left to train on"),
+        ("malformed", _no_coverage, None, "malformed curation manifest .*: missing column\\(s\\) coverage"),
+        ("other", None, _other_data, "was made for other data \\(train, 300 images, md5 ffff"),
+    ],
+)
+def test_bad_manifests_are_refused_before_training(curated, smoke_cfg, tmp_path, case, rows_fn, summary_fn, message):
+    first, _, _ = curated
+    manifest = _edit(first["dir"], tmp_path, case, rows_fn, summary_fn)
+    run_dir = tmp_path / "run"
+    with pytest.raises(UserError, match=message):
+        train(smoke_cfg("data.limit=null", f"data.exclude={manifest}"), run_dir)
+    assert not (run_dir / "checkpoints").exists() and not (run_dir / "config.yaml").exists()
+
+
+def test_epoch_selected_needs_an_analysis(smoke_cfg, tmp_path):
+    run = train(smoke_cfg("trainer.max_epochs=1", "callbacks=none"), tmp_path)
+    with pytest.raises(UserError, match="epoch=selected needs .*selection.json; run `python -m dcgan_xai.analyze"):
+        curate_run(run["run_dir"], epoch="selected", progress=False)
+    with pytest.raises(UserError, match=r"epoch=7 has no checkpoint in .*; available: \[1\]"):
+        curate_run(run["run_dir"], epoch=7, progress=False)
+
+
+def test_compare_puts_baseline_and_curated_side_by_side(curated, smoke_cfg, smoke_run, tmp_path):
+    from dcgan_xai.analysis.report import compare_runs
+    from dcgan_xai.config import AnalysisSettings
+
+    _, half, _ = curated
+    cfg = smoke_cfg(f"data.exclude={half['dir']}/manifest.csv", "data.limit=null", "callbacks=none")
+    curated_run = train(cfg, tmp_path / "curated")
+    settings = AnalysisSettings(quality=False, k=2)
+    result = compare_runs([smoke_run["run_dir"], curated_run["run_dir"]], settings)
+    excluded = [r["excluded"] for r in result["rows"]]
+    assert excluded == [0, half["flagged"]]
+    md = (tmp_path / "curated" / "analysis" / "compare" / "compare.md").read_text()
+    assert md.count("\n| ") == 3  # header + two runs
+    assert (tmp_path / "curated" / "analysis" / "compare" / "compare.png").is_file()
