@@ -8,12 +8,17 @@ from omegaconf import DictConfig
 
 import dcgan_xai.config  # noqa: F401  (registers the schemas)
 from dcgan_xai.errors import report_user_errors
-from dcgan_xai.training import train
+from dcgan_xai.training import discard_unstarted_run, train
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> None:
-    result = report_user_errors(lambda: train(cfg, HydraConfig.get().runtime.output_dir))
+    run_dir = HydraConfig.get().runtime.output_dir
+    try:
+        result = report_user_errors(lambda: train(cfg, run_dir))
+    except SystemExit:
+        discard_unstarted_run(run_dir)
+        raise
     m = result["metrics"]
     losses = ", ".join(f"{k.removeprefix('epoch/')}={v:.3f}" for k, v in sorted(m.items()))
     print(

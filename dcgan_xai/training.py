@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -22,7 +23,7 @@ from dcgan_xai.errors import UserError
 from dcgan_xai.models.checkpoint import EpochCheckpoint
 from dcgan_xai.models.module import DCGAN
 from dcgan_xai.models.networks import IMAGE_SIZE, build_discriminator
-from dcgan_xai.runs import RunDir, atomic_write_text
+from dcgan_xai.runs import RunDir, atomic_write_text, safe_torch_load
 from dcgan_xai.xai.gradcam import BN_MODES, layer_names
 
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
@@ -147,6 +148,34 @@ def build_trainer(cfg: DictConfig, run: RunDir, callbacks: list[L.Callback]) -> 
     )
 
 
+def check_resumable(path: Path, model: DCGAN) -> None:
+    """Refuse a damaged checkpoint, or one of another architecture, before fit starts."""
+    ckpt = safe_torch_load(path, "checkpoint")
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise UserError(f"checkpoint {path} was not written by dcgan_xai's training")
+    saved = {k: tuple(v.shape) for k, v in ckpt["state_dict"].items()}
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if saved != ours:
+        diff = sorted(set(saved.items()) ^ set(ours.items()))[0]
+        raise UserError(
+            f"checkpoint {path} is of another architecture than model={model.hparams.arch} "
+            f"ngf={model.hparams.ngf} ndf={model.hparams.ndf} (first difference: {diff[0]}); "
+            "resume with the overrides it was trained with"
+        )
+
+
+def discard_unstarted_run(run_dir: str | Path) -> None:
+    """Remove what Hydra wrote into a run dir whose training never started."""
+    run = RunDir(run_dir)
+    if run.checkpoints.exists() or (run.root / "config.yaml").exists() or not run.root.is_dir():
+        return
+    shutil.rmtree(run.root / ".hydra", ignore_errors=True)
+    for log in run.root.glob("*.log"):
+        log.unlink()
+    if not any(run.root.iterdir()):
+        run.root.rmdir()
+
+
 def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     """Train a DCGAN as ``cfg`` says, writing everything into ``run_dir``.
 
@@ -169,6 +198,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
                 "it, or choose another hydra.run.dir"
             )
         ckpt_path = str(run.last_checkpoint)
+    elif cfg.resume and run.checkpoint_epochs():
+        raise UserError(f"resume=true but {run.last_checkpoint} is missing; restore it from epoch=NNN.ckpt")
     exclude, exclusion = None, None
     if cfg.data.exclude:
         files = ensure_mnist(cfg.data.root, list(cfg.data.sources), dict(cfg.data.checksums))
@@ -182,7 +213,16 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         }
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg, exclude)
+    datamodule.setup()
+    assert datamodule.test_set is not None
+    if cfg.callbacks.gradcam.enabled and cfg.callbacks.gradcam.probe_size > len(datamodule.test_set):
+        raise UserError(
+            f"callbacks.gradcam.probe_size={cfg.callbacks.gradcam.probe_size} is larger than the "
+            f"test split ({len(datamodule.test_set)} images); allowed: 1..{len(datamodule.test_set)}"
+        )
     model = build_model(cfg)
+    if ckpt_path is not None:
+        check_resumable(Path(ckpt_path), model)
     trainer = build_trainer(cfg, run, build_callbacks(cfg, run))
     if trainer.is_global_zero:
         atomic_write_text(run.root / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))

@@ -92,7 +92,7 @@ class GradCamCallback(L.Callback):
 
     Writes ``gradcam/epoch_NNN.pt`` and a row per layer in ``gradcam/scores.csv``, and logs
     ``gradcam/<layer>/<score>`` scalars and overlay panels to the logger. Runs on global
-    rank 0 only, on the unwrapped discriminator. The probe is made once, at fit start,
+    rank 0 only, on the unwrapped discriminator. The probe is made once, at train start,
     from the data module's test split and saved; a resumed run reuses it.
 
     Args:
@@ -129,7 +129,7 @@ class GradCamCallback(L.Callback):
         self.mask_threshold, self.log_images = mask_threshold, log_images
         self.probe: Probe | None = None
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
         if self.run.probe.is_file():

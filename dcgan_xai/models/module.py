@@ -10,11 +10,12 @@ import torch.nn.functional as F
 import torchvision
 
 from dcgan_xai.data.mnist import to_unit_range
+from dcgan_xai.errors import UserError
 from dcgan_xai.models.sampling import generate
 from dcgan_xai.models.networks import Generator, build_discriminator, dcgan_init
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError):
     """A loss became NaN or infinite; training stops and the last good checkpoint is kept."""
 
 

@@ -1,0 +1,175 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from dcgan_xai.analysis.report import load_module
+from dcgan_xai.data.idx import md5sum, write_idx
+from dcgan_xai.data.sources import FILES
+from dcgan_xai.errors import UserError
+from dcgan_xai.models.module import NonFiniteLossError
+from dcgan_xai.runs import RunDir, load_gradcam_epoch, read_csv
+from dcgan_xai.training import build_callbacks, build_datamodule, build_model, build_trainer, train
+from tests.conftest import compose_train, write_fixture
+from tests.helpers import same_weights
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["data.image_size=32"], r"data.image_size=32 is not allowed; .* \(allowed: 64\)"),
+        (["callbacks.gradcam.layers=[block7]"],
+         r"unknown Grad-CAM layer 'block7' in callbacks.gradcam.layers; valid layers of model.arch=paper: block1, block2, block3"),
+        (["model=dcgan_tutorial", "callbacks.gradcam.layers=[block5]"], r"valid layers of model.arch=tutorial: block1, block2, block3, block4"),
+        (["callbacks.gradcam.probe_size=1000"], r"probe_size=1000 is larger than the test split \(120 images\); allowed: 1..120"),
+        (["callbacks.gradcam.flag_threshold=1.2"], r"callbacks.gradcam.flag_threshold=1.2 is not allowed; it must be in \[0, 1\]"),
+        (["callbacks.gradcam.bn_mode=frozen"], r"bn_mode='frozen' is not allowed; allowed: batch, eval"),
+        (["model.arch=vgg"], r"model.arch='vgg' is not allowed; allowed: paper, tutorial"),
+        (["data.limit=100000"], r"subset size 100000 is not allowed; it must be in 1..300"),
+        (["data.sources=[ftp]"], r"unknown data source 'ftp'; allowed: local, torchvision, npm"),
+        (["trainer.max_epochs=0"], r"trainer.max_epochs=0 is not allowed; it must be >= 1"),
+        (["data.batch_size=0"], r"data.batch_size=0 is not allowed; it must be >= 1"),
+    ],
+)  # fmt: skip
+def test_bad_training_input_is_refused_before_anything_is_written(smoke_cfg, tmp_path, overrides, message):
+    run_dir = tmp_path / "run"
+    with pytest.raises(UserError, match=message) as err:
+        train(smoke_cfg(*overrides), run_dir)
+    assert "\n" not in str(err.value)
+    assert not run_dir.exists() or not any(run_dir.iterdir())
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("magic", r"corrupt IDX file .*t10k-images-idx3-ubyte: bad magic number 0x00000903"),
+        ("truncated", r"corrupt IDX file .*t10k-images-idx3-ubyte: 3016 bytes, expected .* \(truncated\)"),
+        ("checksum", r"checksum mismatch for .*t10k-images-idx3-ubyte: md5 [0-9a-f]{32}, expected [0-9a-f]{32}"),
+    ],
+)  # fmt: skip
+def test_corrupt_data_is_refused(tmp_path, damage, message):
+    root = tmp_path / "mnist"
+    sums = write_fixture(root)
+    path = root / FILES["test-images"]
+    data = bytearray(path.read_bytes())
+    if damage == "magic":
+        data[2] = 0x09
+    elif damage == "truncated":
+        data = data[:3016]
+    path.write_bytes(bytes(data) if damage != "checksum" else bytes(data[:-1]) + b"\x01")
+    if damage != "checksum":
+        sums["test-images"] = md5sum(path)
+    with pytest.raises(UserError, match=message):
+        train(compose_train(root, sums), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_truncated_checkpoint_and_artifact_are_reported(smoke_run, tmp_path):
+    run = RunDir(smoke_run["run_dir"])
+    bad = tmp_path / "epoch=001.ckpt"
+    bad.write_bytes(run.checkpoint(1).read_bytes()[:5000])
+    with pytest.raises(UserError, match=r"checkpoint .*epoch=001.ckpt is damaged or truncated"):
+        load_module(bad)
+    copy = RunDir(tmp_path / "copy")
+    copy.gradcam.mkdir(parents=True)
+    copy.gradcam_file(1).write_bytes(run.gradcam_file(1).read_bytes()[:1000])
+    with pytest.raises(UserError, match=r"Grad-CAM file .*epoch_001.pt is damaged or truncated"):
+        load_gradcam_epoch(copy, 1)
+
+
+def test_checkpoint_of_another_architecture_is_refused(smoke_run, smoke_cfg, tmp_path):
+    import shutil
+
+    shutil.copytree(smoke_run["run_dir"], tmp_path / "run")
+    cfg = smoke_cfg("resume=true", "model.ndf=16", "trainer.max_epochs=3")
+    with pytest.raises(UserError, match=r"is of another architecture than model=paper ngf=8 ndf=16"):
+        train(cfg, tmp_path / "run")
+    state = torch.load(tmp_path / "run" / "checkpoints" / "epoch=001.ckpt", weights_only=True)
+    state["state_dict"] = {"foo": torch.zeros(1)}
+    torch.save(state, tmp_path / "foreign.ckpt")
+    with pytest.raises(UserError, match="does not match the architecture it names"):
+        load_module(tmp_path / "foreign.ckpt")
+
+
+def test_cli_errors_are_one_line_without_traceback(tmp_path, mnist_fixture):
+    root, _ = mnist_fixture
+    base = [sys.executable, "-m", "dcgan_xai.train", "+experiment=smoke", f"data.root={root}"]
+    unknown = subprocess.run(base + ["data.colour=red", f"hydra.run.dir={tmp_path}/a"],
+                             capture_output=True, text=True, cwd=REPO, timeout=120)  # fmt: skip
+    assert unknown.returncode != 0
+    assert "Key 'colour' not in 'DataConfig'" in unknown.stderr and "Traceback" not in unknown.stderr
+    layer = subprocess.run(base + ["callbacks.gradcam.layers=[head]", f"hydra.run.dir={tmp_path}/b"],
+                           capture_output=True, text=True, cwd=REPO, timeout=120)  # fmt: skip
+    assert layer.returncode == 2
+    assert layer.stderr.strip().splitlines() == [
+        "error: unknown Grad-CAM layer 'head' in callbacks.gradcam.layers; valid layers of "
+        "model.arch=paper: block1, block2, block3"
+    ]
+    assert not (tmp_path / "b").exists()
+
+
+class PoisonOptimizers(L.Callback):
+    """Sets the learning rate to infinity at the start of the second epoch."""
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == 1:
+            for opt in trainer.optimizers:
+                for group in opt.param_groups:
+                    group["lr"] = float("inf")
+
+
+def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(smoke_cfg, tmp_path):
+    cfg = smoke_cfg("trainer.max_epochs=3")
+    run = RunDir(tmp_path)
+    dm, model = build_datamodule(cfg), build_model(cfg)
+    trainer = build_trainer(cfg, run, [*build_callbacks(cfg, run), PoisonOptimizers()])
+    with pytest.raises(NonFiniteLossError, match=r"loss became non-finite .* at epoch 2, step 0;"):
+        trainer.fit(model, datamodule=dm)
+    assert run.checkpoint_epochs() == [1]
+    assert load_module(run.checkpoint(1)).generator.net[0][0].weight.isfinite().all()
+    assert [r["epoch"] for r in read_csv(run.scores_csv)] == ["1"]
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
+    root = tmp_path / "mnist"
+    sums = write_fixture(root, n_train=600)
+    common = ["+experiment=smoke", f"data.root={root}", "data.sources=[local]",
+              "data.checksums={" + ",".join(f"{k}:{v}" for k, v in sums.items()) + "}",
+              "data.limit=null", "data.batch_size=4", "model.ngf=32", "model.ndf=32",
+              "trainer.max_epochs=3"]  # fmt: skip
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "dcgan_xai.train", *common, f"hydra.run.dir={killed}"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = killed / "checkpoints" / "epoch=001.ckpt"
+    deadline = time.time() + 300
+    while not first.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(1.5)  # well inside epoch 2
+    assert proc.poll() is None, "training ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    run = RunDir(killed)
+    assert run.checkpoint_epochs() == [1]
+    kept = {p: p.read_bytes() for p in (run.probe, run.gradcam_file(1), run.checkpoint(1))}
+    resumed = subprocess.run(cmd + ["resume=true"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert all(p.read_bytes() == data for p, data in kept.items())
+    assert run.checkpoint_epochs() == [1, 2, 3]
+    rows = read_csv(run.scores_csv)
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+
+    straight = tmp_path / "straight"
+    subprocess.run([sys.executable, "-m", "dcgan_xai.train", *common, f"hydra.run.dir={straight}"],
+                   cwd=REPO, check=True, capture_output=True, timeout=600)  # fmt: skip
+    assert same_weights(run.checkpoint(3), RunDir(straight).checkpoint(3))
+    assert rows == read_csv(RunDir(straight).scores_csv)
+    assert list(run.tensorboard.glob("events.out.tfevents.*"))  # same event dir, continued
