@@ -13,7 +13,7 @@ from dcgan_xai.errors import UserError, report_user_errors
 def settings_from(cfg: DictConfig) -> AnalysisSettings:
     values = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(values, dict)
-    for key in ("run_dir", "compare"):
+    for key in ("run_dir", "compare", "sweep_dir", "reanalyze"):
         values.pop(key, None)
     return AnalysisSettings(**values)  # type: ignore[arg-type]
 

@@ -137,6 +137,12 @@ class AnalyzeConfig(AnalysisSettings):
 
 
 @dataclass
+class AggregateConfig(AnalysisSettings):
+    sweep_dir: Optional[str] = None
+    reanalyze: bool = False
+
+
+@dataclass
 class CurateConfig:
     run_dir: Optional[str] = None
     epoch: str = "selected"
@@ -158,6 +164,7 @@ def register_configs() -> None:
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="analyze_schema", node=AnalyzeConfig)
     cs.store(name="curate_schema", node=CurateConfig)
+    cs.store(name="aggregate_schema", node=AggregateConfig)
 
 
 register_configs()

@@ -12,6 +12,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.strategies import DDPStrategy
 from omegaconf import DictConfig, OmegaConf
 
 from dcgan_xai.callbacks.gradcam import GradCamCallback
@@ -126,6 +127,10 @@ def build_trainer(cfg: DictConfig, run: RunDir, callbacks: list[L.Callback]) -> 
         if cfg.logger.tensorboard
         else False
     )
+    strategy: Any = t.strategy
+    if strategy == "ddp":
+        # each of the two backward passes of a GAN step leaves the other network unused
+        strategy = DDPStrategy(find_unused_parameters=True)
     extra: dict[str, Any] = {}
     if t.limit_train_batches is not None:
         extra["limit_train_batches"] = t.limit_train_batches
@@ -133,7 +138,7 @@ def build_trainer(cfg: DictConfig, run: RunDir, callbacks: list[L.Callback]) -> 
         accelerator=t.accelerator,
         devices=t.devices,
         num_nodes=t.num_nodes,
-        strategy=t.strategy,
+        strategy=strategy,
         max_epochs=t.max_epochs,
         precision=t.precision,
         log_every_n_steps=t.log_every_n_steps,
