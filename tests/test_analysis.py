@@ -178,3 +178,17 @@ def test_analyze_cli_refuses_a_run_without_checkpoints(tmp_path):
         f"error: analyze: {tmp_path / 'checkpoints'} holds no epoch=NNN.ckpt checkpoints"
     )
     assert not (tmp_path / "analysis").exists()
+
+
+def test_notebook_runs_on_a_smoke_run(smoke_run, monkeypatch):
+    import nbformat
+    from nbclient import NotebookClient
+
+    for key, value in {"RUN_DIR": smoke_run["run_dir"], "FID_SAMPLES": "100", "CLASSIFIER_EPOCHS": "10",
+                       "MIN_ACCURACY": "0.9", "K": "2"}.items():  # fmt: skip
+        monkeypatch.setenv(f"DCGAN_XAI_{key}", value)
+    nb = nbformat.read(REPO / "notebooks" / "reproduce_paper.ipynb", as_version=4)
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")  # committed clean
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}).execute()
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert "Grad-CAM choice" in text or "last epoch" in text

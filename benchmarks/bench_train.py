@@ -1,0 +1,95 @@
+"""Training throughput: the project's Lightning path against the PyTorch DCGAN example's recipe.
+
+    python benchmarks/bench_train.py [--steps 20] [--warmup 3] [--batch 128] [--data data/mnist]
+
+Both use the same nets (paper D, G at ngf=ndf=64), batch size and machine, in one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra import compose, initialize_config_dir
+from torch.utils.data import DataLoader
+
+import dcgan_xai.config  # noqa: F401
+from benchmarks.common import PILMNIST, machine, reference_loop
+from dcgan_xai.models.networks import Generator, build_discriminator, dcgan_init
+from dcgan_xai.runs import RunDir
+from dcgan_xai.training import build_callbacks, build_datamodule, build_model, build_trainer
+
+CONF = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+class Throughput(L.Callback):
+    def __init__(self, warmup: int):
+        self.warmup, self.start, self.images = warmup, 0.0, 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == self.warmup:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self.start, self.images = time.perf_counter(), 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if batch_idx >= self.warmup:
+            self.images += batch[0].shape[0]
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.end = time.perf_counter()
+
+    @property
+    def rate(self) -> float:
+        return self.images / (self.end - self.start)
+
+
+def project_rate(args, run_dir: Path, extra: list[str]) -> float:
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("train", overrides=["+experiment=mnist64", f"data.root={args.data}",
+                                          f"data.batch_size={args.batch}", "trainer.max_epochs=1",
+                                          f"trainer.limit_train_batches={args.warmup + args.steps}",
+                                          "trainer.enable_progress_bar=false", *extra])  # fmt: skip
+    meter = Throughput(args.warmup)
+    run = RunDir(run_dir)
+    trainer = build_trainer(cfg, run, [*build_callbacks(cfg, run), meter])
+    trainer.fit(build_model(cfg), datamodule=build_datamodule(cfg))
+    return meter.rate
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--data", default="data/mnist")
+    p.add_argument("--out", default="/tmp/dcgan_xai_bench")
+    args = p.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    print(f"machine: {machine()}")
+
+    torch.manual_seed(0)
+    g, d = Generator(100, 64).to(device), build_discriminator("paper", 64).to(device)
+    g.apply(dcgan_init)
+    d.apply(dcgan_init)
+    loader = DataLoader(PILMNIST(args.data), batch_size=args.batch, shuffle=True,
+                        num_workers=args.workers, drop_last=True)  # fmt: skip
+    ref = reference_loop(g, d, loader, args.steps, args.warmup, device)
+    print(f"reference (PIL Resize(64), {args.workers} workers, fp32, Sigmoid+BCE): {ref:,.0f} images/s")
+
+    import shutil
+    import tempfile
+
+    out = Path(tempfile.mkdtemp(prefix="bench_train_", dir=Path(args.out).parent))
+    ours = project_rate(args, out / "ours", [])
+    shutil.rmtree(out, ignore_errors=True)
+    print(f"dcgan_xai train +experiment=mnist64 (Lightning, callbacks on): {ours:,.0f} images/s")
+    print(f"ratio dcgan_xai / reference: {ours / ref:.2f}x  (batch {args.batch}, {args.steps} timed steps)")
+
+
+if __name__ == "__main__":
+    main()
