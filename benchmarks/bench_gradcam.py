@@ -59,7 +59,9 @@ def main() -> None:
     assert dm.train_set is not None and dm.test_set is not None
 
     # 1. the callback against one epoch of training (reference recipe's step, batch 128)
-    loader = DataLoader(PILMNIST(args.data), batch_size=128, shuffle=True, num_workers=2, drop_last=True)
+    loader = DataLoader(
+        PILMNIST(args.data), batch_size=128, shuffle=True, num_workers=2, drop_last=True
+    )
     rate = reference_loop(g, d, loader, args.train_steps, 2, device)
     epoch_s = 60000 / rate
     probe = make_probe(dm.test_set.images, dm.test_set.labels, 64, 0, 100)

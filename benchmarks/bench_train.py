@@ -79,7 +79,9 @@ def main() -> None:
     loader = DataLoader(PILMNIST(args.data), batch_size=args.batch, shuffle=True,
                         num_workers=args.workers, drop_last=True)  # fmt: skip
     ref = reference_loop(g, d, loader, args.steps, args.warmup, device)
-    print(f"reference (PIL Resize(64), {args.workers} workers, fp32, Sigmoid+BCE): {ref:,.0f} images/s")
+    print(
+        f"reference (PIL Resize(64), {args.workers} workers, fp32, Sigmoid+BCE): {ref:,.0f} images/s"
+    )
 
     import shutil
     import tempfile
@@ -88,7 +90,9 @@ def main() -> None:
     ours = project_rate(args, out / "ours", [])
     shutil.rmtree(out, ignore_errors=True)
     print(f"dcgan_xai train +experiment=mnist64 (Lightning, callbacks on): {ours:,.0f} images/s")
-    print(f"ratio dcgan_xai / reference: {ours / ref:.2f}x  (batch {args.batch}, {args.steps} timed steps)")
+    print(
+        f"ratio dcgan_xai / reference: {ours / ref:.2f}x  (batch {args.batch}, {args.steps} timed steps)"
+    )
 
 
 if __name__ == "__main__":

@@ -41,7 +41,9 @@ class PILMNIST(Dataset):
         return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        img = Image.fromarray(self.images[i], mode="L").resize((self.size, self.size), Image.BILINEAR)
+        img = Image.fromarray(self.images[i], mode="L").resize(
+            (self.size, self.size), Image.BILINEAR
+        )
         x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).unsqueeze(0)  # ToTensor
         return (x - 0.5) / 0.5, self.labels[i]  # Normalize((0.5,), (0.5,))
 

@@ -7,7 +7,7 @@ OmegaConf with an error naming the key.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
@@ -24,8 +24,8 @@ class DataConfig:
     root: str = "data/mnist"
     image_size: int = 64
     batch_size: int = 128
-    limit: Optional[int] = None
-    exclude: Optional[str] = None
+    limit: int | None = None
+    exclude: str | None = None
     sources: list[str] = field(default_factory=lambda: list(SOURCES))
     checksums: dict[str, str] = field(default_factory=lambda: dict(MD5))
 
@@ -54,7 +54,7 @@ class TrainerConfig:
     log_every_n_steps: int = 50
     enable_progress_bar: bool = True
     deterministic: bool = False
-    limit_train_batches: Optional[float] = None
+    limit_train_batches: float | None = None
 
 
 @dataclass
@@ -115,7 +115,9 @@ class AnalysisSettings:
 
     def check(self) -> None:
         if self.bn_mode not in BN_MODES:
-            raise UserError(f"bn_mode={self.bn_mode!r} is not allowed; allowed: {', '.join(BN_MODES)}")
+            raise UserError(
+                f"bn_mode={self.bn_mode!r} is not allowed; allowed: {', '.join(BN_MODES)}"
+            )
         if self.probe not in PROBES:
             raise UserError(f"probe={self.probe!r} is not allowed; allowed: {', '.join(PROBES)}")
         if self.score not in SCORES:
@@ -132,28 +134,28 @@ class AnalysisSettings:
 
 @dataclass
 class AnalyzeConfig(AnalysisSettings):
-    run_dir: Optional[str] = None
-    compare: Optional[list[str]] = None
+    run_dir: str | None = None
+    compare: list[str] | None = None
 
 
 @dataclass
 class AggregateConfig(AnalysisSettings):
-    sweep_dir: Optional[str] = None
+    sweep_dir: str | None = None
     reanalyze: bool = False
 
 
 @dataclass
 class CurateConfig:
-    run_dir: Optional[str] = None
+    run_dir: str | None = None
     epoch: str = "selected"
-    ckpt: Optional[str] = None
+    ckpt: str | None = None
     layer: str = "block3"
     bn_mode: str = "batch"
     threshold: float = 0.7
     pixel_threshold: float = 0.5
     mask_threshold: float = 0.5
     batch_size: int = 1024
-    name: Optional[str] = None
+    name: str | None = None
     device: str = "auto"
     progress: bool = True
 

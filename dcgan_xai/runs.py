@@ -145,18 +145,22 @@ def read_csv(path: str | os.PathLike[str]) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-SCORE_FIELDS = ["epoch", "layer", "bn_mode"] + [
-    f"{probe}_{name}"
-    for probe in ("real", "fake")
-    for name in (
-        "focus_mean",
-        "focus_std",
-        "coverage_mean",
-        "coverage_std",
-        "degenerate",
-        "flagged",
-    )
-] + ["d_real", "d_fake"]
+SCORE_FIELDS = (
+    ["epoch", "layer", "bn_mode"]
+    + [
+        f"{probe}_{name}"
+        for probe in ("real", "fake")
+        for name in (
+            "focus_mean",
+            "focus_std",
+            "coverage_mean",
+            "coverage_std",
+            "degenerate",
+            "flagged",
+        )
+    ]
+    + ["d_real", "d_fake"]
+)
 
 
 def save_probe(run: RunDir, probe: Probe) -> None:
@@ -168,7 +172,9 @@ def load_probe(run: RunDir) -> Probe:
     try:
         return Probe.from_dict(data)
     except (KeyError, TypeError) as err:
-        raise UserError(f"probe file {run.probe} lacks {err}; it was not written by dcgan_xai") from err
+        raise UserError(
+            f"probe file {run.probe} lacks {err}; it was not written by dcgan_xai"
+        ) from err
 
 
 def save_gradcam_epoch(run: RunDir, epoch: int, record: dict[str, Any]) -> None:

@@ -43,7 +43,9 @@ def validate(cfg: DictConfig) -> None:
             f"discriminators are built for {IMAGE_SIZE}x{IMAGE_SIZE} images (allowed: {IMAGE_SIZE})"
         )
     if cfg.trainer.max_epochs < 1:
-        raise UserError(f"trainer.max_epochs={cfg.trainer.max_epochs} is not allowed; it must be >= 1")
+        raise UserError(
+            f"trainer.max_epochs={cfg.trainer.max_epochs} is not allowed; it must be >= 1"
+        )
     d = build_discriminator(cfg.model.arch, 1)
     gc = cfg.callbacks.gradcam
     if gc.enabled:
@@ -163,8 +165,8 @@ def check_resumable(path: Path, model: DCGAN) -> None:
     if saved != ours:
         diff = sorted(set(saved.items()) ^ set(ours.items()))[0]
         raise UserError(
-            f"checkpoint {path} is of another architecture than model={model.hparams.arch} "
-            f"ngf={model.hparams.ngf} ndf={model.hparams.ndf} (first difference: {diff[0]}); "
+            f"checkpoint {path} is of another architecture than model={model.hparams['arch']} "
+            f"ngf={model.hparams['ngf']} ndf={model.hparams['ndf']} (first difference: {diff[0]}); "
             "resume with the overrides it was trained with"
         )
 
@@ -204,7 +206,9 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
             )
         ckpt_path = str(run.last_checkpoint)
     elif cfg.resume and run.checkpoint_epochs():
-        raise UserError(f"resume=true but {run.last_checkpoint} is missing; restore it from epoch=NNN.ckpt")
+        raise UserError(
+            f"resume=true but {run.last_checkpoint} is missing; restore it from epoch=NNN.ckpt"
+        )
     exclude, exclusion = None, None
     if cfg.data.exclude:
         files = ensure_mnist(cfg.data.root, list(cfg.data.sources), dict(cfg.data.checksums))
@@ -220,7 +224,9 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     datamodule = build_datamodule(cfg, exclude)
     datamodule.setup()
     assert datamodule.test_set is not None
-    if cfg.callbacks.gradcam.enabled and cfg.callbacks.gradcam.probe_size > len(datamodule.test_set):
+    if cfg.callbacks.gradcam.enabled and cfg.callbacks.gradcam.probe_size > len(
+        datamodule.test_set
+    ):
         raise UserError(
             f"callbacks.gradcam.probe_size={cfg.callbacks.gradcam.probe_size} is larger than the "
             f"test split ({len(datamodule.test_set)} images); allowed: 1..{len(datamodule.test_set)}"

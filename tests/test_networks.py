@@ -75,5 +75,7 @@ def test_discriminator_returns_logits(arch):
 
 
 def test_unknown_arch_is_refused():
-    with pytest.raises(UserError, match="model.arch='resnet' is not allowed; allowed: paper, tutorial"):
+    with pytest.raises(
+        UserError, match="model.arch='resnet' is not allowed; allowed: paper, tutorial"
+    ):
         build_discriminator("resnet")

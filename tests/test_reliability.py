@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dcgan_xai.analysis.report import load_module
-from dcgan_xai.data.idx import md5sum, write_idx
+from dcgan_xai.data.idx import md5sum
 from dcgan_xai.data.sources import FILES
 from dcgan_xai.errors import UserError
 from dcgan_xai.models.module import NonFiniteLossError
@@ -39,7 +39,9 @@ REPO = Path(__file__).resolve().parents[1]
         (["data.batch_size=0"], r"data.batch_size=0 is not allowed; it must be >= 1"),
     ],
 )  # fmt: skip
-def test_bad_training_input_is_refused_before_anything_is_written(smoke_cfg, tmp_path, overrides, message):
+def test_bad_training_input_is_refused_before_anything_is_written(
+    smoke_cfg, tmp_path, overrides, message
+):
     run_dir = tmp_path / "run"
     with pytest.raises(UserError, match=message) as err:
         train(smoke_cfg(*overrides), run_dir)
@@ -90,7 +92,9 @@ def test_checkpoint_of_another_architecture_is_refused(smoke_run, smoke_cfg, tmp
 
     shutil.copytree(smoke_run["run_dir"], tmp_path / "run")
     cfg = smoke_cfg("resume=true", "model.ndf=16", "trainer.max_epochs=3")
-    with pytest.raises(UserError, match=r"is of another architecture than model=paper ngf=8 ndf=16"):
+    with pytest.raises(
+        UserError, match=r"is of another architecture than model=paper ngf=8 ndf=16"
+    ):
         train(cfg, tmp_path / "run")
     state = torch.load(tmp_path / "run" / "checkpoints" / "epoch=001.ckpt", weights_only=True)
     state["state_dict"] = {"foo": torch.zeros(1)}
@@ -105,7 +109,9 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path, mnist_fixture):
     unknown = subprocess.run(base + ["data.colour=red", f"hydra.run.dir={tmp_path}/a"],
                              capture_output=True, text=True, cwd=REPO, timeout=120)  # fmt: skip
     assert unknown.returncode != 0
-    assert "Key 'colour' not in 'DataConfig'" in unknown.stderr and "Traceback" not in unknown.stderr
+    assert (
+        "Key 'colour' not in 'DataConfig'" in unknown.stderr and "Traceback" not in unknown.stderr
+    )
     layer = subprocess.run(base + ["callbacks.gradcam.layers=[head]", f"hydra.run.dir={tmp_path}/b"],
                            capture_output=True, text=True, cwd=REPO, timeout=120)  # fmt: skip
     assert layer.returncode == 2
@@ -160,7 +166,9 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
     run = RunDir(killed)
     assert run.checkpoint_epochs() == [1]
     kept = {p: p.read_bytes() for p in (run.probe, run.gradcam_file(1), run.checkpoint(1))}
-    resumed = subprocess.run(cmd + ["resume=true"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(
+        cmd + ["resume=true"], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert all(p.read_bytes() == data for p, data in kept.items())
     assert run.checkpoint_epochs() == [1, 2, 3]

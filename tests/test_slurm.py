@@ -26,7 +26,9 @@ def slurm(tmp_path_factory):
         pytest.skip("the local Slurm cluster needs root")
     state = tmp_path_factory.mktemp("slurm")
     env = dict(os.environ, SLURM_LOCAL_DIR=str(state))
-    started = subprocess.run([str(SCRIPT), "start"], env=env, capture_output=True, text=True, timeout=120)
+    started = subprocess.run(
+        [str(SCRIPT), "start"], env=env, capture_output=True, text=True, timeout=120
+    )
     assert started.returncode == 0, started.stdout + started.stderr
     env["SLURM_CONF"] = str(state / "slurm.conf")
     yield env

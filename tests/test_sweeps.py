@@ -38,16 +38,25 @@ def test_local_multirun_creates_one_run_per_job(sweep):
         run = RunDir(job)
         assert run.checkpoint_epochs() == [1, 2] and run.gradcam_epochs() == [1, 2]
         assert len(read_scores(run)) == 2
-    seeds = [json.loads(json.dumps(RunDir(j).root.joinpath("config.yaml").read_text())) for j in jobs]
+    seeds = [
+        json.loads(json.dumps(RunDir(j).root.joinpath("config.yaml").read_text())) for j in jobs
+    ]
     assert "seed: 0" in seeds[0] and "seed: 1" in seeds[1]
 
 
 @pytest.mark.slow
 def test_aggregate_matches_each_jobs_files(sweep):
-    settings = AnalysisSettings(fid_samples=100, classifier_epochs=10, min_accuracy=0.9, k=2, device="cpu")
+    settings = AnalysisSettings(
+        fid_samples=100, classifier_epochs=10, min_accuracy=0.9, k=2, device="cpu"
+    )
     result = aggregate_sweep(sweep, settings)
     rows = read_csv(sweep / "aggregate" / "epochs.csv")
-    assert [(r["job"], r["epoch"]) for r in rows] == [("0", "1"), ("0", "2"), ("1", "1"), ("1", "2")]
+    assert [(r["job"], r["epoch"]) for r in rows] == [
+        ("0", "1"),
+        ("0", "2"),
+        ("1", "1"),
+        ("1", "2"),
+    ]
     for row in rows:
         run = RunDir(sweep / row["job"])
         scores = {s["epoch"]: s for s in read_scores(run)}

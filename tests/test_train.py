@@ -81,8 +81,12 @@ def test_same_seed_twice_gives_identical_losses_and_weights(smoke_run, smoke_cfg
     cfg = smoke_cfg("callbacks.gradcam.layers=[block1,block3]")
     again = train(cfg, tmp_path)
     a, b = RunDir(smoke_run["run_dir"]), RunDir(again["run_dir"])
-    assert scalar_values(a.tensorboard, "train/d_loss") == scalar_values(b.tensorboard, "train/d_loss")
-    assert scalar_values(a.tensorboard, "train/g_loss") == scalar_values(b.tensorboard, "train/g_loss")
+    assert scalar_values(a.tensorboard, "train/d_loss") == scalar_values(
+        b.tensorboard, "train/d_loss"
+    )
+    assert scalar_values(a.tensorboard, "train/g_loss") == scalar_values(
+        b.tensorboard, "train/g_loss"
+    )
     assert same_weights(a.checkpoint(2), b.checkpoint(2))
     assert read_csv(a.scores_csv) == read_csv(b.scores_csv)
 
@@ -96,4 +100,6 @@ def test_gradcam_callback_changes_nothing_in_training(smoke_run, smoke_cfg, tmp_
 
 def test_other_seed_gives_other_weights(smoke_run, smoke_cfg, tmp_path):
     other = train(smoke_cfg("seed=1", "trainer.max_epochs=1", "callbacks=none"), tmp_path)
-    assert not same_weights(RunDir(smoke_run["run_dir"]).checkpoint(1), RunDir(other["run_dir"]).checkpoint(1))
+    assert not same_weights(
+        RunDir(smoke_run["run_dir"]).checkpoint(1), RunDir(other["run_dir"]).checkpoint(1)
+    )

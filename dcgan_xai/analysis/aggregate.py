@@ -21,7 +21,9 @@ JOB_FIELDS = ["job", "seed", "epochs", "selected_epoch", "selected_fid", "best_e
 
 def job_dirs(sweep_dir: Path) -> list[Path]:
     """Run directories under a sweep (any depth), ordered by path."""
-    found = sorted(p.parent for p in sweep_dir.rglob("config.yaml") if (p.parent / "checkpoints").is_dir())
+    found = sorted(
+        p.parent for p in sweep_dir.rglob("config.yaml") if (p.parent / "checkpoints").is_dir()
+    )
     if not found:
         raise UserError(f"aggregate: no run directories with checkpoints under {sweep_dir}")
     return found
@@ -79,9 +81,13 @@ def aggregate_sweep(
     ]
     worse = [r for r in job_rows if r["worse_than_last"]]
     if any(r["worse_than_last"] is not None for r in job_rows):
-        lines.append(f"The Grad-CAM choice was worse than the last epoch in {len(worse)} of {len(job_rows)} jobs.")
+        lines.append(
+            f"The Grad-CAM choice was worse than the last epoch in {len(worse)} of {len(job_rows)} jobs."
+        )
     atomic_write_text(out / "summary.md", "\n".join(lines) + "\n")
     n = min(len(v) for v in curves.values())
-    image = figures.curves(list(range(1, n + 1)), {k: v[:n] for k, v in curves.items()}, title="focus per job")
+    image = figures.curves(
+        list(range(1, n + 1)), {k: v[:n] for k, v in curves.items()}, title="focus per job"
+    )
     figures.save_png(image, out / "curves.png")
     return {"dir": str(out), "jobs": job_rows, "epochs": epoch_rows}

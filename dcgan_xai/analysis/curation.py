@@ -89,10 +89,14 @@ def resolve_checkpoint(run: RunDir, epoch: str | int | None, ckpt: str | None) -
     try:
         number = int(epoch)
     except ValueError:
-        raise UserError(f"epoch={epoch!r} is not allowed; use selected or an epoch number") from None
+        raise UserError(
+            f"epoch={epoch!r} is not allowed; use selected or an epoch number"
+        ) from None
     available = run.checkpoint_epochs()
     if number not in available:
-        raise UserError(f"epoch={number} has no checkpoint in {run.checkpoints}; available: {available}")
+        raise UserError(
+            f"epoch={number} has no checkpoint in {run.checkpoints}; available: {available}"
+        )
     return run.checkpoint(number)
 
 
@@ -151,9 +155,13 @@ def curate_run(
         "flagged": int(flagged.sum()),
         "flagged_per_digit": {str(d): n for d, n in enumerate(per_digit)},
         "settings": {
-            "layer": layer, "bn_mode": bn_mode, "threshold": threshold,
-            "pixel_threshold": pixel_threshold, "mask_threshold": mask_threshold,
-            "batch_size": batch_size, "device": str(device),
+            "layer": layer,
+            "bn_mode": bn_mode,
+            "threshold": threshold,
+            "pixel_threshold": pixel_threshold,
+            "mask_threshold": mask_threshold,
+            "batch_size": batch_size,
+            "device": str(device),
         },  # fmt: skip
         "checkpoint": str(path.resolve()),
         "checkpoint_sha256": sha256sum(path),
@@ -168,6 +176,8 @@ def curate_run(
     images = to_unit_range(dm.train_set.images[top])
     maps = grad_cam(model.discriminator.cpu(), images, layer, bn_mode=bn_mode)
     assert isinstance(maps, torch.Tensor)
-    figures.save_png(figures.tiles_image(side_by_side(images, maps), nrow=8), out / "flagged_examples.png")
+    figures.save_png(
+        figures.tiles_image(side_by_side(images, maps), nrow=8), out / "flagged_examples.png"
+    )
     summary["dir"] = str(out)
     return summary

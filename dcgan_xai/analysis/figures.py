@@ -51,7 +51,9 @@ def figure1(
     rows = []
     for epoch in sorted(maps_by_epoch):
         tiles = side_by_side(images, maps_by_epoch[epoch].float())
-        grid = torchvision.utils.make_grid(tiles, nrow=tiles.shape[0], padding=TILE_PAD, pad_value=1.0)
+        grid = torchvision.utils.make_grid(
+            tiles, nrow=tiles.shape[0], padding=TILE_PAD, pad_value=1.0
+        )
         rows.append((epoch, grid))
     width, height = figure_size(len(rows), images.shape[0], images.shape[-1])
     canvas = Image.new("RGB", (width, height), "white")
@@ -105,7 +107,9 @@ def curves(
         ax2.plot(epochs, fid, color="black", marker="s", ms=3, label="FID")
         ax2.set_ylabel("FID (lower is better)")
         ax2.legend(loc="upper right")
-    for (name, epoch), colour in zip((marks or {}).items(), ["red", "green", "purple", "grey"], strict=False):
+    for (name, epoch), colour in zip(
+        (marks or {}).items(), ["red", "green", "purple", "grey"], strict=False
+    ):
         ax.axvline(epoch, color=colour, ls="--", label=f"{name}: {epoch}")
     ax.legend(loc="upper left", fontsize=8)
     ax.set_title(title)

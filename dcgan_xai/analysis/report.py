@@ -33,6 +33,7 @@ from dcgan_xai.runs import (
     save_probe,
 )
 
+
 def parse_samples(spec: str, probe_size: int) -> tuple[str, list[int] | int]:
     """``fixed:3,5,9`` (probe positions) or ``informative:<k>``."""
     kind, _, arg = spec.partition(":")
@@ -99,7 +100,9 @@ def ensure_probe(run: RunDir, dm: MNISTDataModule) -> Probe:
     cfg = run_config(run)
     assert dm.test_set is not None
     gc = cfg.callbacks.gradcam
-    probe = make_probe(dm.test_set.images, dm.test_set.labels, gc.probe_size, cfg.seed, cfg.model.nz)
+    probe = make_probe(
+        dm.test_set.images, dm.test_set.labels, gc.probe_size, cfg.seed, cfg.model.nz
+    )
     save_probe(run, probe)
     return probe
 
@@ -114,11 +117,13 @@ def epoch_records(
         record = None
         if run.gradcam_file(epoch).is_file():
             saved = load_gradcam_epoch(run, epoch)
-            same = saved["bn_mode"] == settings.bn_mode and all(
-                layer in saved["layers"] for layer in settings.layers
-            ) and all(
-                saved.get(k) == getattr(settings, k)
-                for k in ("pixel_threshold", "flag_threshold", "mask_threshold")
+            same = (
+                saved["bn_mode"] == settings.bn_mode
+                and all(layer in saved["layers"] for layer in settings.layers)
+                and all(
+                    saved.get(k) == getattr(settings, k)
+                    for k in ("pixel_threshold", "flag_threshold", "mask_threshold")
+                )
             )
             if same:
                 record = saved
@@ -137,7 +142,11 @@ def epoch_records(
 def informative_samples(maps_by_epoch: dict[int, torch.Tensor], count: int) -> list[int]:
     """Probe positions whose maps change most across epochs (mean per-pixel std)."""
     stack = torch.stack([maps_by_epoch[e].float() for e in sorted(maps_by_epoch)])  # (E, N, H, W)
-    change = stack.std(dim=0, unbiased=False).mean(dim=(1, 2)) if len(stack) > 1 else stack[0].mean((1, 2))
+    change = (
+        stack.std(dim=0, unbiased=False).mean(dim=(1, 2))
+        if len(stack) > 1
+        else stack[0].mean((1, 2))
+    )
     order = sorted(range(change.numel()), key=lambda i: (-float(change[i]), i))
     return order[:count]
 
@@ -180,7 +189,11 @@ def analyze_run(run_dir: str | Path, settings: AnalysisSettings | None = None) -
     if settings.quality:
         assert dm.train_set is not None and dm.test_set is not None
         digest = dm.checksums["test-images"][:8]
-        path = Path(cfg.data.root) / "classifier" / f"mnist{cfg.data.image_size}-cnn-e{settings.classifier_epochs}-seed0-{digest}.pt"
+        path = (
+            Path(cfg.data.root)
+            / "classifier"
+            / f"mnist{cfg.data.image_size}-cnn-e{settings.classifier_epochs}-seed0-{digest}.pt"
+        )
         classifier, classifier_acc = load_or_train_classifier(
             path, dm.train_set, dm.test_set, epochs=settings.classifier_epochs,
             min_accuracy=settings.min_accuracy, device=device,
@@ -228,7 +241,7 @@ def analyze_run(run_dir: str | Path, settings: AnalysisSettings | None = None) -
     _write_figures(run, out, probe, records, settings, kind, arg, selection, table)
     best = load_module(run.checkpoint(selection.fine_winner))
     atomic_torch_save(
-        {"state_dict": best.generator.state_dict(), "nz": best.hparams.nz, "ngf": best.hparams.ngf,
+        {"state_dict": best.generator.state_dict(), "nz": best.hparams["nz"], "ngf": best.hparams["ngf"],
          "epoch": selection.fine_winner},
         out / "best_generator.pt",
     )  # fmt: skip
@@ -238,7 +251,9 @@ def analyze_run(run_dir: str | Path, settings: AnalysisSettings | None = None) -
     return result
 
 
-def verdict(selection: Selection, fid: dict[int, float], scores: dict[int, float]) -> dict[str, Any]:
+def verdict(
+    selection: Selection, fid: dict[int, float], scores: dict[int, float]
+) -> dict[str, Any]:
     """The selected epoch's FID against the best and the last epoch, and Spearman's rho."""
     epochs = sorted(fid)
     chosen, last = selection.fine_winner, epochs[-1]
@@ -371,7 +386,9 @@ def compare_runs(run_dirs: Sequence[str | Path], settings: AnalysisSettings) -> 
     for run_dir in run_dirs:
         result = load_or_analyze(run_dir, settings)
         exclusion_path = RunDir(run_dir).root / "exclusion.json"
-        excluded = json.loads(exclusion_path.read_text())["excluded"] if exclusion_path.is_file() else 0
+        excluded = (
+            json.loads(exclusion_path.read_text())["excluded"] if exclusion_path.is_file() else 0
+        )
         v = result.get("verdict") or {}
         last = result["epochs"][-1]
         rows.append({
@@ -398,6 +415,8 @@ def compare_runs(run_dirs: Sequence[str | Path], settings: AnalysisSettings) -> 
     atomic_write_text(out / "compare.md", "\n".join(lines) + "\n")
     atomic_write_text(out / "compare.json", json.dumps(rows, indent=2) + "\n")
     n = min(len(v) for v in series.values())
-    image = figures.curves(list(range(1, n + 1)), {k: v[:n] for k, v in series.items()}, title="focus")
+    image = figures.curves(
+        list(range(1, n + 1)), {k: v[:n] for k, v in series.items()}, title="focus"
+    )
     figures.save_png(image, out / "compare.png")
     return {"rows": rows, "dir": str(out)}

@@ -137,7 +137,7 @@ class GradCamCallback(L.Callback):
         else:
             test = trainer.datamodule.test_set  # type: ignore[attr-defined]
             self.probe = make_probe(
-                test.images, test.labels, self.probe_size, self.seed, pl_module.hparams.nz
+                test.images, test.labels, self.probe_size, self.seed, pl_module.hparams["nz"]
             )
             save_probe(self.run, self.probe)
         done = trainer.current_epoch  # epochs already trained (non-zero on resume)
@@ -163,8 +163,14 @@ class GradCamCallback(L.Callback):
         record["epoch"] = epoch
         save_gradcam_epoch(self.run, epoch, record)
         rows = [
-            {"epoch": epoch, "layer": name, "bn_mode": self.bn_mode, **record["summary"][name],
-             "d_real": record["d_real"], "d_fake": record["d_fake"]}
+            {
+                "epoch": epoch,
+                "layer": name,
+                "bn_mode": self.bn_mode,
+                **record["summary"][name],
+                "d_real": record["d_real"],
+                "d_fake": record["d_fake"],
+            }
             for name in self.layers
         ]
         update_scores(self.run, rows)
@@ -182,7 +188,7 @@ class GradCamCallback(L.Callback):
         metrics["gradcam/probe_d_real"] = record["d_real"]
         metrics["gradcam/probe_d_fake"] = record["d_fake"]
         logger.log_metrics(metrics, step=epoch)
-        experiment = logger.experiment
+        experiment: Any = getattr(logger, "experiment", None)
         if not self.log_images or not hasattr(experiment, "add_image"):
             return
         assert self.probe is not None

@@ -20,7 +20,12 @@ def fingerprint(files: Mapping[str, Path], split: str = "train") -> dict[str, An
     """What identifies a split's data: its name, size and the MD5 of its raw files."""
     images, labels = files[f"{split}-images"], files[f"{split}-labels"]
     size = (labels.stat().st_size - 8) if labels.is_file() else 0
-    return {"split": split, "size": size, "images_md5": md5sum(images), "labels_md5": md5sum(labels)}
+    return {
+        "split": split,
+        "size": size,
+        "images_md5": md5sum(images),
+        "labels_md5": md5sum(labels),
+    }
 
 
 def read_manifest(path: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -39,7 +44,9 @@ def read_manifest(path: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any
         summary = json.loads(summary_path.read_text())
         summary["fingerprint"]["images_md5"]
     except (ValueError, KeyError, TypeError) as err:
-        raise UserError(f"malformed curation manifest {path}: summary.json lacks a fingerprint") from err
+        raise UserError(
+            f"malformed curation manifest {path}: summary.json lacks a fingerprint"
+        ) from err
     rows: list[dict[str, Any]] = []
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
@@ -62,7 +69,9 @@ def read_manifest(path: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any
                     "flagged": flagged in ("true", "1"),
                 })  # fmt: skip
             except (ValueError, TypeError, AttributeError) as err:
-                raise UserError(f"malformed curation manifest {path}: bad value on line {line}: {err}") from err
+                raise UserError(
+                    f"malformed curation manifest {path}: bad value on line {line}: {err}"
+                ) from err
     return rows, summary
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from dcgan_xai.data.idx import md5sum, read_idx
 from dcgan_xai.data.sources import MD5, SOURCES, ensure_mnist
@@ -21,7 +21,7 @@ RESIZE_METHOD = "bilinear-aa"
 
 
 @dataclass
-class Split:
+class Split(Dataset):
     """Images of one split, resident in memory.
 
     Attributes:
@@ -181,7 +181,12 @@ class MNISTDataModule(L.LightningDataModule):
         if batch_size < 1:
             raise UserError(f"data.batch_size={batch_size} is not allowed; it must be >= 1")
         self.root = Path(root)
-        self.image_size, self.batch_size, self.seed, self.limit = image_size, batch_size, seed, limit
+        self.image_size, self.batch_size, self.seed, self.limit = (
+            image_size,
+            batch_size,
+            seed,
+            limit,
+        )
         self.exclude = exclude
         self.sources = tuple(sources)
         self.checksums = dict(checksums or MD5)
@@ -218,5 +223,7 @@ class MNISTDataModule(L.LightningDataModule):
         trainer = self.trainer
         rank = trainer.global_rank if trainer is not None else 0
         world = trainer.world_size if trainer is not None else 1
-        sampler = IndexBatchSampler(len(self.train_set), self.batch_size, self.seed, True, rank, world)
+        sampler = IndexBatchSampler(
+            len(self.train_set), self.batch_size, self.seed, True, rank, world
+        )
         return DataLoader(self.train_set, sampler=sampler, batch_size=None, num_workers=0)

@@ -33,9 +33,7 @@ class Probe:
         return cls(**{k: data[k] for k in ("images", "labels", "indices", "noise")})
 
 
-def make_probe(
-    images: torch.Tensor, labels: torch.Tensor, size: int, seed: int, nz: int
-) -> Probe:
+def make_probe(images: torch.Tensor, labels: torch.Tensor, size: int, seed: int, nz: int) -> Probe:
     """Choose ``size`` images stratified by label (seeded) and draw ``size`` noise vectors.
 
     Each class gets ``size // classes`` images; the remainder goes to classes chosen by the
@@ -59,6 +57,8 @@ def make_probe(
         rest = torch.ones(total, dtype=torch.bool)
         rest[rows] = False
         extra = rest.nonzero().squeeze(1)
-        rows = torch.cat([rows, extra[torch.randperm(extra.numel(), generator=gen)[: size - rows.numel()]]])
+        rows = torch.cat(
+            [rows, extra[torch.randperm(extra.numel(), generator=gen)[: size - rows.numel()]]]
+        )
     noise = torch.randn(size, nz, 1, 1, generator=gen)
     return Probe(images[rows].clone(), labels[rows].clone(), rows.clone(), noise)

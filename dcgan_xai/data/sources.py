@@ -117,7 +117,7 @@ def ensure_mnist(
             except Exception as err:  # network, missing tool, ...
                 tried.append(f"{source}: {type(err).__name__}: {' '.join(str(err).split())[:160]}")
                 continue
-            for key, name in FILES.items():
+            for name in FILES.values():
                 if not (root / name).exists():
                     (staging / name).replace(root / name)
     missing = _missing(root)

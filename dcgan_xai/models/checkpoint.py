@@ -32,4 +32,3 @@ class EpochCheckpoint(ModelCheckpoint):
         if "epoch" in metrics and filename is None:
             metrics = {**metrics, "epoch": metrics["epoch"] + 1}
         return super().format_checkpoint_name(metrics, filename, ver, prefix)
-

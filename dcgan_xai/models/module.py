@@ -11,8 +11,8 @@ import torchvision
 
 from dcgan_xai.data.mnist import to_unit_range
 from dcgan_xai.errors import UserError
-from dcgan_xai.models.sampling import generate
 from dcgan_xai.models.networks import Generator, build_discriminator, dcgan_init
+from dcgan_xai.models.sampling import generate
 
 
 class NonFiniteLossError(UserError):
@@ -45,6 +45,8 @@ class DCGAN(L.LightningModule):
         n_samples: images in the fixed-noise sample grid logged each epoch.
     """
 
+    sample_noise: torch.Tensor
+
     def __init__(
         self,
         arch: str = "paper",
@@ -72,18 +74,20 @@ class DCGAN(L.LightningModule):
         return self.generator(z)
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        betas = (self.hparams.beta1, self.hparams.beta2)
-        opt_g = torch.optim.Adam(self.generator.parameters(), lr=self.hparams.lr, betas=betas)
-        opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=self.hparams.lr, betas=betas)
+        betas = (self.hparams["beta1"], self.hparams["beta2"])
+        opt_g = torch.optim.Adam(self.generator.parameters(), lr=self.hparams["lr"], betas=betas)
+        opt_d = torch.optim.Adam(
+            self.discriminator.parameters(), lr=self.hparams["lr"], betas=betas
+        )
         return [opt_g, opt_d]
 
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
         images, _, _ = batch
         real = to_unit_range(images)  # (N, 1, 64, 64)
         n = real.shape[0]
-        opt_g, opt_d = self.optimizers()  # type: ignore[misc]
+        opt_g, opt_d = self.optimizers()  # type: ignore[misc,attr-defined]
         z = step_noise(
-            self.hparams.seed, self.current_epoch, batch_idx, n, self.hparams.nz, self.device
+            self.hparams["seed"], self.current_epoch, batch_idx, n, self.hparams["nz"], self.device
         )
         fake = self.generator(z)
 
@@ -127,7 +131,7 @@ class DCGAN(L.LightningModule):
         logger = self.logger
         if logger is None or not self.trainer.is_global_zero:
             return
-        experiment: Any = logger.experiment
+        experiment: Any = getattr(logger, "experiment", None)
         if not hasattr(experiment, "add_image"):
             return
         samples = generate(self.generator, self.sample_noise).cpu()

@@ -67,6 +67,9 @@ class Discriminator(nn.Module):
     def __init__(self, blocks: list[nn.Sequential], head: nn.Conv2d):
         super().__init__()
         self.block_names = [f"block{i + 1}" for i in range(len(blocks))]
+        first = blocks[0][0]
+        assert isinstance(first, nn.Conv2d)
+        self.in_channels = first.in_channels
         for name, block in zip(self.block_names, blocks, strict=True):
             self.add_module(name, block)
         self.head = head
@@ -88,7 +91,7 @@ class Discriminator(nn.Module):
 
     def block_shapes(self, image_size: int = IMAGE_SIZE) -> dict[str, tuple[int, int, int]]:
         """Output shape (C, H, W) of each named block for one image."""
-        x = torch.zeros(1, self.block1[0].in_channels, image_size, image_size)
+        x = torch.zeros(1, self.in_channels, image_size, image_size)
         shapes = {}
         with torch.no_grad():
             for name in self.block_names:
@@ -97,7 +100,9 @@ class Discriminator(nn.Module):
         return shapes  # type: ignore[return-value]
 
 
-def paper_discriminator(ndf: int = 64, channels: int = 1, bn_momentum: float = 0.1) -> Discriminator:
+def paper_discriminator(
+    ndf: int = 64, channels: int = 1, bn_momentum: float = 0.1
+) -> Discriminator:
     """The paper's 4-conv D; the last kernel (8x8 to 1x1) is our reading of the paper."""
     blocks = [
         _down(channels, ndf, False, bn_momentum),  # (N, ndf, 32, 32)

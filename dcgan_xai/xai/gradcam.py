@@ -24,7 +24,10 @@ def preserved_state(module: nn.Module) -> Iterator[None]:
     """
     modes = [(m, m.training) for m in module.modules()]
     buffers = [(b, b.detach().clone()) for b in module.buffers()]
-    params = [(p, p.requires_grad, None if p.grad is None else p.grad.clone()) for p in module.parameters()]
+    params = [
+        (p, p.requires_grad, None if p.grad is None else p.grad.clone())
+        for p in module.parameters()
+    ]
     cpu_rng = torch.get_rng_state()
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
     try:
@@ -100,10 +103,17 @@ def grad_cam(
     layers = _check_layers(discriminator, layer)
     device_type = images.device.type
     no_autocast = (
-        torch.autocast(device_type, enabled=False) if device_type in ("cuda", "cpu") else nullcontext()
+        torch.autocast(device_type, enabled=False)
+        if device_type in ("cuda", "cpu")
+        else nullcontext()
     )
     maps: dict[str, torch.Tensor] = {}
-    with preserved_state(discriminator), torch.inference_mode(False), torch.enable_grad(), no_autocast:
+    with (
+        preserved_state(discriminator),
+        torch.inference_mode(False),
+        torch.enable_grad(),
+        no_autocast,
+    ):
         discriminator.train(bn_mode == "batch")
         x = images.detach().clone().float()  # a normal tensor even under inference mode
 
