@@ -16,13 +16,12 @@ import torch.nn.functional as F
 from captum.attr import LayerGradCam
 from torch.utils.data import DataLoader
 
-from benchmarks.common import PILMNIST, machine, reference_loop
+from benchmarks.common import PILMNIST, full_width_nets, machine, reference_loop
 from dcgan_xai.analysis.curation import score_split
 from dcgan_xai.analysis.quality import MNISTClassifier, QualityMeter
 from dcgan_xai.callbacks.gradcam import explain_epoch
 from dcgan_xai.data.mnist import MNISTDataModule, to_unit_range
 from dcgan_xai.data.probe import make_probe
-from dcgan_xai.models.networks import Generator, build_discriminator, dcgan_init
 from dcgan_xai.models.sampling import generate
 
 
@@ -50,10 +49,7 @@ def main() -> None:
     args = p.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     print(f"machine: {machine()}")
-    torch.manual_seed(0)
-    g, d = Generator(100, 64).to(device), build_discriminator("paper", 64).to(device)
-    g.apply(dcgan_init)
-    d.apply(dcgan_init)
+    g, d = full_width_nets(device)
     dm = MNISTDataModule(args.data)
     dm.setup()
     assert dm.train_set is not None and dm.test_set is not None

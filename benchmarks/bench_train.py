@@ -8,6 +8,7 @@ Both use the same nets (paper D, G at ngf=ndf=64), batch size and machine, in on
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from pathlib import Path
 
@@ -17,8 +18,7 @@ from hydra import compose, initialize_config_dir
 from torch.utils.data import DataLoader
 
 import dcgan_xai.config  # noqa: F401
-from benchmarks.common import PILMNIST, machine, reference_loop
-from dcgan_xai.models.networks import Generator, build_discriminator, dcgan_init
+from benchmarks.common import PILMNIST, full_width_nets, machine, reference_loop
 from dcgan_xai.runs import RunDir
 from dcgan_xai.training import build_callbacks, build_datamodule, build_model, build_trainer
 
@@ -47,12 +47,12 @@ class Throughput(L.Callback):
         return self.images / (self.end - self.start)
 
 
-def project_rate(args, run_dir: Path, extra: list[str]) -> float:
+def project_rate(args, run_dir: Path) -> float:
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         cfg = compose("train", overrides=["+experiment=mnist64", f"data.root={args.data}",
                                           f"data.batch_size={args.batch}", "trainer.max_epochs=1",
                                           f"trainer.limit_train_batches={args.warmup + args.steps}",
-                                          "trainer.enable_progress_bar=false", *extra])  # fmt: skip
+                                          "trainer.enable_progress_bar=false"])  # fmt: skip
     meter = Throughput(args.warmup)
     run = RunDir(run_dir)
     trainer = build_trainer(cfg, run, [*build_callbacks(cfg, run), meter])
@@ -67,15 +67,11 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--data", default="data/mnist")
-    p.add_argument("--out", default="/tmp/dcgan_xai_bench")
     args = p.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     print(f"machine: {machine()}")
 
-    torch.manual_seed(0)
-    g, d = Generator(100, 64).to(device), build_discriminator("paper", 64).to(device)
-    g.apply(dcgan_init)
-    d.apply(dcgan_init)
+    g, d = full_width_nets(device)
     loader = DataLoader(PILMNIST(args.data), batch_size=args.batch, shuffle=True,
                         num_workers=args.workers, drop_last=True)  # fmt: skip
     ref = reference_loop(g, d, loader, args.steps, args.warmup, device)
@@ -83,12 +79,8 @@ def main() -> None:
         f"reference (PIL Resize(64), {args.workers} workers, fp32, Sigmoid+BCE): {ref:,.0f} images/s"
     )
 
-    import shutil
-    import tempfile
-
-    out = Path(tempfile.mkdtemp(prefix="bench_train_", dir=Path(args.out).parent))
-    ours = project_rate(args, out / "ours", [])
-    shutil.rmtree(out, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix="bench_train_") as out:
+        ours = project_rate(args, Path(out))
     print(f"dcgan_xai train +experiment=mnist64 (Lightning, callbacks on): {ours:,.0f} images/s")
     print(
         f"ratio dcgan_xai / reference: {ours / ref:.2f}x  (batch {args.batch}, {args.steps} timed steps)"

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from dcgan_xai.data.idx import read_idx
 from dcgan_xai.data.sources import FILES
+from dcgan_xai.models.networks import Discriminator, Generator, build_discriminator, dcgan_init
 
 
 def machine() -> str:
@@ -27,6 +28,15 @@ def machine() -> str:
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return f"{cpu}, {torch.get_num_threads()} threads, {gpu}, torch {torch.__version__}, {platform.python_version()}"
+
+
+def full_width_nets(device: torch.device) -> tuple[Generator, Discriminator]:
+    """The paper's nets at full width (ngf = ndf = 64), DCGAN-initialised with seed 0."""
+    torch.manual_seed(0)
+    g, d = Generator(100, 64).to(device), build_discriminator("paper", 64).to(device)
+    g.apply(dcgan_init)
+    d.apply(dcgan_init)
+    return g, d
 
 
 class PILMNIST(Dataset):

@@ -155,6 +155,32 @@ def build_trainer(cfg: DictConfig, run: RunDir, callbacks: list[L.Callback]) -> 
     )
 
 
+def read_exclusion(cfg: DictConfig) -> tuple[torch.Tensor | None, dict[str, Any] | None]:
+    """The indices ``data.exclude`` leaves out, and the record of it kept with the run."""
+    if not cfg.data.exclude:
+        return None, None
+    files = ensure_mnist(cfg.data.root, list(cfg.data.sources), dict(cfg.data.checksums))
+    expected = fingerprint(files)
+    exclude = load_exclusion(cfg.data.exclude, expected)
+    record = {
+        "manifest": str(Path(cfg.data.exclude).resolve()),
+        "manifest_md5": md5sum(cfg.data.exclude),
+        "fingerprint": expected,
+        "excluded": int(exclude.numel()),
+    }
+    return exclude, record
+
+
+def check_probe_size(cfg: DictConfig, datamodule: MNISTDataModule) -> None:
+    assert datamodule.test_set is not None
+    size, available = cfg.callbacks.gradcam.probe_size, len(datamodule.test_set)
+    if cfg.callbacks.gradcam.enabled and size > available:
+        raise UserError(
+            f"callbacks.gradcam.probe_size={size} is larger than the test split "
+            f"({available} images); allowed: 1..{available}"
+        )
+
+
 def check_resumable(path: Path, model: DCGAN) -> None:
     """Refuse a damaged checkpoint, or one of another architecture, before fit starts."""
     ckpt = safe_torch_load(path, "checkpoint")
@@ -209,28 +235,11 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         raise UserError(
             f"resume=true but {run.last_checkpoint} is missing; restore it from epoch=NNN.ckpt"
         )
-    exclude, exclusion = None, None
-    if cfg.data.exclude:
-        files = ensure_mnist(cfg.data.root, list(cfg.data.sources), dict(cfg.data.checksums))
-        expected = fingerprint(files)
-        exclude = load_exclusion(cfg.data.exclude, expected)
-        exclusion = {
-            "manifest": str(Path(cfg.data.exclude).resolve()),
-            "manifest_md5": md5sum(cfg.data.exclude),
-            "fingerprint": expected,
-            "excluded": int(exclude.numel()),
-        }
+    exclude, exclusion = read_exclusion(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg, exclude)
     datamodule.setup()
-    assert datamodule.test_set is not None
-    if cfg.callbacks.gradcam.enabled and cfg.callbacks.gradcam.probe_size > len(
-        datamodule.test_set
-    ):
-        raise UserError(
-            f"callbacks.gradcam.probe_size={cfg.callbacks.gradcam.probe_size} is larger than the "
-            f"test split ({len(datamodule.test_set)} images); allowed: 1..{len(datamodule.test_set)}"
-        )
+    check_probe_size(cfg, datamodule)
     model = build_model(cfg)
     if ckpt_path is not None:
         check_resumable(Path(ckpt_path), model)

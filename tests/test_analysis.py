@@ -204,3 +204,16 @@ def test_notebook_runs_on_a_smoke_run(smoke_run, monkeypatch):
     ).execute()
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "Grad-CAM choice" in text or "last epoch" in text
+
+
+def test_report_warns_when_every_map_is_degenerate():
+    from dcgan_xai.analysis.report import selection_markdown
+
+    rows = [dict(epoch=e, focus=0.0, coverage=0.0, degenerate=1.0, d_real=0.5, d_fake=0.5,
+                 fid=None, kid=None, recomputed=False) for e in (1, 2)]  # fmt: skip
+    result = {"run_dir": "r", "settings": {"score": "focus", "probe": "real", "layers": ["block3"],
+              "bn_mode": "batch"}, "selection": select_epoch({1: 0.0, 2: 0.0}, 5).to_dict(),
+              "epochs": rows}  # fmt: skip
+    assert "every probe map at block3 is degenerate" in selection_markdown(result)
+    rows[1]["degenerate"] = 0.5
+    assert "degenerate (all zero)" not in selection_markdown(result)

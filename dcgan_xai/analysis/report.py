@@ -298,6 +298,13 @@ def selection_markdown(result: dict[str, Any]) -> str:
         f"- coarse epochs: {sel['coarse_epochs']}; coarse winner: {sel['coarse_winner']}",
         f"- fine window: {sel['fine_window']}; **selected epoch: {sel['fine_winner']}**",
     ]
+    if all(row["degenerate"] >= 1.0 for row in result["epochs"]):
+        lines += [
+            "",
+            f"**Warning: every probe map at {s['layers'][0]} is degenerate (all zero) at every "
+            "epoch, so the score carries no information and the choice falls to the tie rule "
+            "(earliest epoch).** Try another layer or BN mode.",
+        ]
     v = result.get("verdict")
     if v:
         lines += [
