@@ -152,12 +152,53 @@ class CurateConfig:
     layer: str = "block3"
     bn_mode: str = "batch"
     threshold: float = 0.7
+    flag_share: float | None = None
     pixel_threshold: float = 0.5
     mask_threshold: float = 0.5
     batch_size: int = 1024
     name: str | None = None
     device: str = "auto"
     progress: bool = True
+
+
+VARIANT_SCORES = ("focus", "coverage", "focus_delta", "coverage_delta")
+SELECTIONS = ("coarse", "argmax")
+
+
+@dataclass
+class StudySettings:
+    """What the study runs and compares. Recorded in the report."""
+
+    name: str = "claim"
+    out_dir: str = "studies"
+    experiment: str = "mnist64"
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    train_overrides: list[str] = field(default_factory=list)
+    bn_modes: list[str] = field(default_factory=lambda: ["batch", "eval"])
+    probes: list[str] = field(default_factory=lambda: ["real", "fake"])
+    scores: list[str] = field(default_factory=lambda: list(VARIANT_SCORES))
+    selections: list[str] = field(default_factory=lambda: list(SELECTIONS))
+    regret_tolerance: float = 0.1
+    good_fid_factor: float = 10.0
+    curate: bool = True
+    curation_layer: str = "block3"
+    curation_thresholds: list[float] = field(default_factory=lambda: [0.7])
+    curation_share: float | None = 0.05
+    analysis: AnalysisSettings = field(default_factory=AnalysisSettings)
+
+    def check(self) -> None:
+        self.analysis.check()
+        for name, values, allowed in (
+            ("scores", self.scores, VARIANT_SCORES),
+            ("selections", self.selections, SELECTIONS),
+            ("probes", self.probes, ("real", "fake")),
+            ("bn_modes", self.bn_modes, ("batch", "eval")),
+        ):
+            bad = [v for v in values if v not in allowed]
+            if bad:
+                raise UserError(f"{name}={bad[0]!r} is not allowed; allowed: {', '.join(allowed)}")
+        if not self.seeds:
+            raise UserError("seeds is empty; give at least one seed")
 
 
 def register_configs() -> None:
@@ -167,6 +208,7 @@ def register_configs() -> None:
     cs.store(name="analyze_schema", node=AnalyzeConfig)
     cs.store(name="curate_schema", node=CurateConfig)
     cs.store(name="aggregate_schema", node=AggregateConfig)
+    cs.store(name="study_schema", node=StudySettings)
 
 
 register_configs()

@@ -163,3 +163,13 @@ def test_compare_puts_baseline_and_curated_side_by_side(curated, smoke_cfg, smok
     md = (tmp_path / "curated" / "analysis" / "compare" / "compare.md").read_text()
     assert md.count("\n| ") == 3  # header + two runs
     assert (tmp_path / "curated" / "analysis" / "compare" / "compare.png").is_file()
+
+
+def test_threshold_for_share():
+    from dcgan_xai.analysis.curation import threshold_for_share
+
+    cov = torch.tensor([0.1, 0.9, 0.5, 0.3, 0.7, 0.2, 0.8, 0.4, 0.6, 0.0])
+    for share in (0.1, 0.3, 0.5):
+        t = threshold_for_share(cov, share)
+        assert int(flag_images(cov, t).sum()) == round(share * 10)
+    assert threshold_for_share(cov, 0.0) == 1.0 and not flag_images(cov, 1.0).any()

@@ -12,7 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dcgan_xai.analysis import figures
-from dcgan_xai.analysis.report import datamodule_for_run, load_module
+from dcgan_xai.analysis.report import datamodule_for_run, load_module, resolve_device
 from dcgan_xai.data.exclusion import MANIFEST_FIELDS, fingerprint
 from dcgan_xai.data.mnist import Split, to_unit_range
 from dcgan_xai.data.sources import ensure_mnist
@@ -66,6 +66,18 @@ def flag_images(coverage_values: torch.Tensor, threshold: float = 0.7) -> torch.
     return coverage_values > threshold
 
 
+def threshold_for_share(coverage_values: torch.Tensor, share: float) -> float:
+    """The coverage threshold that flags about ``share`` of the images (rule: coverage > t).
+
+    Ties at the threshold can flag fewer images than asked.
+    """
+    ordered = coverage_values.sort(descending=True).values  # (N,)
+    k = round(share * ordered.numel())
+    if k <= 0:
+        return 1.0
+    return float(ordered[k]) if k < ordered.numel() else 0.0
+
+
 def sha256sum(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -107,6 +119,7 @@ def curate_run(
     layer: str = "block3",
     bn_mode: str = "batch",
     threshold: float = 0.7,
+    flag_share: float | None = None,
     pixel_threshold: float = 0.5,
     mask_threshold: float = 0.5,
     batch_size: int = 1024,
@@ -118,18 +131,21 @@ def curate_run(
 
     Writes ``manifest.csv`` (index, label, coverage, focus, flagged), ``summary.json``,
     ``coverage_hist.png`` and ``flagged_examples.png``. The source data is only read.
+    With ``flag_share`` set, the threshold is tuned so that about that share is flagged.
 
     Returns:
         The content of ``summary.json``.
     """
-    for key, value in (("threshold", threshold), ("pixel_threshold", pixel_threshold)):
+    checks = [("threshold", threshold), ("pixel_threshold", pixel_threshold)]
+    if flag_share is not None:
+        checks.append(("flag_share", flag_share))
+    for key, value in checks:
         if not 0.0 <= value <= 1.0:
             raise UserError(f"{key}={value} is not allowed; it must be in [0, 1]")
     run = RunDir(run_dir)
     path = resolve_checkpoint(run, epoch, ckpt)
     model = load_module(path)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(device)
     dm = datamodule_for_run(run)
     assert dm.train_set is not None
     start = time.perf_counter()
@@ -138,6 +154,8 @@ def curate_run(
         batch_size, device, progress,
     )  # fmt: skip
     seconds = time.perf_counter() - start
+    if flag_share is not None:
+        threshold = threshold_for_share(scores["coverage"], flag_share)
     flagged = flag_images(scores["coverage"], threshold)
     name = name or f"{path.stem.replace('=', '')}-{layer}-{bn_mode}-t{threshold}"
     out = run.curation(name)
@@ -158,6 +176,7 @@ def curate_run(
             "layer": layer,
             "bn_mode": bn_mode,
             "threshold": threshold,
+            "flag_share": flag_share,
             "pixel_threshold": pixel_threshold,
             "mask_threshold": mask_threshold,
             "batch_size": batch_size,

@@ -80,7 +80,7 @@ def sample_grid(images: torch.Tensor, nrow: int = 8) -> Image.Image:
     return tiles_image((images.float() + 1) / 2, nrow)
 
 
-def _fig_to_image(fig: plt.Figure) -> Image.Image:
+def fig_to_image(fig: plt.Figure) -> Image.Image:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
@@ -113,7 +113,7 @@ def curves(
         ax.axvline(epoch, color=colour, ls="--", label=f"{name}: {epoch}")
     ax.legend(loc="upper left", fontsize=8)
     ax.set_title(title)
-    return _fig_to_image(fig)
+    return fig_to_image(fig)
 
 
 def histogram(values: torch.Tensor, threshold: float, title: str = "") -> Image.Image:
@@ -126,4 +126,4 @@ def histogram(values: torch.Tensor, threshold: float, title: str = "") -> Image.
     ax.set_yscale("log")
     ax.legend()
     ax.set_title(title)
-    return _fig_to_image(fig)
+    return fig_to_image(fig)

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from scipy.stats import spearmanr
 
 from dcgan_xai.analysis import figures
-from dcgan_xai.analysis.quality import QualityMeter, load_or_train_classifier
+from dcgan_xai.analysis.quality import MNISTClassifier, QualityMeter, load_or_train_classifier
 from dcgan_xai.analysis.selection import Selection, select_epoch
 from dcgan_xai.callbacks.gradcam import explain_epoch
 from dcgan_xai.config import AnalysisSettings
@@ -54,6 +54,13 @@ def parse_samples(spec: str, probe_size: int) -> tuple[str, list[int] | int]:
     )
 
 
+def resolve_device(name: str) -> str:
+    """``auto`` is the GPU where there is one, else the CPU."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
 def run_config(run: RunDir) -> Any:
     """The resolved config a run was trained with."""
     path = run.root / "config.yaml"
@@ -91,6 +98,19 @@ def load_module(path: Path) -> DCGAN:
             f"({ckpt['hyper_parameters']}): {first[0].strip()}"
         ) from err
     return model.eval()
+
+
+def classifier_for(
+    dm: MNISTDataModule, settings: AnalysisSettings, device: str
+) -> tuple[MNISTClassifier, float]:
+    """The data's MNIST classifier, cached under ``<data root>/classifier/`` (trained if missing)."""
+    assert dm.train_set is not None and dm.test_set is not None
+    digest = dm.checksums["test-images"][:8]
+    name = f"mnist{dm.image_size}-cnn-e{settings.classifier_epochs}-seed0-{digest}.pt"
+    return load_or_train_classifier(
+        dm.root / "classifier" / name, dm.train_set, dm.test_set,
+        epochs=settings.classifier_epochs, min_accuracy=settings.min_accuracy, device=device,
+    )  # fmt: skip
 
 
 def ensure_probe(run: RunDir, dm: MNISTDataModule) -> Probe:
@@ -167,9 +187,7 @@ def analyze_run(run_dir: str | Path, settings: AnalysisSettings | None = None) -
     """
     settings = settings or AnalysisSettings()
     settings.check()
-    device = settings.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(settings.device)
     run = RunDir(run_dir)
     epochs = run.checkpoint_epochs()
     if not epochs:
@@ -187,17 +205,8 @@ def analyze_run(run_dir: str | Path, settings: AnalysisSettings | None = None) -
     quality: dict[int, dict[str, float]] = {}
     classifier_acc = None
     if settings.quality:
-        assert dm.train_set is not None and dm.test_set is not None
-        digest = dm.checksums["test-images"][:8]
-        path = (
-            Path(cfg.data.root)
-            / "classifier"
-            / f"mnist{cfg.data.image_size}-cnn-e{settings.classifier_epochs}-seed0-{digest}.pt"
-        )
-        classifier, classifier_acc = load_or_train_classifier(
-            path, dm.train_set, dm.test_set, epochs=settings.classifier_epochs,
-            min_accuracy=settings.min_accuracy, device=device,
-        )  # fmt: skip
+        assert dm.test_set is not None
+        classifier, classifier_acc = classifier_for(dm, settings, device)
         real = dm.test_set.images[: settings.fid_samples]
         meter = QualityMeter(classifier, real, settings.batch_size, seed=settings.fid_seed)
         noise = torch.randn(

@@ -1,0 +1,33 @@
+"""Entry point: ``python -m dcgan_xai.study +study=claim``."""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from dcgan_xai.config import AnalysisSettings, StudySettings
+from dcgan_xai.errors import report_user_errors
+
+
+def settings_from(cfg: DictConfig) -> StudySettings:
+    values = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(values, dict)
+    analysis = AnalysisSettings(**values.pop("analysis"))  # type: ignore[arg-type]
+    return StudySettings(**values, analysis=analysis)  # type: ignore[arg-type]
+
+
+def run(cfg: DictConfig) -> str:
+    from dcgan_xai.analysis.study import run_study
+
+    result = run_study(settings_from(cfg))
+    holds = sum(v["holds"] for v in result["variants"])
+    return f"{holds} of {len(result['variants'])} variants hold; report: {result['dir']}/REPORT.md"
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="study")
+def main(cfg: DictConfig) -> None:
+    print(report_user_errors(lambda: run(cfg)))
+
+
+if __name__ == "__main__":
+    main()
