@@ -26,6 +26,7 @@ class DataConfig:
     batch_size: int = 128
     limit: int | None = None
     exclude: str | None = None
+    on_device: bool = False
     sources: list[str] = field(default_factory=lambda: list(SOURCES))
     checksums: dict[str, str] = field(default_factory=lambda: dict(MD5))
 
@@ -41,6 +42,8 @@ class ModelConfig:
     beta2: float = 0.999
     bn_momentum: float = 0.1
     n_samples: int = 64
+    channels_last: bool = False
+    compile: bool = False
 
 
 @dataclass

@@ -81,6 +81,7 @@ def build_datamodule(cfg: DictConfig, exclude: torch.Tensor | None = None) -> MN
         exclude=exclude,
         sources=list(d.sources),
         checksums=dict(d.checksums),
+        on_device=d.on_device,
     )
 
 
@@ -97,6 +98,8 @@ def build_model(cfg: DictConfig) -> DCGAN:
         bn_momentum=m.bn_momentum,
         seed=cfg.seed,
         n_samples=m.n_samples,
+        channels_last=m.channels_last,
+        compile=m.compile,
     )
 
 

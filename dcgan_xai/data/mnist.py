@@ -44,6 +44,9 @@ class Split(Dataset):
     def subset(self, rows: torch.Tensor) -> Split:
         return Split(self.images[rows], self.labels[rows], self.indices[rows])
 
+    def to(self, device: torch.device | str) -> Split:
+        return Split(self.images.to(device), self.labels.to(device), self.indices.to(device))
+
 
 def to_unit_range(images: torch.Tensor) -> torch.Tensor:
     """uint8 [0, 255] to float [-1, 1]."""
@@ -164,6 +167,8 @@ class MNISTDataModule(L.LightningDataModule):
         exclude: dataset indices of the train split to leave out.
         sources: where to get the raw files, tried in order.
         checksums: expected MD5 of each raw file.
+        on_device: keep the training images on the GPU (about 250 MB for MNIST at 64x64), so
+            batches are sliced there with no host-to-device copy.
     """
 
     def __init__(
@@ -176,6 +181,7 @@ class MNISTDataModule(L.LightningDataModule):
         exclude: torch.Tensor | None = None,
         sources: Sequence[str] = SOURCES,
         checksums: Mapping[str, str] | None = None,
+        on_device: bool = False,
     ):
         super().__init__()
         if batch_size < 1:
@@ -190,6 +196,7 @@ class MNISTDataModule(L.LightningDataModule):
         self.exclude = exclude
         self.sources = tuple(sources)
         self.checksums = dict(checksums or MD5)
+        self.on_device = on_device
         self.train_set: Split | None = None
         self.test_set: Split | None = None
 
@@ -221,6 +228,8 @@ class MNISTDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None, "call setup() first"
         trainer = self.trainer
+        if self.on_device and trainer is not None and trainer.strategy.root_device.type == "cuda":
+            self.train_set = self.train_set.to(trainer.strategy.root_device)
         rank = trainer.global_rank if trainer is not None else 0
         world = trainer.world_size if trainer is not None else 1
         sampler = IndexBatchSampler(
