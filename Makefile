@@ -46,8 +46,8 @@ format: $(VENV)/.dev
 	$(VENV)/bin/ruff format dcgan_xai tests benchmarks
 
 bench: $(VENV)/.base
-	$(PY) benchmarks/bench_gradcam.py
-	$(PY) benchmarks/bench_train.py
+	$(PY) -m benchmarks.bench_gradcam
+	$(PY) -m benchmarks.bench_train
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

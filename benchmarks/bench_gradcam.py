@@ -1,7 +1,7 @@
 """Grad-CAM costs: the per-epoch callback against an epoch of training, scoring the whole
 train split for curation against a bare Captum call, and per-epoch FID.
 
-    python benchmarks/bench_gradcam.py [--data data/mnist] [--images 60000] [--fid-samples 10000]
+    python -m benchmarks.bench_gradcam [--data data/mnist] [--images 60000] [--fid-samples 10000]
 
 Nets at full width (paper D, ngf=ndf=64), untrained: costs do not depend on the weights.
 """

@@ -1,6 +1,6 @@
 """Training throughput: the project's Lightning path against the PyTorch DCGAN example's recipe.
 
-    python benchmarks/bench_train.py [--steps 20] [--warmup 3] [--batch 128] [--data data/mnist]
+    python -m benchmarks.bench_train [--steps 20] [--warmup 3] [--batch 128] [--data data/mnist]
 
 Both use the same nets (paper D, G at ngf=ndf=64), batch size and machine, in one run.
 """
@@ -49,7 +49,7 @@ class Throughput(L.Callback):
 
 def project_rate(args, run_dir: Path) -> float:
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose("train", overrides=["+experiment=mnist64", f"data.root={args.data}",
+        cfg = compose("train", overrides=[f"+experiment={args.experiment}", f"data.root={args.data}",
                                           f"data.batch_size={args.batch}", "trainer.max_epochs=1",
                                           f"trainer.limit_train_batches={args.warmup + args.steps}",
                                           "trainer.enable_progress_bar=false"])  # fmt: skip
@@ -67,6 +67,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--data", default="data/mnist")
+    p.add_argument("--experiment", default="mnist64", help="mnist64_fast for the GPU fast path")
     args = p.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     print(f"machine: {machine()}")
@@ -81,7 +82,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench_train_") as out:
         ours = project_rate(args, Path(out))
-    print(f"dcgan_xai train +experiment=mnist64 (Lightning, callbacks on): {ours:,.0f} images/s")
+    print(
+        f"dcgan_xai train +experiment={args.experiment} (Lightning, callbacks on): {ours:,.0f} images/s"
+    )
     print(
         f"ratio dcgan_xai / reference: {ours / ref:.2f}x  (batch {args.batch}, {args.steps} timed steps)"
     )
