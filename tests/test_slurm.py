@@ -22,6 +22,10 @@ pytestmark = pytest.mark.slow
 def slurm(tmp_path_factory):
     if shutil.which("slurmctld") is None or shutil.which("munged") is None:
         pytest.skip("slurm-wlm and munge are not installed (scripts/slurm_local.sh install)")
+    try:
+        import hydra_plugins.hydra_submitit_launcher  # noqa: F401
+    except ImportError:
+        pytest.skip("hydra-submitit-launcher is not installed (pip install -e '.[slurm]')")
     if os.geteuid() != 0:
         pytest.skip("the local Slurm cluster needs root")
     state = tmp_path_factory.mktemp("slurm")
