@@ -100,15 +100,20 @@ class Discriminator(nn.Module):
         return shapes  # type: ignore[return-value]
 
 
-def paper_discriminator(
-    ndf: int = 64, channels: int = 1, bn_momentum: float = 0.1
-) -> Discriminator:
-    """The paper's 4-conv D; the last kernel (8x8 to 1x1) is our reading of the paper."""
-    blocks = [
+def _first_three_blocks(ndf: int, channels: int, bn_momentum: float) -> list[nn.Sequential]:
+    """The blocks both discriminators share: 64x64 down to 8x8."""
+    return [
         _down(channels, ndf, False, bn_momentum),  # (N, ndf, 32, 32)
         _down(ndf, ndf * 2, True, bn_momentum),  # (N, ndf*2, 16, 16)
         _down(ndf * 2, ndf * 4, True, bn_momentum),  # (N, ndf*4, 8, 8)
     ]
+
+
+def paper_discriminator(
+    ndf: int = 64, channels: int = 1, bn_momentum: float = 0.1
+) -> Discriminator:
+    """The paper's 4-conv D; the last kernel (8x8 to 1x1) is our reading of the paper."""
+    blocks = _first_three_blocks(ndf, channels, bn_momentum)
     return Discriminator(blocks, nn.Conv2d(ndf * 4, 1, 8, 1, 0, bias=False))  # (N, 1, 1, 1)
 
 
@@ -117,9 +122,7 @@ def tutorial_discriminator(
 ) -> Discriminator:
     """The 5-conv D of the PyTorch DCGAN example."""
     blocks = [
-        _down(channels, ndf, False, bn_momentum),  # (N, ndf, 32, 32)
-        _down(ndf, ndf * 2, True, bn_momentum),  # (N, ndf*2, 16, 16)
-        _down(ndf * 2, ndf * 4, True, bn_momentum),  # (N, ndf*4, 8, 8)
+        *_first_three_blocks(ndf, channels, bn_momentum),
         _down(ndf * 4, ndf * 8, True, bn_momentum),  # (N, ndf*8, 4, 4)
     ]
     return Discriminator(blocks, nn.Conv2d(ndf * 8, 1, 4, 1, 0, bias=False))  # (N, 1, 1, 1)
