@@ -6,7 +6,7 @@ import hydra
 from omegaconf import DictConfig
 
 from dcgan_xai.analyze import settings_from
-from dcgan_xai.errors import UserError, report_user_errors
+from dcgan_xai.errors import UserError, check_overrides, report_user_errors
 
 
 def run(cfg: DictConfig) -> str:
@@ -24,4 +24,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_overrides("aggregate")
     main()

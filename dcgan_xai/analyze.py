@@ -7,7 +7,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import dcgan_xai.config  # noqa: F401  (registers the schemas)
 from dcgan_xai.config import AnalysisSettings
-from dcgan_xai.errors import UserError, report_user_errors
+from dcgan_xai.errors import UserError, check_overrides, report_user_errors
 
 
 def settings_from(cfg: DictConfig) -> AnalysisSettings:
@@ -40,4 +40,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_overrides("analyze")
     main()

@@ -6,7 +6,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 import dcgan_xai.config  # noqa: F401  (registers the schemas)
-from dcgan_xai.errors import UserError, report_user_errors
+from dcgan_xai.errors import UserError, check_overrides, report_user_errors
 
 
 def run(cfg: DictConfig) -> str:
@@ -29,4 +29,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_overrides("curate")
     main()

@@ -24,3 +24,36 @@ def report_user_errors(fn: Callable[[], Any]) -> Any:
             raise
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+
+
+def check_overrides(config_name: str, args: list[str] | None = None) -> None:
+    """Compose ``conf/<config_name>.yaml`` with the command line's overrides, as Hydra will.
+
+    A bad key, value or type is reported as one line on stderr with exit code 2, instead of
+    Hydra's several lines. Sweeps and flags (``-m``, ``--cfg``, ...) are left to Hydra, and so
+    is everything when ``HYDRA_FULL_ERROR=1``.
+    """
+    args = sys.argv[1:] if args is None else args
+    if os.environ.get("HYDRA_FULL_ERROR") == "1" or any(a.startswith("-") for a in args):
+        return
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    conf = str(Path(__file__).resolve().parents[1] / "conf")
+    try:
+        with initialize_config_dir(config_dir=conf, version_base="1.3"):
+            compose(config_name=config_name, overrides=args, return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException) as err:
+        parts = [str(err)] + ([str(err.__cause__)] if err.__cause__ is not None else [])
+        skip = ("full_key:", "object_type=", "reference_type=", "Set the environment variable")
+        lines = []
+        for line in (line.strip() for part in parts for line in part.splitlines()):
+            if line.startswith("Config search path"):
+                break
+            if line and not line.startswith(skip):
+                lines.append(line)
+        print("error: " + " ".join(lines), file=sys.stderr)
+        sys.exit(2)

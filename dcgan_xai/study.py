@@ -6,7 +6,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from dcgan_xai.config import AnalysisSettings, StudySettings
-from dcgan_xai.errors import report_user_errors
+from dcgan_xai.errors import check_overrides, report_user_errors
 
 
 def settings_from(cfg: DictConfig) -> StudySettings:
@@ -30,4 +30,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_overrides("study")
     main()

@@ -7,7 +7,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 import dcgan_xai.config  # noqa: F401  (registers the schemas)
-from dcgan_xai.errors import report_user_errors
+from dcgan_xai.errors import check_overrides, report_user_errors
 from dcgan_xai.training import discard_unstarted_run, train
 
 
@@ -28,4 +28,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_overrides("train")
     main()

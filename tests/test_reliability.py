@@ -108,10 +108,19 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path, mnist_fixture):
     base = [sys.executable, "-m", "dcgan_xai.train", "+experiment=smoke", f"data.root={root}"]
     unknown = subprocess.run(base + ["data.colour=red", f"hydra.run.dir={tmp_path}/a"],
                              capture_output=True, text=True, cwd=REPO, timeout=120)  # fmt: skip
-    assert unknown.returncode != 0
-    assert (
-        "Key 'colour' not in 'DataConfig'" in unknown.stderr and "Traceback" not in unknown.stderr
-    )
+    assert unknown.returncode == 2
+    assert unknown.stderr.strip().splitlines() == [
+        "error: Could not override 'data.colour'. To append to your config use +data.colour=red "
+        "Key 'colour' not in 'DataConfig'"
+    ]
+    assert not (tmp_path / "a").exists()
+    wrong = subprocess.run(base + ["model=resnet", f"hydra.run.dir={tmp_path}/c"],
+                           capture_output=True, text=True, cwd=REPO, timeout=120)  # fmt: skip
+    assert wrong.returncode == 2
+    assert wrong.stderr.strip().splitlines() == [
+        "error: In 'train': Could not find 'model/resnet' Available options in 'model': "
+        "dcgan_paper dcgan_tutorial"
+    ]
     layer = subprocess.run(base + ["callbacks.gradcam.layers=[head]", f"hydra.run.dir={tmp_path}/b"],
                            capture_output=True, text=True, cwd=REPO, timeout=120)  # fmt: skip
     assert layer.returncode == 2
