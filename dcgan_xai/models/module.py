@@ -65,9 +65,9 @@ class DCGAN(L.LightningModule):
         seed: seeds the per-step noise and the sample-grid noise.
         n_samples: images in the fixed-noise sample grid logged each epoch.
         channels_last: train both nets in channels-last memory format.
-        compile: run the training step through ``torch.compile`` d G and D; if compiling
-            fails, a warning says so and the eager modules are used. Grad-CAM always uses the
-            eager modules.
+        compile: run the training step through compiled G and D (``torch.compile``); if
+            compiling fails, a warning says so and the eager modules are used. Grad-CAM always
+            uses the eager modules.
     """
 
     sample_noise: torch.Tensor
