@@ -105,24 +105,26 @@ def test_checkpoint_of_another_architecture_is_refused(smoke_run, smoke_cfg, tmp
 
 def test_cli_errors_are_one_line_without_traceback(tmp_path, mnist_fixture):
     root, _ = mnist_fixture
-    base = [sys.executable, "-m", "dcgan_xai.train", "+experiment=smoke", f"data.root={root}"]
-    unknown = subprocess.run(base + ["data.colour=red", f"hydra.run.dir={tmp_path}/a"],
-                             capture_output=True, text=True, cwd=REPO, timeout=120)  # fmt: skip
+
+    def cli(override: str, run: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "dcgan_xai.train", "+experiment=smoke", f"data.root={root}",
+               override, f"hydra.run.dir={tmp_path / run}"]  # fmt: skip
+        return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=120)
+
+    unknown = cli("data.colour=red", "a")
     assert unknown.returncode == 2
     assert unknown.stderr.strip().splitlines() == [
         "error: Could not override 'data.colour'. To append to your config use +data.colour=red "
         "Key 'colour' not in 'DataConfig'"
     ]
     assert not (tmp_path / "a").exists()
-    wrong = subprocess.run(base + ["model=resnet", f"hydra.run.dir={tmp_path}/c"],
-                           capture_output=True, text=True, cwd=REPO, timeout=120)  # fmt: skip
+    wrong = cli("model=resnet", "c")
     assert wrong.returncode == 2
     assert wrong.stderr.strip().splitlines() == [
         "error: In 'train': Could not find 'model/resnet' Available options in 'model': "
         "dcgan_paper dcgan_tutorial"
     ]
-    layer = subprocess.run(base + ["callbacks.gradcam.layers=[head]", f"hydra.run.dir={tmp_path}/b"],
-                           capture_output=True, text=True, cwd=REPO, timeout=120)  # fmt: skip
+    layer = cli("callbacks.gradcam.layers=[head]", "b")
     assert layer.returncode == 2
     assert layer.stderr.strip().splitlines() == [
         "error: unknown Grad-CAM layer 'head' in callbacks.gradcam.layers; valid layers of "

@@ -204,6 +204,8 @@ class MNISTDataModule(L.LightningDataModule):
         return ensure_mnist(self.root, self.sources, self.checksums)
 
     def prepare_data(self) -> None:
+        if self.train_set is not None:  # setup() already read (and so cached) both splits
+            return
         files = self._files()
         for split in ("train", "test"):
             load_split(files, split, self.image_size, self.root / "cache")
