@@ -44,6 +44,8 @@ class ModelConfig:
     n_samples: int = 64
     channels_last: bool = False
     compile: bool = False
+    instance_noise: float = 0.0
+    instance_noise_decay_epochs: float = 0.0
 
 
 @dataclass

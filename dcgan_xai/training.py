@@ -46,6 +46,9 @@ def validate(cfg: DictConfig) -> None:
         raise UserError(
             f"trainer.max_epochs={cfg.trainer.max_epochs} is not allowed; it must be >= 1"
         )
+    for key in ("instance_noise", "instance_noise_decay_epochs"):
+        if cfg.model[key] < 0:
+            raise UserError(f"model.{key}={cfg.model[key]} is not allowed; it must be >= 0")
     d = build_discriminator(cfg.model.arch, 1)
     gc = cfg.callbacks.gradcam
     if gc.enabled:
@@ -100,6 +103,8 @@ def build_model(cfg: DictConfig) -> DCGAN:
         n_samples=m.n_samples,
         channels_last=m.channels_last,
         compile=m.compile,
+        instance_noise=m.instance_noise,
+        instance_noise_decay_epochs=m.instance_noise_decay_epochs,
     )
 
 

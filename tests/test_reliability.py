@@ -37,6 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
         (["data.sources=[ftp]"], r"unknown data source 'ftp'; allowed: local, torchvision, npm"),
         (["trainer.max_epochs=0"], r"trainer.max_epochs=0 is not allowed; it must be >= 1"),
         (["data.batch_size=0"], r"data.batch_size=0 is not allowed; it must be >= 1"),
+        (["model.instance_noise=-0.1"], r"model.instance_noise=-0.1 is not allowed; it must be >= 0"),
     ],
 )  # fmt: skip
 def test_bad_training_input_is_refused_before_anything_is_written(

@@ -103,3 +103,61 @@ def test_other_seed_gives_other_weights(smoke_run, smoke_cfg, tmp_path):
     assert not same_weights(
         RunDir(smoke_run["run_dir"]).checkpoint(1), RunDir(other["run_dir"]).checkpoint(1)
     )
+
+
+def test_instance_noise_schedule():
+    from dcgan_xai.models.module import instance_noise_std
+
+    assert instance_noise_std(0.0, 10, 3.0) == 0.0
+    assert instance_noise_std(0.3, 0, 7.5) == 0.3  # no decay: constant
+    assert instance_noise_std(0.3, 10, 0.0) == 0.3
+    assert instance_noise_std(0.3, 10, 5.0) == pytest.approx(0.15)
+    assert instance_noise_std(0.3, 10, 10.0) == 0.0
+    assert instance_noise_std(0.3, 10, 12.0) == 0.0
+
+
+def test_instance_noise_is_reproducible_logged_and_changes_training(smoke_run, smoke_cfg, tmp_path):
+    noisy = ("model.instance_noise=0.3", "model.instance_noise_decay_epochs=2", "callbacks=none")
+    a = train(smoke_cfg(*noisy), tmp_path / "a")
+    b = train(smoke_cfg(*noisy), tmp_path / "b")
+    ra, rb = RunDir(a["run_dir"]), RunDir(b["run_dir"])
+    assert same_weights(ra.checkpoint(2), rb.checkpoint(2))
+    assert not same_weights(ra.checkpoint(2), RunDir(smoke_run["run_dir"]).checkpoint(2))
+    sigma = scalar_values(ra.tensorboard, "train/instance_noise")
+    assert sigma[0] == pytest.approx(0.3, abs=0.05) and sigma == sorted(sigma, reverse=True)
+    assert 0.0 <= sigma[-1] < 0.3 / 2 + 0.05  # the second epoch decays towards 0
+    assert (
+        "train/instance_noise"
+        not in event_tags(RunDir(smoke_run["run_dir"]).tensorboard)["scalars"]
+    )
+
+
+@pytest.mark.parametrize(
+    "experiment", sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
+)
+def test_every_experiment_composes_and_validates(experiment):
+    from hydra import compose, initialize_config_dir
+
+    from dcgan_xai.training import validate
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"+experiment={experiment}"])
+    validate(cfg)
+    if experiment.endswith("noise"):
+        assert cfg.model.instance_noise > 0
+        assert cfg.model.instance_noise_decay_epochs == cfg.trainer.max_epochs
+
+
+@pytest.mark.parametrize("study", sorted(p.stem for p in (REPO / "conf" / "study").glob("*.yaml")))
+def test_every_study_composes_and_validates(study):
+    from hydra import compose, initialize_config_dir
+
+    from dcgan_xai.study import settings_from
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("study", overrides=[f"+study={study}"])
+    settings = settings_from(cfg)
+    settings.check()
+    assert settings.name == study
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        compose("train", overrides=[f"+experiment={settings.experiment}"])

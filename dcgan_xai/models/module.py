@@ -40,14 +40,21 @@ def try_compile(module: nn.Module, example: torch.Tensor) -> nn.Module:
         return module
 
 
-def step_noise(
-    seed: int, epoch: int, batch_idx: int, n: int, nz: int, device: torch.device
-) -> torch.Tensor:
-    """The noise of one training step, a pure function of (seed, epoch, batch): resumable."""
-    gen = torch.Generator(device=device).manual_seed(
+def step_generator(seed: int, epoch: int, batch_idx: int, device: torch.device) -> torch.Generator:
+    """The random stream of one training step, a pure function of (seed, epoch, batch): resumable."""
+    return torch.Generator(device=device).manual_seed(
         (seed * 1_000_003 + epoch) * 100_003 + batch_idx
     )
-    return torch.randn(n, nz, 1, 1, generator=gen, device=device)
+
+
+def instance_noise_std(std: float, decay_epochs: float, progress: float) -> float:
+    """The instance noise's standard deviation after ``progress`` epochs of training.
+
+    ``std`` at the start, falling linearly to 0 at ``decay_epochs`` (constant if that is 0).
+    """
+    if std <= 0.0 or decay_epochs <= 0.0:
+        return max(std, 0.0)
+    return std * max(0.0, 1.0 - progress / decay_epochs)
 
 
 class DCGAN(L.LightningModule):
@@ -68,6 +75,12 @@ class DCGAN(L.LightningModule):
         compile: run the training step through compiled G and D (``torch.compile``); if
             compiling fails, a warning says so and the eager modules are used. Grad-CAM always
             uses the eager modules.
+        instance_noise: standard deviation of Gaussian noise added to every image D sees in
+            training, real and fake (Sønderby et al. 2016), in the [-1, 1] pixel scale; 0 is
+            the paper's recipe. The noise comes from the step's seeded stream, so runs stay
+            reproducible and resumable. Grad-CAM, FID and the probe scores see clean images.
+        instance_noise_decay_epochs: the noise falls linearly to 0 over this many epochs
+            (0: constant).
     """
 
     sample_noise: torch.Tensor
@@ -86,6 +99,8 @@ class DCGAN(L.LightningModule):
         n_samples: int = 64,
         channels_last: bool = False,
         compile: bool = False,
+        instance_noise: float = 0.0,
+        instance_noise_decay_epochs: float = 0.0,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -120,6 +135,15 @@ class DCGAN(L.LightningModule):
         opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=lr, betas=betas, fused=fused)
         return [opt_g, opt_d]
 
+    def instance_noise_at(self, batch_idx: int) -> float:
+        """The instance noise's standard deviation at step ``batch_idx`` of the current epoch."""
+        std = float(self.hparams["instance_noise"])
+        if std == 0.0:
+            return 0.0
+        batches = max(int(self.trainer.num_training_batches), 1)
+        progress = self.current_epoch + batch_idx / batches
+        return instance_noise_std(std, float(self.hparams["instance_noise_decay_epochs"]), progress)
+
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
         images, _, _ = batch
         real = to_unit_range(images)  # (N, 1, 64, 64)
@@ -128,14 +152,21 @@ class DCGAN(L.LightningModule):
         generator, discriminator = self._step_nets["g"], self._step_nets["d"]
         n = real.shape[0]
         opt_g, opt_d = self.optimizers()  # type: ignore[misc,attr-defined]
-        z = step_noise(
-            self.hparams["seed"], self.current_epoch, batch_idx, n, self.hparams["nz"], self.device
-        )
+        stream = step_generator(self.hparams["seed"], self.current_epoch, batch_idx, self.device)
+        z = torch.randn(n, self.hparams["nz"], 1, 1, generator=stream, device=self.device)
         fake = generator(z)
+        sigma = self.instance_noise_at(batch_idx)
+
+        def seen_by_d(x: torch.Tensor) -> torch.Tensor:
+            """What D sees in training: ``x``, plus instance noise when it is on."""
+            if sigma == 0.0:
+                return x
+            noise = torch.randn(x.shape, generator=stream, device=x.device, dtype=x.dtype)
+            return x + sigma * noise
 
         self.toggle_optimizer(opt_d)
-        logit_real = discriminator(real)
-        logit_fake = discriminator(fake.detach())
+        logit_real = discriminator(seen_by_d(real))
+        logit_fake = discriminator(seen_by_d(fake.detach()))
         d_loss = F.binary_cross_entropy_with_logits(
             logit_real, torch.ones_like(logit_real)
         ) + F.binary_cross_entropy_with_logits(logit_fake, torch.zeros_like(logit_fake))
@@ -145,7 +176,7 @@ class DCGAN(L.LightningModule):
         self.untoggle_optimizer(opt_d)
 
         self.toggle_optimizer(opt_g)
-        logit_gen = discriminator(fake)
+        logit_gen = discriminator(seen_by_d(fake))
         g_loss = F.binary_cross_entropy_with_logits(logit_gen, torch.ones_like(logit_gen))
         opt_g.zero_grad(set_to_none=True)
         self.manual_backward(g_loss)
@@ -165,6 +196,8 @@ class DCGAN(L.LightningModule):
             "train/d_real": torch.sigmoid(logit_real.detach().float()).mean(),
             "train/d_fake": torch.sigmoid(logit_fake.detach().float()).mean(),
         }
+        if self.hparams["instance_noise"] > 0:
+            metrics["train/instance_noise"] = torch.tensor(sigma)
         self.log_dict(metrics, on_step=True, on_epoch=False, prog_bar=True, batch_size=n)
         epoch_means = {k.replace("train/", "epoch/"): v for k, v in metrics.items()}
         self.log_dict(epoch_means, on_step=False, on_epoch=True, batch_size=n)
