@@ -11,6 +11,8 @@
 #
 # MODE=bench  bench_train (mnist64_fast and plain mnist64 against the reference), bench_gradcam,
 #             and benchmarks/paper_pipeline.sh (25 + 25 epochs with analysis and curation).
+# MODE=parity mnist64 (plain fp32) and mnist64_fast on the same seed (SEED, default 0), each
+#             trained 25 epochs and analysed with FID at every epoch: the fast path's FID range.
 # MODE=study  the evidence study `python -m dcgan_xai.study +study=$STUDY` (claim: the paper's
 #             recipe, the default; claim_noise: with instance noise) over SEEDS (default
 #             0,1,2,3,4) on the GPU fast path, curation off unless CURATE=true; REPORT.md and the
@@ -22,6 +24,7 @@ MODE=${MODE:-bench}
 OUT=${OUT:-outputs/gpu_session}
 WORK=${WORK:-/tmp/dcgan_xai_gpu}
 PY=${PYTHON:-python3}
+export PYTHON=$PY  # benchmarks/paper_pipeline.sh runs its steps with it
 mkdir -p "$OUT" "$WORK"
 if [ -d .whl ]; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
@@ -51,7 +54,7 @@ bench)
   step bench_train_fast 90 $PY -m benchmarks.bench_train --experiment mnist64_fast --steps 200 --workers 8
   step bench_train_plain 60 $PY -m benchmarks.bench_train --experiment mnist64 --steps 200 --workers 8
   step bench_gradcam 90 $PY -m benchmarks.bench_gradcam
-  PYTHON=$PY step paper_pipeline 270 bash benchmarks/paper_pipeline.sh "$WORK/pipeline"
+  step paper_pipeline 270 bash benchmarks/paper_pipeline.sh "$WORK/pipeline"
   cp "$WORK/pipeline/baseline/analysis/selection.md" "$OUT/pipeline_baseline_selection.md" 2>/dev/null
   cp "$WORK/pipeline/curated/analysis/selection.md" "$OUT/pipeline_curated_selection.md" 2>/dev/null
   ;;
@@ -63,8 +66,17 @@ study)
     'train_overrides=["data.on_device=true","model.channels_last=true","model.compile=true","trainer.precision=bf16-mixed"]' "$@"
   for f in REPORT.md regrets.csv variants.csv; do cp "$WORK/studies/$study/$f" "$OUT/study_$f" 2>/dev/null; done
   ;;
+parity)
+  # The fast path must reach the plain path's FID range on the same seed: train both, analyse both.
+  for exp in mnist64 mnist64_fast; do
+    step "train_$exp" 240 $PY -m dcgan_xai.train +experiment=$exp seed=${SEED:-0} \
+      hydra.run.dir="$WORK/parity/$exp" trainer.enable_progress_bar=false
+    step "analyze_$exp" 90 $PY -m dcgan_xai.analyze run_dir="$WORK/parity/$exp"
+    cp "$WORK/parity/$exp/analysis/selection.md" "$OUT/parity_${exp}_selection.md" 2>/dev/null
+  done
+  ;;
 *)
-  echo "MODE=$MODE is not allowed; allowed: bench, study" >&2
+  echo "MODE=$MODE is not allowed; allowed: bench, study, parity" >&2
   exit 2
   ;;
 esac

@@ -161,3 +161,16 @@ def test_every_study_composes_and_validates(study):
     assert settings.name == study
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         compose("train", overrides=[f"+experiment={settings.experiment}"])
+
+
+def test_step_noise_is_a_pure_function_of_seed_epoch_batch_and_rank():
+    import torch
+
+    from dcgan_xai.models.module import step_generator
+
+    def draw(*key: int) -> torch.Tensor:
+        return torch.randn(4, generator=step_generator(*key[:3], torch.device("cpu"), key[3]))
+
+    assert torch.equal(draw(0, 1, 2, 0), draw(0, 1, 2, 0))
+    for other in [(1, 1, 2, 0), (0, 2, 2, 0), (0, 1, 3, 0), (0, 1, 2, 1)]:
+        assert not torch.equal(draw(0, 1, 2, 0), draw(*other))  # DDP ranks draw other fakes

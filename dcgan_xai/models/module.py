@@ -40,11 +40,16 @@ def try_compile(module: nn.Module, example: torch.Tensor) -> nn.Module:
         return module
 
 
-def step_generator(seed: int, epoch: int, batch_idx: int, device: torch.device) -> torch.Generator:
-    """The random stream of one training step, a pure function of (seed, epoch, batch): resumable."""
-    return torch.Generator(device=device).manual_seed(
-        (seed * 1_000_003 + epoch) * 100_003 + batch_idx
-    )
+def step_generator(
+    seed: int, epoch: int, batch_idx: int, device: torch.device, rank: int = 0
+) -> torch.Generator:
+    """The random stream of one training step on one process.
+
+    A pure function of (seed, epoch, batch, rank), so a resumed run draws what an uninterrupted
+    one would, and DDP processes draw different noise (their fakes are different images).
+    """
+    stream = (seed * 1_000_003 + epoch) * 100_003 + batch_idx + rank * 1_000_000_007_000
+    return torch.Generator(device=device).manual_seed(stream)
 
 
 def instance_noise_std(std: float, decay_epochs: float, progress: float) -> float:
@@ -152,7 +157,9 @@ class DCGAN(L.LightningModule):
         generator, discriminator = self._step_nets["g"], self._step_nets["d"]
         n = real.shape[0]
         opt_g, opt_d = self.optimizers()  # type: ignore[misc,attr-defined]
-        stream = step_generator(self.hparams["seed"], self.current_epoch, batch_idx, self.device)
+        stream = step_generator(
+            self.hparams["seed"], self.current_epoch, batch_idx, self.device, self.global_rank
+        )
         z = torch.randn(n, self.hparams["nz"], 1, 1, generator=stream, device=self.device)
         fake = generator(z)
         sigma = self.instance_noise_at(batch_idx)
