@@ -16,7 +16,8 @@
 # MODE=study  the evidence study `python -m dcgan_xai.study +study=$STUDY` (claim: the paper's
 #             recipe, the default; claim_noise: with instance noise) over SEEDS (default
 #             0,1,2,3,4) on the GPU fast path, curation off unless CURATE=true; REPORT.md and the
-#             CSVs come back. Arguments after the script's name are further study overrides
+#             CSVs come back. Its train_overrides (the fast path) replace the study config's
+#             own. Arguments after the script's name are further study overrides
 #             (e.g. analysis.fid_samples=5000).
 # Files back (<= 8): summary.txt and one log per step, plus the pipeline's or the study's tables.
 set -uo pipefail

@@ -163,7 +163,7 @@ def test_every_study_composes_and_validates(study):
         compose("train", overrides=[f"+experiment={settings.experiment}"])
 
 
-def test_step_noise_is_a_pure_function_of_seed_epoch_batch_and_rank():
+def test_step_stream_is_a_pure_function_of_seed_epoch_batch_and_rank():
     import torch
 
     from dcgan_xai.models.module import step_generator
