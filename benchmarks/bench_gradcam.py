@@ -18,11 +18,12 @@ from torch.utils.data import DataLoader
 
 from benchmarks.common import PILMNIST, full_width_nets, machine, reference_loop
 from dcgan_xai.analysis.curation import score_split
-from dcgan_xai.analysis.quality import MNISTClassifier, QualityMeter
 from dcgan_xai.callbacks.gradcam import explain_epoch
 from dcgan_xai.data.mnist import MNISTDataModule, to_unit_range
 from dcgan_xai.data.probe import make_probe
+from dcgan_xai.metrics.quality import MNISTClassifier, QualityMeter
 from dcgan_xai.models.sampling import generate
+from dcgan_xai.xai.gradcam import BN_MODES, METHODS
 
 
 def sync() -> None:
@@ -64,7 +65,19 @@ def main() -> None:
     explain_epoch(d, g, probe, ["block3"], "batch", 0.5, 0.7, 0.5)  # warm-up
     cb_s = timed(lambda: explain_epoch(d, g, probe, ["block3"], "batch", 0.5, 0.7, 0.5), 3)
     print(f"callback (probe 64 real + 64 fake, block3): {cb_s:.3f} s per epoch; an epoch of "
-          f"training: {epoch_s:.1f} s ({rate:.0f} images/s); ratio {100 * cb_s / epoch_s:.2f}% of an epoch")  # fmt: skip
+          f"training: {epoch_s:.1f} s ({rate:.0f} images/s); ratio {100 * cb_s / epoch_s:.2f}% of an epoch",
+          flush=True)  # fmt: skip
+    blocks = ["block1", "block2", "block3"]
+
+    def every_method() -> None:
+        for method in METHODS:
+            for bn_mode in BN_MODES:
+                explain_epoch(d, g, probe, blocks, bn_mode, 0.5, 0.7, 0.5, method)
+
+    all_s = timed(every_method)
+    print(f"callback with every method x BN mode at every block ({len(METHODS)} x {len(BN_MODES)} x 3, "
+          f"the study's): {all_s:.3f} s per epoch; ratio {100 * all_s / epoch_s:.2f}% of an epoch",
+          flush=True)  # fmt: skip
 
     # 2. curation scoring against a bare Captum call on the same batches
     split = dm.train_set.subset(torch.arange(args.images))
@@ -82,7 +95,8 @@ def main() -> None:
     total = time.perf_counter() - start
     ours = args.images / total
     print(f"curation scoring: {args.images} images in {total:.1f} s ({ours:,.0f} images/s); bare "
-          f"Captum LayerGradCam + upsample: {bare_rate:,.0f} images/s; ratio {ours / bare_rate:.2f}x")  # fmt: skip
+          f"Captum LayerGradCam + upsample: {bare_rate:,.0f} images/s; ratio {ours / bare_rate:.2f}x",
+          flush=True)  # fmt: skip
 
     # 3. per-epoch FID/KID with the MNIST classifier (untrained weights: same cost)
     clf = MNISTClassifier().to(device).eval()

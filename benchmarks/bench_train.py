@@ -1,8 +1,11 @@
 """Training throughput: the project's Lightning path against the PyTorch DCGAN example's recipe.
 
     python -m benchmarks.bench_train [--steps 20] [--warmup 3] [--batch 128] [--data data/mnist]
+        [--config LABEL=EXPERIMENT[,override,...]] ...
 
-Both use the same nets (paper D, G at ngf=ndf=64), batch size and machine, in one run.
+All use the same nets (paper D, G at ngf=ndf=64), batch size and machine, in one run: the
+reference is measured once, then each ``--config`` (default: ``--experiment``) is timed and
+printed with its ratio to the reference.
 """
 
 from __future__ import annotations
@@ -47,9 +50,9 @@ class Throughput(L.Callback):
         return self.images / (self.end - self.start)
 
 
-def project_rate(args, run_dir: Path) -> float:
+def project_rate(args, run_dir: Path, experiment: str, extra: list[str]) -> float:
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose("train", overrides=[f"+experiment={args.experiment}", f"data.root={args.data}",
+        cfg = compose("train", overrides=[f"+experiment={experiment}", *extra, f"data.root={args.data}",
                                           f"data.batch_size={args.batch}", "trainer.max_epochs=1",
                                           f"trainer.limit_train_batches={args.warmup + args.steps}",
                                           "trainer.enable_progress_bar=false"])  # fmt: skip
@@ -68,7 +71,10 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--data", default="data/mnist")
     p.add_argument("--experiment", default="mnist64", help="mnist64_fast for the GPU fast path")
+    p.add_argument("--config", action="append", default=[],
+                   help="LABEL=EXPERIMENT[,override,...]; repeat to time several paths")  # fmt: skip
     args = p.parse_args()
+    configs = [parse_config(c) for c in args.config] or [(args.experiment, args.experiment, [])]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     print(f"machine: {machine()}")
 
@@ -77,17 +83,24 @@ def main() -> None:
                         num_workers=args.workers, drop_last=True)  # fmt: skip
     ref = reference_loop(g, d, loader, args.steps, args.warmup, device)
     print(
-        f"reference (PIL Resize(64), {args.workers} workers, fp32, Sigmoid+BCE): {ref:,.0f} images/s"
+        f"reference (PIL Resize(64), {args.workers} workers, fp32, Sigmoid+BCE): {ref:,.0f} images/s",
+        flush=True,
     )
 
-    with tempfile.TemporaryDirectory(prefix="bench_train_") as out:
-        ours = project_rate(args, Path(out))
-    print(
-        f"dcgan_xai train +experiment={args.experiment} (Lightning, callbacks on): {ours:,.0f} images/s"
-    )
-    print(
-        f"ratio dcgan_xai / reference: {ours / ref:.2f}x  (batch {args.batch}, {args.steps} timed steps)"
-    )
+    for label, experiment, extra in configs:
+        with tempfile.TemporaryDirectory(prefix="bench_train_") as out:
+            ours = project_rate(args, Path(out), experiment, extra)
+        print(f"{label}: dcgan_xai train +experiment={experiment} {' '.join(extra)} (Lightning, "
+              f"callbacks on): {ours:,.0f} images/s; ratio to the reference {ours / ref:.2f}x "
+              f"(batch {args.batch}, {args.steps} timed steps)", flush=True)  # fmt: skip
+
+
+def parse_config(spec: str) -> tuple[str, str, list[str]]:
+    label, _, rest = spec.partition("=")
+    experiment, *extra = rest.split(",")
+    if not label or not experiment:
+        raise SystemExit(f"--config {spec!r} is not allowed; write LABEL=EXPERIMENT[,override,...]")
+    return label, experiment, extra
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from hydra.core.config_store import ConfigStore
 
 from dcgan_xai.data.sources import MD5, SOURCES
 from dcgan_xai.errors import UserError
-from dcgan_xai.xai.gradcam import BN_MODES
+from dcgan_xai.xai.gradcam import BN_MODES, METHODS
 
 SCORES = ("focus", "coverage")
 PROBES = ("real", "fake")
@@ -46,6 +46,7 @@ class ModelConfig:
     compile: bool = False
     instance_noise: float = 0.0
     instance_noise_decay_epochs: float = 0.0
+    finite_check_every: int = 1
 
 
 @dataclass
@@ -66,7 +67,8 @@ class TrainerConfig:
 class GradCamConfig:
     enabled: bool = True
     layers: list[str] = field(default_factory=lambda: ["block3"])
-    bn_mode: str = "batch"
+    bn_modes: list[str] = field(default_factory=lambda: ["batch"])
+    methods: list[str] = field(default_factory=lambda: ["gradcam"])
     probe_size: int = 64
     every_n_epochs: int = 1
     pixel_threshold: float = 0.5
@@ -76,8 +78,21 @@ class GradCamConfig:
 
 
 @dataclass
+class QualityConfig:
+    enabled: bool = False
+    samples: int = 10000
+    fresh_draws: int = 2
+    seed: int = 0
+    every_n_epochs: int = 1
+    batch_size: int = 500
+    classifier_epochs: int = 3
+    min_accuracy: float = 0.99
+
+
+@dataclass
 class CallbacksConfig:
     gradcam: GradCamConfig = field(default_factory=GradCamConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
 
 
 @dataclass
@@ -112,6 +127,7 @@ class AnalysisSettings:
     mask_threshold: float = 0.5
     quality: bool = True
     fid_samples: int = 10000
+    fid_draws: int = 2
     fid_seed: int = 0
     batch_size: int = 500
     classifier_epochs: int = 3
@@ -135,6 +151,8 @@ class AnalysisSettings:
             raise UserError(f"k={self.k} is not allowed; the coarse step must be >= 1")
         if self.fid_samples < 2:
             raise UserError(f"fid_samples={self.fid_samples} is not allowed; it must be >= 2")
+        if self.fid_draws < 0:
+            raise UserError(f"fid_draws={self.fid_draws} is not allowed; it must be >= 0")
 
 
 @dataclass
@@ -168,23 +186,28 @@ class CurateConfig:
 
 VARIANT_SCORES = ("focus", "coverage", "focus_delta", "coverage_delta")
 SELECTIONS = ("coarse", "argmax")
+PAPER_VARIANT = "gradcam/block3/batch/real/focus/coarse"
 
 
 @dataclass
 class StudySettings:
-    """What the study runs and compares. Recorded in the report."""
+    """What the study runs and compares, and how it decides. Recorded in the report."""
 
     name: str = "claim"
     out_dir: str = "studies"
-    experiment: str = "mnist64"
+    experiments: list[str] = field(default_factory=lambda: ["mnist64"])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
     train_overrides: list[str] = field(default_factory=list)
+    parallel: int = 1
+    train_timeout_s: float | None = None
+    report_only: bool = False
+    methods: list[str] = field(default_factory=lambda: ["gradcam"])
     bn_modes: list[str] = field(default_factory=lambda: ["batch", "eval"])
     probes: list[str] = field(default_factory=lambda: ["real", "fake"])
     scores: list[str] = field(default_factory=lambda: list(VARIANT_SCORES))
     selections: list[str] = field(default_factory=lambda: list(SELECTIONS))
-    regret_tolerance: float = 0.1
-    good_fid_factor: float = 10.0
+    planned: list[str] = field(default_factory=lambda: [PAPER_VARIANT])
+    window: float = 0.5
     curate: bool = True
     curation_layer: str = "block3"
     curation_thresholds: list[float] = field(default_factory=lambda: [0.7])
@@ -196,14 +219,36 @@ class StudySettings:
         for name, values, allowed in (
             ("scores", self.scores, VARIANT_SCORES),
             ("selections", self.selections, SELECTIONS),
-            ("probes", self.probes, ("real", "fake")),
-            ("bn_modes", self.bn_modes, ("batch", "eval")),
+            ("probes", self.probes, PROBES),
+            ("bn_modes", self.bn_modes, BN_MODES),
+            ("methods", self.methods, METHODS),
         ):
             bad = [v for v in values if v not in allowed]
             if bad:
                 raise UserError(f"{name}={bad[0]!r} is not allowed; allowed: {', '.join(allowed)}")
         if not self.seeds:
             raise UserError("seeds is empty; give at least one seed")
+        if not self.experiments:
+            raise UserError("experiments is empty; give at least one experiment")
+        if self.parallel < 1:
+            raise UserError(f"parallel={self.parallel} is not allowed; it must be >= 1")
+        if not 0.0 < self.window <= 1.0:
+            raise UserError(f"window={self.window} is not allowed; it must be in (0, 1]")
+        for name in self.planned:
+            parts = name.split("/")
+            ok = (
+                len(parts) == 6
+                and parts[0] in METHODS
+                and parts[2] in BN_MODES
+                and parts[3] in PROBES
+                and parts[4] in VARIANT_SCORES
+                and parts[5] in SELECTIONS
+            )
+            if not ok:
+                raise UserError(
+                    f"planned variant {name!r} is not allowed; write method/layer/bn_mode/probe/"
+                    f"score/selection, e.g. {PAPER_VARIANT}"
+                )
 
 
 def register_configs() -> None:

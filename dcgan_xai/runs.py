@@ -7,7 +7,8 @@ A run directory looks like::
     <run>/tensorboard/                TensorBoard event files
     <run>/probe.pt                    the fixed probe batch
     <run>/gradcam/epoch_NNN.pt        maps and scores of the probe after NNN epochs
-    <run>/gradcam/scores.csv          one row per (epoch, layer)
+    <run>/gradcam/scores.csv          one row per (epoch, method, BN mode, layer)
+    <run>/quality/scores.csv          FID/KID per epoch (when the quality callback is on)
     <run>/analysis/ , <run>/curation/<name>/
 """
 
@@ -56,6 +57,10 @@ class RunDir:
     @property
     def scores_csv(self) -> Path:
         return self.gradcam / "scores.csv"
+
+    @property
+    def quality_csv(self) -> Path:
+        return self.root / "quality" / "scores.csv"
 
     @property
     def analysis(self) -> Path:
@@ -145,14 +150,17 @@ def read_csv(path: str | os.PathLike[str]) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+SCORE_KEYS = ("epoch", "method", "bn_mode", "layer")
 SCORE_FIELDS = (
-    ["epoch", "layer", "bn_mode"]
+    list(SCORE_KEYS)
     + [
         f"{probe}_{name}"
         for probe in ("real", "fake")
         for name in (
             "focus_mean",
             "focus_std",
+            "focus_nondeg",
+            "focus_chance",
             "coverage_mean",
             "coverage_std",
             "degenerate",
@@ -186,27 +194,62 @@ def load_gradcam_epoch(run: RunDir, epoch: int) -> dict[str, Any]:
 
 
 def read_scores(run: RunDir) -> list[dict[str, Any]]:
-    """Rows of ``gradcam/scores.csv`` with numbers parsed, sorted by (epoch, layer)."""
+    """Rows of ``gradcam/scores.csv`` with numbers parsed, sorted by (epoch, method, BN, layer)."""
     if not run.scores_csv.is_file():
         return []
     rows: list[dict[str, Any]] = []
     for raw in read_csv(run.scores_csv):
         row: dict[str, Any] = dict(raw)
         row["epoch"] = int(raw["epoch"])
-        for key in SCORE_FIELDS[3:]:
+        for key in SCORE_FIELDS[len(SCORE_KEYS) :]:
             row[key] = float(raw[key])
         rows.append(row)
-    return sorted(rows, key=lambda r: (r["epoch"], r["layer"]))
+    return sorted(rows, key=lambda r: tuple(r[k] for k in SCORE_KEYS))
+
+
+def _merge_rows(
+    path: Path, fields: Sequence[str], keys: Sequence[str], old: list[dict[str, Any]],
+    rows: list[dict[str, Any]], keep_through: int | None,
+) -> None:  # fmt: skip
+    if keep_through is not None:
+        old = [r for r in old if r["epoch"] <= keep_through]
+    merged = {tuple(r[k] for k in keys): r for r in old}
+    merged.update({tuple(r[k] for k in keys): r for r in rows})
+    write_csv(path, fields, [merged[k] for k in sorted(merged)])
 
 
 def update_scores(run: RunDir, rows: list[dict[str, Any]], keep_through: int | None = None) -> None:
-    """Merge ``rows`` into ``scores.csv``: one row per (epoch, layer), newest wins.
+    """Merge ``rows`` into ``scores.csv``: one row per (epoch, method, BN mode, layer), newest wins.
 
     Rows of epochs after ``keep_through`` are dropped first (a resumed run redoes them).
     """
-    old = read_scores(run)
-    if keep_through is not None:
-        old = [r for r in old if r["epoch"] <= keep_through]
-    merged = {(r["epoch"], r["layer"]): r for r in old}
-    merged.update({(r["epoch"], r["layer"]): r for r in rows})
-    write_csv(run.scores_csv, SCORE_FIELDS, [merged[k] for k in sorted(merged)])
+    _merge_rows(run.scores_csv, SCORE_FIELDS, SCORE_KEYS, read_scores(run), rows, keep_through)
+
+
+QUALITY_KEYS = ("epoch", "draw")
+QUALITY_FIELDS = (*QUALITY_KEYS, "noise_seed", "samples", "fid", "kid", "kid_std", "reference",
+                  "classifier_accuracy", "classifier_md5")  # fmt: skip
+
+
+def read_quality(run: RunDir) -> list[dict[str, Any]]:
+    """Rows of ``quality/scores.csv`` (one per epoch and generated set), numbers parsed."""
+    if not run.quality_csv.is_file():
+        return []
+    rows: list[dict[str, Any]] = []
+    for raw in read_csv(run.quality_csv):
+        row: dict[str, Any] = dict(raw)
+        for key in ("epoch", "draw", "noise_seed", "samples"):
+            row[key] = int(raw[key])
+        for key in ("fid", "kid", "kid_std", "classifier_accuracy"):
+            row[key] = float(raw[key])
+        rows.append(row)
+    return sorted(rows, key=lambda r: (r["epoch"], r["draw"]))
+
+
+def update_quality(
+    run: RunDir, rows: list[dict[str, Any]], keep_through: int | None = None
+) -> None:
+    """Merge ``rows`` into ``quality/scores.csv``: one row per (epoch, draw), newest wins."""
+    _merge_rows(
+        run.quality_csv, QUALITY_FIELDS, QUALITY_KEYS, read_quality(run), rows, keep_through
+    )

@@ -20,8 +20,8 @@ def run(cfg: DictConfig) -> str:
     from dcgan_xai.analysis.study import run_study
 
     result = run_study(settings_from(cfg))
-    holds = sum(v["holds"] for v in result["variants"])
-    return f"{holds} of {len(result['variants'])} variants hold; report: {result['dir']}/REPORT.md"
+    planned = [f"{d['variant']} {d['decision']}" for d in result["decisions"] if d["planned"]]
+    return f"{'; '.join(planned)}; report: {result['dir']}/REPORT.md"
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="study")

@@ -16,6 +16,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from omegaconf import DictConfig, OmegaConf
 
 from dcgan_xai.callbacks.gradcam import GradCamCallback
+from dcgan_xai.callbacks.quality import QualityCallback
 from dcgan_xai.data.exclusion import fingerprint, load_exclusion
 from dcgan_xai.data.idx import md5sum
 from dcgan_xai.data.mnist import MNISTDataModule
@@ -25,7 +26,7 @@ from dcgan_xai.models.checkpoint import EpochCheckpoint
 from dcgan_xai.models.module import DCGAN
 from dcgan_xai.models.networks import IMAGE_SIZE, build_discriminator
 from dcgan_xai.runs import RunDir, atomic_write_text, safe_torch_load
-from dcgan_xai.xai.gradcam import BN_MODES, layer_names
+from dcgan_xai.xai.gradcam import BN_MODES, METHODS, layer_names
 
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 
@@ -49,6 +50,10 @@ def validate(cfg: DictConfig) -> None:
     for key in ("instance_noise", "instance_noise_decay_epochs"):
         if cfg.model[key] < 0:
             raise UserError(f"model.{key}={cfg.model[key]} is not allowed; it must be >= 0")
+    if cfg.model.finite_check_every < 1:
+        raise UserError(
+            f"model.finite_check_every={cfg.model.finite_check_every} is not allowed; it must be >= 1"
+        )
     d = build_discriminator(cfg.model.arch, 1)
     gc = cfg.callbacks.gradcam
     if gc.enabled:
@@ -59,11 +64,14 @@ def validate(cfg: DictConfig) -> None:
                     f"unknown Grad-CAM layer {layer!r} in callbacks.gradcam.layers; "
                     f"valid layers of model.arch={cfg.model.arch}: {', '.join(valid)}"
                 )
-        if gc.bn_mode not in BN_MODES:
-            raise UserError(
-                f"callbacks.gradcam.bn_mode={gc.bn_mode!r} is not allowed; "
-                f"allowed: {', '.join(BN_MODES)}"
-            )
+        for key, values, allowed in (("bn_modes", gc.bn_modes, BN_MODES),
+                                     ("methods", gc.methods, METHODS)):  # fmt: skip
+            bad = [v for v in values if v not in allowed] or ([] if values else ["(empty)"])
+            if bad:
+                raise UserError(
+                    f"callbacks.gradcam.{key}={bad[0]!r} is not allowed; "
+                    f"allowed: {', '.join(allowed)}"
+                )
         for key in ("pixel_threshold", "flag_threshold", "mask_threshold"):
             _check_fraction(f"callbacks.gradcam.{key}", gc[key])
         if gc.probe_size < 1 or gc.every_n_epochs < 1:
@@ -71,6 +79,12 @@ def validate(cfg: DictConfig) -> None:
                 "callbacks.gradcam.probe_size and every_n_epochs must be >= 1, got "
                 f"{gc.probe_size} and {gc.every_n_epochs}"
             )
+    q = cfg.callbacks.quality
+    if q.enabled and (q.samples < 2 or q.fresh_draws < 0 or q.every_n_epochs < 1):
+        raise UserError(
+            "callbacks.quality.samples must be >= 2, fresh_draws >= 0 and every_n_epochs >= 1, "
+            f"got {q.samples}, {q.fresh_draws} and {q.every_n_epochs}"
+        )
 
 
 def build_datamodule(cfg: DictConfig, exclude: torch.Tensor | None = None) -> MNISTDataModule:
@@ -105,6 +119,7 @@ def build_model(cfg: DictConfig) -> DCGAN:
         compile=m.compile,
         instance_noise=m.instance_noise,
         instance_noise_decay_epochs=m.instance_noise_decay_epochs,
+        finite_check_every=m.finite_check_every,
     )
 
 
@@ -116,7 +131,8 @@ def build_callbacks(cfg: DictConfig, run: RunDir) -> list[L.Callback]:
             GradCamCallback(
                 run.root,
                 layers=list(gc.layers),
-                bn_mode=gc.bn_mode,
+                bn_modes=list(gc.bn_modes),
+                methods=list(gc.methods),
                 probe_size=gc.probe_size,
                 seed=cfg.seed,
                 every_n_epochs=gc.every_n_epochs,
@@ -124,6 +140,20 @@ def build_callbacks(cfg: DictConfig, run: RunDir) -> list[L.Callback]:
                 flag_threshold=gc.flag_threshold,
                 mask_threshold=gc.mask_threshold,
                 log_images=gc.log_images,
+            )
+        )
+    q = cfg.callbacks.quality
+    if q.enabled:
+        callbacks.append(
+            QualityCallback(
+                run.root,
+                samples=q.samples,
+                fresh_draws=q.fresh_draws,
+                seed=q.seed,
+                every_n_epochs=q.every_n_epochs,
+                batch_size=q.batch_size,
+                classifier_epochs=q.classifier_epochs,
+                min_accuracy=q.min_accuracy,
             )
         )
     callbacks.append(EpochCheckpoint(run.checkpoints))

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from dcgan_xai.analysis.figures import figure1, figure_size
-from dcgan_xai.analysis.quality import QualityMeter, load_or_train_classifier
+from dcgan_xai.metrics.quality import QualityMeter, load_or_train_classifier
 from dcgan_xai.analysis.report import analyze_run, epoch_records, informative_samples, parse_samples
 from dcgan_xai.analysis.selection import argmax_epoch, select_epoch
 from dcgan_xai.config import AnalysisSettings

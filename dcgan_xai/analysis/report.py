@@ -13,7 +13,6 @@ from omegaconf import OmegaConf
 from scipy.stats import spearmanr
 
 from dcgan_xai.analysis import figures
-from dcgan_xai.analysis.quality import MNISTClassifier, QualityMeter, load_or_train_classifier
 from dcgan_xai.analysis.selection import Selection, select_epoch
 from dcgan_xai.callbacks.gradcam import explain_epoch
 from dcgan_xai.config import AnalysisSettings
@@ -21,6 +20,7 @@ from dcgan_xai.data.mnist import MNISTDataModule, to_unit_range
 from dcgan_xai.data.probe import Probe, make_probe
 from dcgan_xai.data.sources import MD5, SOURCES
 from dcgan_xai.errors import UserError
+from dcgan_xai.metrics.quality import MNISTClassifier, QualityMeter, load_or_train_classifier
 from dcgan_xai.models.module import DCGAN
 from dcgan_xai.models.sampling import generate
 from dcgan_xai.runs import (

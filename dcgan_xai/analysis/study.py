@@ -1,203 +1,382 @@
-"""The evidence study: does the discriminator's Grad-CAM pick a good generator?
+"""The evidence study: does the discriminator's explanation pick a good generator?
 
-For each seed: train (or resume) a run, analyse it (FID/KID per epoch), then score every
-selection variant (layer x BN mode x probe x score x selection rule) by its regret, against
-baselines over the same checkpoints; optionally retrain without flagged images.
+For each experiment and seed: train (or resume, or find finished) a run, several at once when
+``parallel`` > 1; collect its per-epoch tables (FID/KID over fixed and fresh generated sets, and
+the explanation scores of every method, BN mode and layer), computing from the checkpoints what
+the run's callbacks did not write; then decide by the rules of :mod:`dcgan_xai.analysis.evidence`
+and write ``<out_dir>/<name>/``: ``quality.csv``, ``scores.csv`` (the raw tables),
+``outcomes.csv``, ``decisions.csv``, ``study.json`` and ``REPORT.md``. ``report_only`` rebuilds the
+report from those tables alone (for tables made on another machine).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
-import statistics
+import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from dcgan_xai.analysis import figures
+import torch
+
+from dcgan_xai.analysis import evidence, figures
 from dcgan_xai.analysis.curation import curate_run
-from dcgan_xai.analysis.quality import QualityMeter
+from dcgan_xai.analysis.evidence import Variant
 from dcgan_xai.analysis.report import (
-    analyze_run,
     classifier_for,
     datamodule_for_run,
     ensure_probe,
-    epoch_records,
+    load_module,
     resolve_device,
-    run_config,
 )
-from dcgan_xai.analysis.selection import argmax_epoch, select_epoch
-from dcgan_xai.config import AnalysisSettings, StudySettings
-from dcgan_xai.data.mnist import to_unit_range
+from dcgan_xai.callbacks.gradcam import explain_epoch
+from dcgan_xai.config import StudySettings
 from dcgan_xai.errors import UserError
-from dcgan_xai.models.networks import build_discriminator
-from dcgan_xai.runs import RunDir, atomic_write_text, write_csv
+from dcgan_xai.metrics.quality import (
+    QualityMeter,
+    classifier_md5,
+    classifier_path,
+    reference_images,
+    score_draws,
+)
+from dcgan_xai.runs import (
+    SCORE_FIELDS,
+    RunDir,
+    atomic_write_text,
+    read_csv,
+    read_quality,
+    read_scores,
+    update_quality,
+    update_scores,
+    write_csv,
+)
 from dcgan_xai.xai.gradcam import layer_names
 
+RUN_KEYS = ("experiment", "seed")
 
-def score_series(
-    records: Mapping[int, dict[str, Any]], layer: str, probe: str, score: str
-) -> dict[int, float]:
-    """A per-epoch score to maximise.
 
-    ``focus``: mean focus (the paper's). ``coverage``: minus mean coverage (maps that cover
-    less of the image are better). ``*_delta``: minus the absolute change from the previous
-    epoch (the epoch where D's attention stopped moving); the first epoch has no delta (NaN).
+def run_name(experiment: str, seed: int) -> str:
+    return f"{experiment}_seed_{seed}"
+
+
+def variants(study: StudySettings, layers: Sequence[str]) -> list[Variant]:
+    """Every combination the study scores; the planned ones first."""
+    combos = itertools.product(study.methods, layers, study.bn_modes, study.probes, study.scores,
+                               study.selections)  # fmt: skip
+    every = [Variant(*c) for c in combos]
+    planned = [Variant.parse(p) for p in study.planned]
+    return planned + [v for v in every if v not in planned]
+
+
+# ---------------------------------------------------------------- training
+
+
+def _train_command(study: StudySettings, experiment: str, seed: int, run_dir: Path,
+                   extra: Sequence[str] = ()) -> list[str]:  # fmt: skip
+    return [sys.executable, "-m", "dcgan_xai.train", f"+experiment={experiment}", f"seed={seed}",
+            *study.train_overrides, *extra, f"hydra.run.dir={run_dir}", "resume=true",
+            "trainer.enable_progress_bar=false"]  # fmt: skip
+
+
+def train_runs(
+    study: StudySettings, jobs: Sequence[tuple[str, int, Path, Sequence[str]]], logs: Path,
+    log: Callable[[str], None],
+) -> dict[str, str]:  # fmt: skip
+    """Train ``jobs`` (experiment, seed, run dir, extra overrides), ``study.parallel`` at a time.
+
+    Each training's output goes to ``logs/<run>.log``. A training still running after
+    ``study.train_timeout_s`` is stopped (SIGTERM, then SIGKILL): the epochs it finished keep
+    their checkpoints and a later study resumes it.
+
+    Returns:
+        The status of each run dir: ``finished``, ``stopped at the time limit`` or
+        ``failed (exit N): <last line>``.
     """
-    base = score.removesuffix("_delta")
-    epochs = sorted(records)
-    raw = {e: records[e]["summary"][layer][f"{probe}_{base}_mean"] for e in epochs}
-    if score == "focus":
-        return raw
-    if score == "coverage":
-        return {e: -v for e, v in raw.items()}
-    return {e: (-abs(raw[e] - raw[p]) if p is not None else math.nan)
-            for p, e in zip([None, *epochs[:-1]], epochs, strict=True)}  # fmt: skip
+    logs.mkdir(parents=True, exist_ok=True)
+    pending = list(jobs)
+    running: dict[subprocess.Popen[bytes], tuple[Path, float, Path]] = {}
+    status: dict[str, str] = {}
+    while pending or running:
+        while pending and len(running) < study.parallel:
+            experiment, seed, run_dir, extra = pending.pop(0)
+            log_path = logs / f"{run_dir.name}.log"
+            with open(log_path, "wb") as out:
+                proc = subprocess.Popen(
+                    _train_command(study, experiment, seed, run_dir, extra),
+                    stdout=out, stderr=subprocess.STDOUT,
+                )  # fmt: skip
+            running[proc] = (run_dir, time.monotonic(), log_path)
+            log(f"{run_dir.name}: training (log {log_path})")
+        time.sleep(0.5)
+        for proc, (run_dir, start, log_path) in list(running.items()):
+            elapsed = time.monotonic() - start
+            rc = proc.poll()
+            if rc is None and study.train_timeout_s and elapsed > study.train_timeout_s:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+                status[str(run_dir)] = "stopped at the time limit"
+            elif rc is None:
+                continue
+            elif rc == 0:
+                status[str(run_dir)] = "finished"
+            else:
+                lines = log_path.read_text(errors="replace").strip().splitlines()
+                status[str(run_dir)] = f"failed (exit {rc}): {(lines or ['no output'])[-1][:300]}"
+            del running[proc]
+            epochs = RunDir(run_dir).checkpoint_epochs()
+            log(f"{run_dir.name}: {status[str(run_dir)]} after {elapsed:.0f} s, "
+                f"{len(epochs)} epochs checkpointed")  # fmt: skip
+    return status
 
 
-def baselines(fid: Mapping[int, float], d_real: Mapping[int, float]) -> dict[str, float]:
-    """Regret of the last epoch, of D(x) closest to 0.5, and of a random epoch (expected)."""
-    best = min(fid.values())
-    epochs = sorted(fid)
-    closest = min(epochs, key=lambda e: (abs(d_real[e] - 0.5), e))
-    return {
-        "last": fid[epochs[-1]] - best,
-        "d_real_half": fid[closest] - best,
-        "random": statistics.fmean(fid[e] - best for e in epochs),
-    }
+# ---------------------------------------------------------------- per-run tables
 
 
-def variant_rows(
-    seed: int, records_by_bn: Mapping[str, Mapping[int, dict[str, Any]]], layers: Sequence[str],
-    fid: Mapping[int, float], settings: StudySettings,
-) -> list[dict[str, Any]]:  # fmt: skip
-    """One row per selection variant: chosen epoch, its FID, regret, and whether it beats last."""
-    rows = []
-    best = min(fid.values())
-    last = fid[max(fid)]
-    for bn_mode, records in records_by_bn.items():
-        for layer in layers:
-            for probe in settings.probes:
-                for score in settings.scores:
-                    series = score_series(records, layer, probe, score)
-                    degenerate = statistics.fmean(
-                        records[e]["summary"][layer][f"{probe}_degenerate"] for e in records
-                    )
-                    for rule in settings.selections:
-                        chosen = (select_epoch(series, settings.analysis.k).fine_winner
-                                  if rule == "coarse" else argmax_epoch(series))  # fmt: skip
-                        regret = fid[chosen] - best
-                        rows.append({
-                            "seed": seed, "layer": layer, "bn_mode": bn_mode, "probe": probe,
-                            "score": score, "selection": rule, "epoch": chosen, "fid": fid[chosen],
-                            "regret": regret, "beats_last": fid[chosen] < last,
-                            "within_tolerance": regret <= settings.regret_tolerance * best,
-                            "degenerate": degenerate,
-                        })  # fmt: skip
-    return rows
+def run_tables(run: RunDir, study: StudySettings, log: Callable[[str], None] = print
+               ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:  # fmt: skip
+    """A run's quality rows and score rows for every checkpointed epoch.
+
+    Rows the run's callbacks wrote with the study's settings are read; the rest are computed
+    from the checkpoints and written into the run's own tables first.
+    """
+    a = study.analysis
+    epochs = run.checkpoint_epochs()
+    layers = layer_names(load_module(run.checkpoint(epochs[-1])).discriminator)
+    dm = None
+    device = resolve_device(a.device)
+
+    def usable(rows: list[dict[str, Any]]) -> set[tuple[int, int]]:
+        return {(r["epoch"], r["draw"]) for r in rows
+                if r["samples"] == a.fid_samples and (r["draw"] or r["noise_seed"] == a.fid_seed)}  # fmt: skip
+
+    have = usable(read_quality(run))
+    missing = [e for e in epochs if any((e, d) not in have for d in range(a.fid_draws + 1))]
+    if missing:
+        log(f"{run.root.name}: FID of {len(missing)} epochs from checkpoints")
+        dm = datamodule_for_run(run)
+        assert dm.test_set is not None
+        classifier, accuracy = classifier_for(dm, a, device)
+        path = classifier_path(
+            dm.root, dm.image_size, a.classifier_epochs, dm.checksums["test-images"]
+        )
+        real = reference_images(dm.test_set.images, a.fid_samples, a.fid_seed)
+        meter = QualityMeter(classifier, real, a.batch_size, seed=a.fid_seed)
+        n_test = dm.test_set.images.shape[0]
+        record = {"samples": a.fid_samples, "classifier_accuracy": accuracy,
+                  "classifier_md5": classifier_md5(path),
+                  "reference": f"all {n_test} test images" if real.shape[0] == n_test
+                  else f"{real.shape[0]} random test images (seed {a.fid_seed})"}  # fmt: skip
+        for e in missing:
+            g = load_module(run.checkpoint(e)).generator.to(device)
+            nz = g.nz
+            rows = score_draws(
+                meter, g, nz, a.fid_samples, a.fid_seed, e, a.fid_draws, a.batch_size
+            )
+            update_quality(run, [{"epoch": e, **r, **record} for r in rows])
+    quality = [r for r in read_quality(run) if r["epoch"] in epochs and r["draw"] <= a.fid_draws
+               and (r["epoch"], r["draw"]) in usable([r])]  # fmt: skip
+
+    wanted = {(e, m, b) for e in epochs for m in study.methods for b in study.bn_modes}
+    found: dict[tuple[int, str, str], set[str]] = {}
+    for r in read_scores(run):
+        found.setdefault((r["epoch"], r["method"], r["bn_mode"]), set()).add(r["layer"])
+    complete = {key for key, names in found.items() if names >= set(layers)}
+    todo = sorted(wanted - complete)
+    if todo:
+        log(
+            f"{run.root.name}: explanations of {len(todo)} (epoch, method, BN mode) from checkpoints"
+        )
+        dm = dm or datamodule_for_run(run)
+        probe = ensure_probe(run, dm)
+        for e, method, bn_mode in todo:
+            model = load_module(run.checkpoint(e))
+            rec = explain_epoch(model.discriminator, model.generator, probe, layers, bn_mode,
+                                a.pixel_threshold, a.flag_threshold, a.mask_threshold, method)  # fmt: skip
+            update_scores(run, [{"epoch": e, "method": method, "bn_mode": bn_mode, "layer": name,
+                                 **rec["summary"][name], "d_real": rec["d_real"],
+                                 "d_fake": rec["d_fake"]} for name in layers])  # fmt: skip
+    scores = [r for r in read_scores(run) if (r["epoch"], r["method"], r["bn_mode"]) in wanted]
+    return quality, scores
 
 
-def variant_key(row: Mapping[str, Any]) -> tuple[str, ...]:
-    return (row["layer"], row["bn_mode"], row["probe"], row["score"], row["selection"])
+# ---------------------------------------------------------------- decisions
 
 
-def summarize_variants(rows: Sequence[Mapping[str, Any]], n_seeds: int) -> list[dict[str, Any]]:
-    """Per variant over seeds: how often it beat the last epoch within tolerance, regrets."""
-    groups: dict[tuple[str, ...], list[Mapping[str, Any]]] = {}
-    for row in rows:
-        groups.setdefault(variant_key(row), []).append(row)
-    needed = math.ceil(0.8 * n_seeds)
-    out = []
-    for key, group in sorted(groups.items()):
-        wins = sum(bool(r["beats_last"] and r["within_tolerance"]) for r in group)
-        regrets = [r["regret"] for r in group]
-        out.append({
-            "layer": key[0], "bn_mode": key[1], "probe": key[2], "score": key[3], "selection": key[4],
-            "seeds": len(group), "wins": wins, "holds": wins >= needed,
-            "mean_regret": statistics.fmean(regrets), "max_regret": max(regrets),
-            "degenerate": statistics.fmean(r["degenerate"] for r in group),
+def evaluate(
+    study: StudySettings, quality: Sequence[Mapping[str, Any]], scores: Sequence[Mapping[str, Any]]
+) -> dict[str, Any]:
+    """Per run: FID ± SD per epoch, plateau diagnosis, baselines, every variant's outcome; over
+    runs: the decision per variant, overall and per experiment."""
+    runs = sorted({(r["experiment"], int(r["seed"])) for r in quality})
+    layers = sorted({r["layer"] for r in scores})
+    all_variants = variants(study, layers)
+    per_run, outcomes = [], []
+    for experiment, seed in runs:
+        q = [r for r in quality if (r["experiment"], int(r["seed"])) == (experiment, seed)]
+        s = [r for r in scores if (r["experiment"], int(r["seed"])) == (experiment, seed)]
+        fid = evidence.fid_by_epoch(q)
+        d_rows = [
+            r for r in s if r["bn_mode"] == study.bn_modes[0] and r["method"] == study.methods[0]
+        ]
+        d_real = {int(r["epoch"]): float(r["d_real"]) for r in d_rows}
+        d_real = {e: d_real.get(e, math.nan) for e in fid}
+        key = {"experiment": experiment, "seed": seed}
+        best = min(fid, key=lambda e: (fid[e].mean, e))
+        per_run.append({
+            **key, "epochs": len(fid), "fid": {e: vars(f) for e, f in fid.items()},
+            "best_epoch": best, "plateau": evidence.plateau(fid, study.window),
+            "baselines": evidence.baselines(fid, d_real, study.window),
+            "d_real": d_real,
         })  # fmt: skip
-    return out
+        outcomes += evidence.run_outcomes(key, fid, s, all_variants, study.analysis.k, study.window)
+    decisions = evidence.decide(outcomes, study.planned)
+    by_experiment = {
+        exp: evidence.decide(
+            [o for o in outcomes if o["experiment"] == exp and o["variant"] in study.planned],
+            study.planned,
+        )  # fmt: skip
+        for exp in sorted({r[0] for r in runs})
+    }
+    return {"runs": per_run, "outcomes": outcomes, "decisions": decisions,
+            "by_experiment": by_experiment, "layers": layers}  # fmt: skip
 
 
-def _train(study: StudySettings, run_dir: Path, seed: int, extra: Sequence[str] = ()) -> None:
-    """Train (or resume, or find finished) one run through the training CLI."""
-    cmd = [sys.executable, "-m", "dcgan_xai.train", f"+experiment={study.experiment}", f"seed={seed}",
-           *study.train_overrides, *extra, f"hydra.run.dir={run_dir}", "resume=true",
-           "trainer.enable_progress_bar=false"]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        tail = proc.stderr.strip().splitlines()[-1:] or ["no output"]
-        raise UserError(f"training {run_dir} failed ({' '.join(cmd[3:])}): {tail[0]}")
+def score_overview(
+    study: StudySettings, scores: Sequence[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """Per method, BN mode and layer, over runs and epochs: degenerate share, mean focus, focus
+    over non-degenerate maps, and the chance level (uniform maps) of the real probe."""
+    groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = {}
+    for r in scores:
+        groups.setdefault((r["method"], r["bn_mode"], r["layer"]), []).append(r)
+
+    def mean(rows: Sequence[Mapping[str, Any]], key: str) -> float:
+        values = [float(r[key]) for r in rows if not math.isnan(float(r[key]))]
+        return sum(values) / len(values) if values else math.nan
+
+    return [{"method": m, "bn_mode": b, "layer": layer,
+             "degenerate": mean(rows, "real_degenerate"), "focus": mean(rows, "real_focus_mean"),
+             "focus_nondeg": mean(rows, "real_focus_nondeg"),
+             "focus_chance": mean(rows, "real_focus_chance"),
+             "coverage": mean(rows, "real_coverage_mean")}
+            for (m, b, layer), rows in sorted(groups.items())]  # fmt: skip
 
 
-def reference_fid(run: RunDir, analysis: AnalysisSettings) -> float:
-    """FID of real train images against the test images in the same feature space: the floor."""
-    dm = datamodule_for_run(run)
-    assert dm.train_set is not None and dm.test_set is not None
-    clf, _ = classifier_for(dm, analysis, resolve_device(analysis.device))
-    n = min(analysis.fid_samples, len(dm.test_set), len(dm.train_set))
-    meter = QualityMeter(clf, dm.test_set.images[:n], analysis.batch_size, seed=analysis.fid_seed)
-    return meter.score(to_unit_range(dm.train_set.images[:n]))["fid"]
+# ---------------------------------------------------------------- the study
+
+
+def _device_name(device: str) -> str:
+    if device == "cuda" and torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} (torch {torch.__version__})"
+    return f"CPU, {os.cpu_count()} cores (torch {torch.__version__})"
 
 
 def run_study(study: StudySettings, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run the whole study and write ``<out_dir>/<name>/REPORT.md``, its CSVs and figures."""
+    """Run the whole study (or, with ``report_only``, re-decide from its tables) and write
+    ``<out_dir>/<name>/REPORT.md`` with its tables and figure."""
     study.check()
     root = Path(study.out_dir) / study.name
+    if study.report_only:
+        return _report_from_tables(study, root)
+    start = time.monotonic()
     runs_dir = root / "runs"
-    stability, all_rows, curation_rows, baseline_rows = [], [], [], []
-    floor = None
-    for seed in study.seeds:
-        run_dir = runs_dir / f"seed_{seed}"
-        log(f"seed {seed}: training {run_dir}")
-        _train(study, run_dir, seed)
+    jobs = [(exp, seed, runs_dir / run_name(exp, seed), ()) for exp in study.experiments
+            for seed in study.seeds]  # fmt: skip
+    status = train_runs(study, jobs, root / "logs", log)
+    quality: list[dict[str, Any]] = []
+    scores: list[dict[str, Any]] = []
+    trained = []
+    for exp, seed, run_dir, _ in jobs:
         run = RunDir(run_dir)
-        log(f"seed {seed}: analysing")
-        result = analyze_run(run_dir, study.analysis)
-        fid = {row["epoch"]: row["fid"] for row in result["epochs"]}
-        if floor is None:
-            floor = reference_fid(run, study.analysis)
-        probe = ensure_probe(run, datamodule_for_run(run))
-        layers = layer_names(build_discriminator(run_config(run).model.arch, 1))
-        records_by_bn = {
-            bn: epoch_records(
-                run, probe, replace(study.analysis, layers=list(layers), bn_mode=bn), sorted(fid)
+        if not run.checkpoint_epochs():
+            log(f"{run_dir.name}: no checkpoint, left out ({status.get(str(run_dir))})")
+            continue
+        q, s = run_tables(run, study, log)
+        key = {"experiment": exp, "seed": seed}
+        quality += [{**key, **r} for r in q]
+        scores += [{**key, **r} for r in s]
+        trained.append((exp, seed, run))
+    if not quality:
+        raise UserError(f"study {study.name}: no run has a checkpoint; see {root / 'logs'}")
+    curation = []
+    if study.curate:
+        for exp, seed, run in trained:
+            fid = evidence.fid_by_epoch(
+                [r for r in quality if (r["experiment"], r["seed"]) == (exp, seed)]
             )
-            for bn in study.bn_modes
-        }
-        d_real = {e: r["d_real"] for e, r in records_by_bn[study.bn_modes[0]].items()}
-        epochs = sorted(fid)
-        stability.append({
-            "seed": seed, "run_dir": str(run_dir), "final_fid": fid[epochs[-1]],
-            "best_fid": min(fid.values()), "best_epoch": min(epochs, key=lambda e: (fid[e], e)),
-            "good": min(fid.values()) <= study.good_fid_factor * floor,
-        })  # fmt: skip
-        baseline_rows.append(
-            {"seed": seed, **baselines(fid, d_real), "best_fid": min(fid.values())}
-        )
-        all_rows += variant_rows(seed, records_by_bn, layers, fid, study)
-        if study.curate:
-            curation_rows += _curation(study, run, seed, fid, log)
-    variants = summarize_variants(all_rows, len(study.seeds))
-    write_csv(root / "regrets.csv", list(all_rows[0]), all_rows)
-    write_csv(root / "variants.csv", list(variants[0]), variants)
-    if curation_rows:
-        write_csv(root / "curation.csv", list(curation_rows[0]), curation_rows)
-    report = study_report(
-        study, stability, baseline_rows, variants, curation_rows, floor or math.nan
+            curation += _curation(study, exp, seed, run, fid, log)
+    write_csv(root / "quality.csv", [*RUN_KEYS, *QUALITY_COLUMNS], quality)
+    write_csv(root / "scores.csv", [*RUN_KEYS, *SCORE_FIELDS], scores)
+    if curation:
+        write_csv(root / "curation.csv", list(curation[0]), curation)
+    meta = {"device": _device_name(resolve_device(study.analysis.device)),
+            "wall_s": round(time.monotonic() - start), "status": status,
+            "settings": _settings_dict(study)}  # fmt: skip
+    atomic_write_text(root / "study.json", json.dumps(meta, indent=2) + "\n")
+    return _report_from_tables(study, root)
+
+
+QUALITY_COLUMNS = ("epoch", "draw", "noise_seed", "samples", "fid", "kid", "kid_std", "reference",
+                   "classifier_accuracy", "classifier_md5")  # fmt: skip
+
+
+def _settings_dict(study: StudySettings) -> dict[str, Any]:
+    out = dict(vars(study))
+    out["analysis"] = dict(vars(study.analysis))
+    return out
+
+
+def _parse(
+    rows: list[dict[str, str]], ints: Sequence[str], text: Sequence[str]
+) -> list[dict[str, Any]]:
+    out = []
+    for raw in rows:
+        row: dict[str, Any] = {}
+        for k, v in raw.items():
+            row[k] = int(v) if k in ints else v if k in text else float(v)
+        out.append(row)
+    return out
+
+
+def _report_from_tables(study: StudySettings, root: Path) -> dict[str, Any]:
+    for name in ("quality.csv", "scores.csv", "study.json"):
+        if not (root / name).is_file():
+            raise UserError(f"study {study.name}: {root / name} is missing; run the study first")
+    quality = _parse(read_csv(root / "quality.csv"), ("seed", "epoch", "draw", "noise_seed", "samples"),
+                     ("experiment", "reference", "classifier_md5"))  # fmt: skip
+    scores = _parse(read_csv(root / "scores.csv"), ("seed", "epoch"),
+                    ("experiment", "method", "bn_mode", "layer"))  # fmt: skip
+    meta = json.loads((root / "study.json").read_text())
+    curation = read_csv(root / "curation.csv") if (root / "curation.csv").is_file() else []
+    result = evaluate(study, quality, scores)
+    write_csv(root / "outcomes.csv", list(result["outcomes"][0]), result["outcomes"])
+    write_csv(root / "decisions.csv", list(result["decisions"][0]), result["decisions"])
+    from dcgan_xai.analysis.study_report import fid_figure, study_report
+
+    protocol = {
+        k: quality[0][k] for k in ("samples", "reference", "classifier_accuracy", "classifier_md5")
+    }
+    overview = score_overview(study, scores)
+    atomic_write_text(
+        root / "REPORT.md", study_report(study, result, meta, protocol, overview, curation)
     )
-    atomic_write_text(root / "REPORT.md", report)
-    _study_figure(root, stability)
-    return {"dir": str(root), "stability": stability, "variants": variants, "curation": curation_rows,
-            "baselines": baseline_rows, "reference_fid": floor}  # fmt: skip
+    figures.save_png(fid_figure(result, study), root / "fid_by_run.png")
+    return {"dir": str(root), **result, "meta": meta}
 
 
-def _curation(study: StudySettings, run: RunDir, seed: int, fid: Mapping[int, float],
-              log: Callable[[str], None]) -> list[dict[str, Any]]:  # fmt: skip
+def _curation(study: StudySettings, experiment: str, seed: int, run: RunDir,
+              fid: Mapping[int, evidence.Fid], log: Callable[[str], None]) -> list[dict[str, Any]]:  # fmt: skip
+    """Retrain without the images flagged at the last epoch; FIDs of both runs (fresh means)."""
     rows = []
     last = max(fid)
     options: list[tuple[str, dict[str, Any]]] = [
@@ -208,130 +387,24 @@ def _curation(study: StudySettings, run: RunDir, seed: int, fid: Mapping[int, fl
     for label, kwargs in options:
         summary = curate_run(run.root, epoch=last, layer=study.curation_layer, name=f"study-{label}",
                              progress=False, **kwargs)  # fmt: skip
-        row = {"seed": seed, "rule": label, "threshold": summary["settings"]["threshold"],
-               "flagged": summary["flagged"], "base_best_fid": min(fid.values()),
-               "base_final_fid": fid[last], "curated_best_fid": None, "curated_final_fid": None,
-               "run_dir": ""}  # fmt: skip
+        row = {"experiment": experiment, "seed": seed, "rule": label,
+               "threshold": summary["settings"]["threshold"], "flagged": summary["flagged"],
+               "base_best_fid": min(f.mean for f in fid.values()), "base_final_fid": fid[last].mean,
+               "base_final_sd": fid[last].sd, "curated_best_fid": math.nan,
+               "curated_final_fid": math.nan, "curated_final_sd": math.nan, "run_dir": ""}  # fmt: skip
         if 0 < summary["flagged"] < summary["total"]:
-            curated_dir = run.root.parent / f"seed_{seed}_{label}"
-            log(f"seed {seed}: retraining without {summary['flagged']} images ({label})")
-            _train(study, curated_dir, seed, [f"data.exclude={summary['dir']}/manifest.csv"])
-            curated = analyze_run(curated_dir, study.analysis)
-            cfid = [r["fid"] for r in curated["epochs"]]
-            row.update(
-                curated_best_fid=min(cfid), curated_final_fid=cfid[-1], run_dir=str(curated_dir)
-            )
+            curated_dir = run.root.parent / f"{run.root.name}_{label}"
+            log(f"{run.root.name}: retraining without {summary['flagged']} images ({label})")
+            status = train_runs(study, [(experiment, seed, curated_dir,
+                                         [f"data.exclude={summary['dir']}/manifest.csv"])],
+                                run.root.parent.parent / "logs", log)  # fmt: skip
+            if RunDir(curated_dir).checkpoint_epochs():
+                q, _ = run_tables(RunDir(curated_dir), study, log)
+                cfid = evidence.fid_by_epoch(q)
+                row.update(curated_best_fid=min(f.mean for f in cfid.values()),
+                           curated_final_fid=cfid[max(cfid)].mean,
+                           curated_final_sd=cfid[max(cfid)].sd, run_dir=str(curated_dir))  # fmt: skip
+            else:
+                row["run_dir"] = status.get(str(curated_dir), "")
         rows.append(row)
     return rows
-
-
-def _f(x: Any, digits: int = 1) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "n/a"
-    return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
-
-
-def study_report(
-    study: StudySettings, stability: list[dict[str, Any]], baseline_rows: list[dict[str, Any]],
-    variants: list[dict[str, Any]], curation_rows: list[dict[str, Any]], floor: float,
-) -> str:  # fmt: skip
-    n = len(study.seeds)
-    needed = math.ceil(0.8 * n)
-    good = sum(r["good"] for r in stability)
-    holds = [v for v in variants if v["holds"]]
-    lines = [
-        f"# Study `{study.name}`: does D's Grad-CAM pick a good generator?",
-        "",
-        f"Experiment `{study.experiment}` (overrides: {' '.join(study.train_overrides) or 'none'}), "
-        f"seeds {study.seeds}; FID on {study.analysis.fid_samples} samples in the MNIST classifier's "
-        f"feature space. Made by `python -m dcgan_xai.study`; every number below comes from the run "
-        f"directories listed in the tables.",
-        "",
-        "## Verdict",
-        "",
-    ]
-    if holds:
-        names = ", ".join("/".join(str(v[k]) for k in ("layer", "bn_mode", "probe", "score", "selection"))
-                          for v in holds)  # fmt: skip
-        lines.append(f"**{len(holds)} of {len(variants)} variants beat the last epoch in at least "
-                     f"{needed} of {n} seeds with a regret of at most {study.regret_tolerance:.0%} of "
-                     f"the best FID:** {names}.")  # fmt: skip
-    else:
-        lines.append(f"**No variant beat simply taking the last epoch in at least {needed} of {n} "
-                     f"seeds with a regret of at most {study.regret_tolerance:.0%} of the best FID "
-                     f"({len(variants)} variants tried). The claim does not hold on these runs.**")  # fmt: skip
-    lines += [
-        "",
-        f"Training stability: {good} of {n} seeds reached a good FID (best FID at most "
-        f"{study.good_fid_factor:g}x the real-vs-real floor of {_f(floor)}).",
-        "",
-        "## 1. Training stability",
-        "",
-        "| seed | run | best FID (epoch) | final FID | good |",
-        "|---:|---|---:|---:|---|",
-    ]
-    for r in stability:
-        lines.append(f"| {r['seed']} | {r['run_dir']} | {_f(r['best_fid'])} ({r['best_epoch']}) | "
-                     f"{_f(r['final_fid'])} | {'yes' if r['good'] else 'no'} |")  # fmt: skip
-    lines += ["", "## 2. Selection: regret (FID of the chosen epoch minus the best FID)", "",
-              "Baselines over the same checkpoints:", "",
-              "| seed | best FID | last epoch | D(x) closest to 0.5 | random epoch (expected) |",
-              "|---:|---:|---:|---:|---:|"]  # fmt: skip
-    for b in baseline_rows:
-        lines.append(
-            f"| {b['seed']} | {_f(b['best_fid'])} | {_f(b['last'])} | {_f(b['d_real_half'])} | {_f(b['random'])} |"
-        )
-    lines += ["", f"Variants, best mean regret first (all {len(variants)} in variants.csv, every seed "
-              "in regrets.csv):", "",
-              "| layer | BN | probe | score | selection | wins (beat last within tolerance) | mean regret | max regret | degenerate maps |",
-              "|---|---|---|---|---|---:|---:|---:|---:|"]  # fmt: skip
-    for v in sorted(variants, key=lambda v: (v["mean_regret"], variant_key(v)))[:20]:
-        lines.append(f"| {v['layer']} | {v['bn_mode']} | {v['probe']} | {v['score']} | {v['selection']} | "
-                     f"{v['wins']}/{v['seeds']} | {_f(v['mean_regret'])} | {_f(v['max_regret'])} | "
-                     f"{v['degenerate']:.0%} |")  # fmt: skip
-    paper = [v for v in variants if (v["layer"], v["bn_mode"], v["probe"], v["score"], v["selection"])
-             == ("block3", "batch", "real", "focus", "coarse")]  # fmt: skip
-    if paper:
-        p = paper[0]
-        lines += ["", f"The paper's own recipe (block3, batch BN, real probe, focus, coarse-to-fine): "
-                  f"beat the last epoch within tolerance in {p['wins']} of {p['seeds']} seeds; mean "
-                  f"regret {_f(p['mean_regret'])}; {p['degenerate']:.0%} of its maps were degenerate."]  # fmt: skip
-    if curation_rows:
-        lines += ["", "## 3. Curation: retrain without flagged images", "",
-                  "| seed | rule | threshold | flagged | best FID: base → curated | final FID: base → curated | curated run |",
-                  "|---:|---|---:|---:|---|---|---|"]  # fmt: skip
-        for c in curation_rows:
-            lines.append(f"| {c['seed']} | {c['rule']} | {c['threshold']:.3f} | {c['flagged']} | "
-                         f"{_f(c['base_best_fid'])} → {_f(c['curated_best_fid'])} | "
-                         f"{_f(c['base_final_fid'])} → {_f(c['curated_final_fid'])} | {c['run_dir'] or 'not retrained'} |")  # fmt: skip
-        changes = [
-            c["curated_best_fid"] - c["base_best_fid"]
-            for c in curation_rows
-            if c["curated_best_fid"] is not None
-        ]
-        if changes:
-            spread = statistics.pstdev(changes) if len(changes) > 1 else 0.0
-            lines += ["", f"Change in best FID from curation: mean {_f(statistics.fmean(changes))} ± "
-                      f"{_f(spread)} over {len(changes)} retrained runs (negative is better)."]  # fmt: skip
-    lines += ["", "## 4. Figures", "",
-              "Per seed: `runs/seed_<s>/analysis/figure1_<layer>.png` (the paper's Figure 1) and "
-              "`runs/seed_<s>/analysis/curves.png` (focus, coverage and FID over epochs, the selected "
-              "epoch marked). Across seeds: `fid_by_seed.png`.", ""]  # fmt: skip
-    return "\n".join(lines)
-
-
-def _study_figure(root: Path, stability: list[dict[str, Any]]) -> None:
-    series = {}
-    for r in stability:
-        data = json.loads((Path(r["run_dir"]) / "analysis" / "selection.json").read_text())
-        series[f"seed {r['seed']}"] = [row["fid"] for row in data["epochs"]]
-    n = min(len(v) for v in series.values())
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name, values in series.items():
-        ax.plot(range(1, n + 1), values[:n], marker="o", ms=3, label=name)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("FID")
-    ax.legend(fontsize=8)
-    figures.save_png(figures.fig_to_image(fig), root / "fid_by_seed.png")

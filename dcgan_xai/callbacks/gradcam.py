@@ -42,8 +42,9 @@ def explain_epoch(
     pixel_threshold: float,
     flag_threshold: float,
     mask_threshold: float,
+    method: str = "gradcam",
 ) -> dict[str, Any]:
-    """Maps and scores of the real probe and of G(fixed noise), for each layer.
+    """Maps and scores of the real probe and of G(fixed noise), for each layer, by ``method``.
 
     Returns:
         A record: ``maps[layer][real|fake]`` (N, H, W) float16, ``scores[layer][real|fake]``
@@ -57,6 +58,7 @@ def explain_epoch(
     }
     record: dict[str, Any] = {
         "layers": list(layers),
+        "method": method,
         "bn_mode": bn_mode,
         "pixel_threshold": pixel_threshold,
         "flag_threshold": flag_threshold,
@@ -69,7 +71,7 @@ def explain_epoch(
         "fake_images": inputs["fake"].half().cpu(),
     }
     for kind, images in inputs.items():
-        maps = grad_cam(discriminator, images, list(layers), bn_mode=bn_mode)
+        maps = grad_cam(discriminator, images, list(layers), bn_mode=bn_mode, method=method)
         assert isinstance(maps, dict)
         for name, layer_maps in maps.items():
             per_image, summary = summarize(
@@ -90,15 +92,19 @@ def panel(images: torch.Tensor, maps: torch.Tensor, pairs_per_row: int = 8) -> t
 class GradCamCallback(L.Callback):
     """At every ``every_n_epochs``-th train-epoch end, explain D on the probe.
 
-    Writes ``gradcam/epoch_NNN.pt`` and a row per layer in ``gradcam/scores.csv``, and logs
-    ``gradcam/<layer>/<score>`` scalars and overlay panels to the logger. Runs on global
+    For every method and BN mode it writes a row per layer in ``gradcam/scores.csv``. The first
+    method with the first BN mode is the primary explanation: its maps go to
+    ``gradcam/epoch_NNN.pt`` and its ``gradcam/<layer>/<score>`` scalars and overlay panels to
+    the logger (other methods log ``gradcam/<method>/<bn_mode>/<layer>/<score>``). Runs on global
     rank 0 only, on the unwrapped discriminator. The probe is made once, at train start,
     from the data module's test split and saved; a resumed run reuses it.
 
     Args:
         run_dir: the run directory.
         layers: names of D's blocks to explain.
-        bn_mode: ``batch`` or ``eval`` (see :func:`dcgan_xai.xai.grad_cam`).
+        bn_modes: ``batch`` and/or ``eval`` (see :func:`dcgan_xai.xai.grad_cam`).
+        methods: explanation methods (:data:`dcgan_xai.xai.METHODS`), the paper's ``gradcam``
+            by default.
         probe_size: real test images (and noise vectors) in the probe.
         seed: seeds the probe's choice and noise.
         every_n_epochs: explain every n-th epoch.
@@ -112,7 +118,8 @@ class GradCamCallback(L.Callback):
         self,
         run_dir: str | Path,
         layers: Sequence[str] = ("block3",),
-        bn_mode: str = "batch",
+        bn_modes: Sequence[str] = ("batch",),
+        methods: Sequence[str] = ("gradcam",),
         probe_size: int = 64,
         seed: int = 0,
         every_n_epochs: int = 1,
@@ -123,7 +130,8 @@ class GradCamCallback(L.Callback):
     ):
         self.run = RunDir(run_dir)
         self.layers = list(layers)
-        self.bn_mode, self.probe_size, self.seed = bn_mode, probe_size, seed
+        self.bn_modes, self.methods = list(bn_modes), list(methods)
+        self.probe_size, self.seed = probe_size, seed
         self.every_n_epochs = every_n_epochs
         self.pixel_threshold, self.flag_threshold = pixel_threshold, flag_threshold
         self.mask_threshold, self.log_images = mask_threshold, log_images
@@ -150,43 +158,42 @@ class GradCamCallback(L.Callback):
         epoch = trainer.current_epoch + 1
         if not trainer.is_global_zero or epoch % self.every_n_epochs or self.probe is None:
             return
-        record = explain_epoch(
-            pl_module.discriminator,  # type: ignore[arg-type]
-            pl_module.generator,  # type: ignore[arg-type]
-            self.probe,
-            self.layers,
-            self.bn_mode,
-            self.pixel_threshold,
-            self.flag_threshold,
-            self.mask_threshold,
-        )
-        record["epoch"] = epoch
-        save_gradcam_epoch(self.run, epoch, record)
-        rows = [
-            {
-                "epoch": epoch,
-                "layer": name,
-                "bn_mode": self.bn_mode,
-                **record["summary"][name],
-                "d_real": record["d_real"],
-                "d_fake": record["d_fake"],
-            }
-            for name in self.layers
-        ]
+        rows, metrics, primary = [], {}, None
+        for method in self.methods:
+            for bn_mode in self.bn_modes:
+                record = explain_epoch(
+                    pl_module.discriminator,  # type: ignore[arg-type]
+                    pl_module.generator,  # type: ignore[arg-type]
+                    self.probe,
+                    self.layers,
+                    bn_mode,
+                    self.pixel_threshold,
+                    self.flag_threshold,
+                    self.mask_threshold,
+                    method,
+                )
+                prefix = "gradcam" if primary is None else f"gradcam/{method}/{bn_mode}"
+                primary = primary or record
+                for name in self.layers:
+                    summary = record["summary"][name]
+                    rows.append({"epoch": epoch, "method": method, "bn_mode": bn_mode,
+                                 "layer": name, **summary, "d_real": record["d_real"],
+                                 "d_fake": record["d_fake"]})  # fmt: skip
+                    metrics.update({f"{prefix}/{name}/{k}": v for k, v in summary.items()})
+        assert primary is not None
+        primary["epoch"] = epoch
+        save_gradcam_epoch(self.run, epoch, primary)
         update_scores(self.run, rows)
-        self._log(trainer, record, epoch)
+        metrics["gradcam/probe_d_real"] = primary["d_real"]
+        metrics["gradcam/probe_d_fake"] = primary["d_fake"]
+        self._log(trainer, primary, metrics, epoch)
 
-    def _log(self, trainer: L.Trainer, record: dict[str, Any], epoch: int) -> None:
+    def _log(
+        self, trainer: L.Trainer, record: dict[str, Any], metrics: dict[str, float], epoch: int
+    ) -> None:
         logger = trainer.logger
         if logger is None:
             return
-        metrics = {
-            f"gradcam/{name}/{key}": value
-            for name in self.layers
-            for key, value in record["summary"][name].items()
-        }
-        metrics["gradcam/probe_d_real"] = record["d_real"]
-        metrics["gradcam/probe_d_fake"] = record["d_fake"]
         logger.log_metrics(metrics, step=epoch)
         experiment: Any = getattr(logger, "experiment", None)
         if not self.log_images or not hasattr(experiment, "add_image"):

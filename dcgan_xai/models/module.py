@@ -86,6 +86,10 @@ class DCGAN(L.LightningModule):
             reproducible and resumable. Grad-CAM, FID and the probe scores see clean images.
         instance_noise_decay_epochs: the noise falls linearly to 0 over this many epochs
             (0: constant).
+        finite_check_every: check the losses for NaN/inf every this many steps and at each
+            epoch's last step. 1 checks every step, which makes the host wait for the GPU at
+            every step; with N > 1 the check is accumulated on the device and read every N
+            steps (the error then names the range of steps).
     """
 
     sample_noise: torch.Tensor
@@ -106,6 +110,7 @@ class DCGAN(L.LightningModule):
         compile: bool = False,
         instance_noise: float = 0.0,
         instance_noise_decay_epochs: float = 0.0,
+        finite_check_every: int = 1,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -117,6 +122,8 @@ class DCGAN(L.LightningModule):
         gen = torch.Generator().manual_seed(seed + 7919)
         self.register_buffer("sample_noise", torch.randn(n_samples, nz, 1, 1, generator=gen))
         self._step_nets: dict[str, nn.Module] = {"g": self.generator, "d": self.discriminator}
+        self._finite: torch.Tensor | None = None  # all losses finite since the last check
+        self._checked_after = -1  # the step of the last check in this epoch
 
     def on_fit_start(self) -> None:
         if self.hparams["channels_last"]:
@@ -190,13 +197,7 @@ class DCGAN(L.LightningModule):
         opt_g.step()
         self.untoggle_optimizer(opt_g)
 
-        losses = torch.stack([d_loss.detach(), g_loss.detach()])
-        if not bool(torch.isfinite(losses).all()):
-            raise NonFiniteLossError(
-                f"loss became non-finite (d_loss={d_loss.item()}, g_loss={g_loss.item()}) "
-                f"at epoch {self.current_epoch + 1}, step {batch_idx}; the last good checkpoint "
-                "is kept"
-            )
+        self._check_finite(torch.stack([d_loss.detach(), g_loss.detach()]), batch_idx)
         metrics = {
             "train/d_loss": d_loss.detach(),
             "train/g_loss": g_loss.detach(),
@@ -208,6 +209,32 @@ class DCGAN(L.LightningModule):
         self.log_dict(metrics, on_step=True, on_epoch=False, prog_bar=True, batch_size=n)
         epoch_means = {k.replace("train/", "epoch/"): v for k, v in metrics.items()}
         self.log_dict(epoch_means, on_step=False, on_epoch=True, batch_size=n)
+
+    def on_train_epoch_start(self) -> None:
+        self._finite, self._checked_after = None, -1
+
+    def _check_finite(self, losses: torch.Tensor, batch_idx: int) -> None:
+        """Stop on a NaN/inf loss; read on the host every ``finite_check_every`` steps only."""
+        finite = torch.isfinite(losses).all()
+        self._finite = finite if self._finite is None else self._finite & finite
+        every = max(int(self.hparams.get("finite_check_every", 1)), 1)
+        last = batch_idx + 1 >= int(self.trainer.num_training_batches)
+        if (batch_idx + 1) % every and not last:
+            return
+        first, self._checked_after = self._checked_after + 1, batch_idx
+        if bool(self._finite):
+            self._finite = None
+            return
+        steps = f"step {batch_idx}" if first == batch_idx else f"steps {first}-{batch_idx}"
+        kept = (
+            "the last good checkpoint is kept"
+            if self.current_epoch
+            else "no checkpoint was written"
+        )
+        raise NonFiniteLossError(
+            f"loss became non-finite (d_loss={losses[0].item()}, g_loss={losses[1].item()} at the "
+            f"last step) at epoch {self.current_epoch + 1}, {steps}; {kept}"
+        )
 
     def on_train_epoch_end(self) -> None:
         logger = self.logger

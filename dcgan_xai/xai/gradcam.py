@@ -7,12 +7,18 @@ from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.nn.functional as F
-from captum.attr import LayerGradCam
+from captum.attr import LayerGradCam, LayerGradientXActivation
 from torch import nn
 
 from dcgan_xai.errors import UserError
 
 BN_MODES = ("batch", "eval")
+# How a block is explained. ``gradcam``: Grad-CAM of the block's output (after its LeakyReLU),
+# the paper's. ``gradcam_pre``: Grad-CAM of the block's pre-activation (its BatchNorm output, or
+# its conv output where it has no BatchNorm). ``gradcam_conv``: Grad-CAM of its conv output.
+# ``hirescam``: gradient x activation of the block's output summed over channels (HiResCAM),
+# which keeps the position-dependent part of the logit that Grad-CAM's spatial mean drops.
+METHODS = ("gradcam", "gradcam_pre", "gradcam_conv", "hirescam")
 
 
 @contextmanager
@@ -65,6 +71,17 @@ def _check_layers(discriminator: nn.Module, layer: str | Sequence[str]) -> list[
     return layers
 
 
+def explained_module(block: nn.Module, method: str) -> nn.Module:
+    """The submodule of ``block`` whose output ``method`` explains."""
+    if method not in METHODS:
+        raise UserError(f"method={method!r} is not allowed; allowed: {', '.join(METHODS)}")
+    if method == "gradcam_conv":
+        return block[0] if isinstance(block, nn.Sequential) else block
+    if method == "gradcam_pre":
+        return block[-2] if isinstance(block, nn.Sequential) and len(block) > 1 else block
+    return block
+
+
 def normalize_maps(cam: torch.Tensor) -> torch.Tensor:
     """Divide each map (N, H, W) by its max absolute value; an all-zero map stays zero."""
     peak = cam.abs().flatten(1).amax(1).view(-1, 1, 1)  # (N, 1, 1)
@@ -77,12 +94,14 @@ def grad_cam(
     layer: str | Sequence[str],
     bn_mode: str = "batch",
     relu: bool = True,
+    method: str = "gradcam",
 ) -> torch.Tensor | dict[str, torch.Tensor]:
-    """Grad-CAM of D's logit at a named block, upsampled to the input size.
+    """Grad-CAM (or another method of :data:`METHODS`) of D's logit at a named block.
 
-    Channel weights are the spatial mean of d(logit)/d(activation); the map is the
-    (ReLU of the) weighted sum of channels, bilinearly upsampled to the image size and
-    divided per image by its max. A map that is all zero (degenerate) stays zero.
+    Grad-CAM: channel weights are the spatial mean of d(logit)/d(activation); the map is the
+    (ReLU of the) weighted sum of channels. HiResCAM: the (ReLU of the) sum over channels of
+    d(logit)/d(activation) * activation. Maps are bilinearly upsampled to the image size and
+    divided per image by their max. A map that is all zero (degenerate) stays zero.
 
     Args:
         discriminator: a module mapping images (N, C, H, W) to logits (N,). It is left
@@ -92,6 +111,7 @@ def grad_cam(
         bn_mode: ``batch`` uses the images' own batch statistics in BatchNorm;
             ``eval`` uses D's running statistics.
         relu: apply the ReLU of Grad-CAM; without it maps lie in [-1, 1].
+        method: one of :data:`METHODS`; ``gradcam`` is the paper's.
 
     Returns:
         Maps (N, H, W) in [0, 1] for one layer, or a dict of them keyed by layer name.
@@ -101,6 +121,7 @@ def grad_cam(
     if images.ndim != 4:
         raise UserError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
     layers = _check_layers(discriminator, layer)
+    targets = {name: explained_module(discriminator.get_submodule(name), method) for name in layers}
     device_type = images.device.type
     no_autocast = (
         torch.autocast(device_type, enabled=False)
@@ -121,8 +142,13 @@ def grad_cam(
             return discriminator(inp).reshape(inp.shape[0]).float()
 
         for name in layers:
-            explainer = LayerGradCam(logit, discriminator.get_submodule(name))
-            cam = explainer.attribute(x, relu_attributions=relu)  # (N, 1, h, w)
+            if method == "hirescam":
+                attr = LayerGradientXActivation(logit, targets[name]).attribute(x)  # (N, C, h, w)
+                cam = attr.sum(1, keepdim=True)  # (N, 1, h, w)
+                cam = F.relu(cam) if relu else cam
+            else:
+                explainer = LayerGradCam(logit, targets[name])
+                cam = explainer.attribute(x, relu_attributions=relu)  # (N, 1, h, w)
             cam = F.interpolate(
                 cam.detach().float(), size=x.shape[-2:], mode="bilinear", align_corners=False
             )  # (N, 1, H, W)

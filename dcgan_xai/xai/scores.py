@@ -37,6 +37,11 @@ def focus(maps: torch.Tensor, images: torch.Tensor, mask_threshold: float = 0.5)
     return torch.where(total > 0, on_digit / total.clamp_min(torch.finfo(maps.dtype).tiny), 0.0)
 
 
+def focus_chance(images: torch.Tensor, mask_threshold: float = 0.5) -> torch.Tensor:
+    """The focus a uniform map scores on each image: the digit's share of its pixels, (N,)."""
+    return digit_mask(images, mask_threshold).flatten(1).float().mean(1)
+
+
 def coverage(maps: torch.Tensor, pixel_threshold: float = 0.5) -> torch.Tensor:
     """Share of each map's pixels with CAM >= ``pixel_threshold``: (N,) in [0, 1]."""
     return (maps >= pixel_threshold).flatten(1).float().mean(1)
@@ -53,7 +58,9 @@ def summarize(
 
     Returns:
         ``(per_image, summary)``: per-image ``focus``, ``coverage`` and ``degenerate``
-        tensors (N,), and the batch's ``focus_mean``, ``focus_std``, ``coverage_mean``,
+        tensors (N,), and the batch's ``focus_mean`` (degenerate maps count as 0),
+        ``focus_std``, ``focus_nondeg`` (mean over the maps that are not all zero; NaN if
+        none is), ``focus_chance`` (what uniform maps would score), ``coverage_mean``,
         ``coverage_std``, ``degenerate`` (share of all-zero maps) and ``flagged`` (share
         with coverage > ``flag_threshold``).
     """
@@ -61,9 +68,12 @@ def summarize(
     c = coverage(maps, pixel_threshold)
     d = is_degenerate(maps)
     per_image = {"focus": f, "coverage": c, "degenerate": d}
+    live = f[~d]
     summary = {
         "focus_mean": f.mean().item(),
         "focus_std": f.std(unbiased=False).item(),
+        "focus_nondeg": live.mean().item() if live.numel() else float("nan"),
+        "focus_chance": focus_chance(images, mask_threshold).mean().item(),
         "coverage_mean": c.mean().item(),
         "coverage_std": c.std(unbiased=False).item(),
         "degenerate": d.float().mean().item(),

@@ -12,8 +12,10 @@ from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
+from dcgan_xai.data.idx import md5sum
 from dcgan_xai.data.mnist import Split, to_unit_range
 from dcgan_xai.errors import UserError
+from dcgan_xai.models.sampling import generate
 from dcgan_xai.runs import atomic_torch_save, safe_torch_load
 
 
@@ -102,6 +104,16 @@ def train_classifier(
     return model.eval(), accuracy(model, test)
 
 
+def classifier_path(root: str | Path, image_size: int, epochs: int, test_md5: str) -> Path:
+    """Where the classifier for a data root is cached (keyed by size, epochs and test file)."""
+    return Path(root) / "classifier" / f"mnist{image_size}-cnn-e{epochs}-seed0-{test_md5[:8]}.pt"
+
+
+def classifier_md5(path: str | Path) -> str:
+    """The cached classifier file's MD5: recorded with every FID so results name their ruler."""
+    return md5sum(path)
+
+
 def load_or_train_classifier(
     path: Path, train: Split, test: Split, seed: int = 0, epochs: int = 3,
     min_accuracy: float = 0.99, device: str | torch.device = "cpu",
@@ -170,8 +182,47 @@ class QualityMeter:
         for batch in fakes.split(self.batch_size):
             self.fid.update(batch.to(device).float(), real=False)
             self.kid.update(batch.to(device).float(), real=False)
-        self.kid.subset_size = min(self.kid.subset_size, fakes.shape[0])
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            kid_mean, kid_std = self.kid.compute()
+        subset_size = self.kid.subset_size
+        self.kid.subset_size = min(subset_size, fakes.shape[0])
+        try:
+            devices = [device] if device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(self.seed)
+                kid_mean, kid_std = self.kid.compute()
+        finally:
+            self.kid.subset_size = subset_size
         return {"fid": float(self.fid.compute()), "kid": float(kid_mean), "kid_std": float(kid_std)}
+
+
+def reference_images(images: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """The real set FID compares with: all ``images`` when ``n`` covers them, else a seeded
+    random subset of ``n`` (never the first ``n``, which are not a random sample)."""
+    if n >= images.shape[0]:
+        return images
+    rows = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed))[:n]
+    return images[rows.sort().values]
+
+
+def noise_seed(seed: int, epoch: int, draw: int) -> int:
+    """The seed of generated set ``draw`` at ``epoch``: draw 0 is the fixed set (the same noise
+    at every epoch, for smooth curves); draws 1, 2, ... are fresh, independent sets."""
+    return seed if draw == 0 else (seed * 1_000_003 + epoch) * 1_009 + draw
+
+
+def score_draws(
+    meter: QualityMeter, generator: nn.Module, nz: int, n: int, seed: int, epoch: int,
+    draws: int, batch_size: int = 500,
+) -> list[dict[str, float]]:  # fmt: skip
+    """FID and KID of ``n`` images of G for draw 0 (fixed noise) and ``draws`` fresh sets.
+
+    Returns:
+        One row per draw: ``draw``, ``noise_seed``, ``fid``, ``kid``, ``kid_std``.
+    """
+    device = next(generator.parameters()).device
+    rows = []
+    for draw in range(draws + 1):
+        gen = torch.Generator().manual_seed(noise_seed(seed, epoch, draw))
+        noise = torch.randn(n, nz, 1, 1, generator=gen).to(device)
+        scores = meter.score(generate(generator, noise, batch_size))
+        rows.append({"draw": draw, "noise_seed": noise_seed(seed, epoch, draw), **scores})
+    return rows

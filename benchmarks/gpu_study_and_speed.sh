@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# The GPU set in one call of about 9 minutes: the full-size study (conf/study/claim_gpu.yaml), the
+# README's main command, and the speed figures, each step with its own time limit so that one
+# failure leaves the others' results.
+#
+# On a GPU machine without internet access: put the four raw MNIST files in data/mnist and the
+# wheels that machine lacks in .whl/ (scripts/device_wheels.sh fetches captum, hydra-core,
+# omegaconf and antlr4 for Python 3.12), then
+#     OUT=<results dir> bash benchmarks/gpu_study_and_speed.sh
+# DRY_RUN=1 runs every step on the same code path at smoke size, on the CPU, in a few minutes:
+# run it before spending GPU time.
+#
+# Results under $OUT (small files only, at most 8): summary.txt (every step's time and key lines),
+# study_REPORT.md, study_quality.csv and study_scores.csv (the study's raw tables: rebuild the
+# report anywhere with `python -m dcgan_xai.study +study=claim_gpu report_only=true` after copying
+# them to studies/claim_gpu/quality.csv, scores.csv), study.json, fid_by_run.png, and logs.tar.gz
+# (every step's log, the study's outcome and decision tables, per-run logs).
+set -uo pipefail
+OUT=${OUT:-outputs/gpu_study_and_speed}
+WORK=${WORK:-/tmp/dcgan_xai_gpu}
+PY=${PYTHON:-python3}
+DRY_RUN=${DRY_RUN:-0}
+mkdir -p "$OUT" "$WORK/logs"
+if [ -d .whl ]; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+SUMMARY="$OUT/summary.txt"
+LOGS="$WORK/logs"
+{
+  date -u
+  echo "DRY_RUN=$DRY_RUN"
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -2
+  $PY -c "import torch, lightning, captum, hydra, torchmetrics; print('torch', torch.__version__, 'lightning', lightning.__version__, 'captum', captum.__version__, 'hydra', hydra.__version__, 'torchmetrics', torchmetrics.__version__, 'cuda', torch.cuda.is_available())" 2>&1
+  nproc
+} | tee "$SUMMARY"
+
+# step NAME SECONDS COMMAND...: run with a time limit (SIGTERM, then SIGKILL 20 s later), log to
+# $LOGS/NAME.log, record the exit code, the time and the log's key lines in summary.txt.
+step() {
+  local name=$1 limit=$2 t0
+  shift 2
+  t0=$(date +%s)
+  timeout -k 20 "$limit" "$@" >"$LOGS/$name.log" 2>&1
+  local rc=$?
+  echo "== $name: rc=$rc, $(($(date +%s) - t0)) s (limit $limit s)" | tee -a "$SUMMARY"
+  grep -E "images/s|ratio|per epoch|s \(|trained |stopped|failed|finished|confirms|refutes|inconclusive|classifier|Error|error:" "$LOGS/$name.log" | tail -40 | tee -a "$SUMMARY"
+}
+
+if [ "$DRY_RUN" = 1 ]; then
+  STUDY_ARGS=("experiments=[smoke]" "seeds=[0,1]" parallel=2 analysis.fid_samples=200
+    train_timeout_s=240 analysis.classifier_epochs=3
+    'train_overrides=["trainer.max_epochs=3","data.on_device=true","model.channels_last=true","trainer.precision=bf16-mixed","model.finite_check_every=50","callbacks.quality.enabled=true","callbacks.quality.samples=200","callbacks.quality.fresh_draws=2","callbacks.gradcam.layers=[block1,block2,block3]","callbacks.gradcam.methods=[gradcam,gradcam_pre,gradcam_conv,hirescam]","callbacks.gradcam.bn_modes=[batch,eval]"]')
+  STUDY_LIMIT=300
+  MAIN_ARGS=(trainer.accelerator=cpu trainer.limit_train_batches=3 trainer.max_epochs=2)
+  MAIN_LIMIT=120
+  BENCH_TRAIN=(--steps 2 --warmup 1 --workers 2 --config plain=smoke
+    --config fast=smoke,data.on_device=true,model.channels_last=true,trainer.precision=bf16-mixed
+    --config fast_check50=smoke,data.on_device=true,model.channels_last=true,trainer.precision=bf16-mixed,model.finite_check_every=50)
+  BENCH_GRADCAM=(--images 512 --fid-samples 200 --train-steps 2)
+else
+  STUDY_ARGS=(train_timeout_s=${TRAIN_S:-260})
+  STUDY_LIMIT=${STUDY_LIMIT:-300}
+  MAIN_ARGS=()
+  MAIN_LIMIT=${MAIN_LIMIT:-45}
+  BENCH_TRAIN=(--steps 150 --warmup 20 --workers 8 --config plain=mnist64
+    --config fast=mnist64_fast,model.compile=false
+    --config fast_check50=mnist64_fast,model.compile=false,model.finite_check_every=50
+    --config fast_compile_check50=mnist64_fast,model.finite_check_every=50)
+  BENCH_GRADCAM=()
+fi
+
+# 1. The resize cache and the MNIST classifier (FID's feature space), once, before any training.
+step prepare 120 $PY - <<'EOF'
+import torch
+from dcgan_xai.data.mnist import MNISTDataModule
+from dcgan_xai.metrics.quality import classifier_path, load_or_train_classifier
+dm = MNISTDataModule("data/mnist")
+dm.setup()
+device = "cuda" if torch.cuda.is_available() else "cpu"
+path = classifier_path(dm.root, dm.image_size, 3, dm.checksums["test-images"])
+_, acc = load_or_train_classifier(path, dm.train_set, dm.test_set, epochs=3, device=device)
+print(f"classifier {path}: test accuracy {acc:.4f}")
+EOF
+
+# 2. The study: 8 trainings at once, then the tables and the report. If no training got through
+#    its first epoch (the fast path failing on this GPU), the study runs again on the plain path.
+t_study=$(date +%s)
+OMP_NUM_THREADS=2 step study "$STUDY_LIMIT" $PY -m dcgan_xai.study +study=claim_gpu out_dir="$WORK/studies" "${STUDY_ARGS[@]}" "$@"
+pkill -f "dcgan_xai.train" 2>/dev/null
+S="$WORK/studies/claim_gpu"
+left=$((STUDY_LIMIT - ($(date +%s) - t_study)))
+if [ "$left" -gt 120 ] && ! ls "$S"/runs/*/checkpoints/epoch=001.ckpt >/dev/null 2>&1; then
+  echo "== no run finished an epoch on the fast path: the plain path, $left s" | tee -a "$SUMMARY"
+  cp "$LOGS/study.log" "$LOGS/study_fast_path_failed.log"
+  cp -r "$S/logs" "$LOGS/study_fast_path_runs" 2>/dev/null
+  rm -rf "$S"
+  OMP_NUM_THREADS=2 step study "$left" $PY -m dcgan_xai.study +study=claim_gpu out_dir="$WORK/studies" \
+    train_timeout_s=$((left - 50)) 'train_overrides=["model.finite_check_every=50","callbacks.quality.enabled=true","callbacks.gradcam.layers=[block1,block2,block3]","callbacks.gradcam.methods=[gradcam,gradcam_pre,gradcam_conv,hirescam]","callbacks.gradcam.bn_modes=[batch,eval]"]' "$@"
+  pkill -f "dcgan_xai.train" 2>/dev/null
+fi
+cp "$S/REPORT.md" "$OUT/study_REPORT.md" 2>/dev/null
+cp "$S/quality.csv" "$OUT/study_quality.csv" 2>/dev/null
+cp "$S/scores.csv" "$OUT/study_scores.csv" 2>/dev/null
+cp "$S/study.json" "$OUT/study.json" 2>/dev/null
+cp "$S/fid_by_run.png" "$OUT/fid_by_run.png" 2>/dev/null
+cp "$S/outcomes.csv" "$S/decisions.csv" "$LOGS/" 2>/dev/null
+cp -r "$S/logs" "$LOGS/study_runs" 2>/dev/null
+
+# 3. The README's main command, alone on the GPU for a while (stopped at the limit: the epochs it
+#    finished are checkpointed; the log gives its seconds per epoch).
+step main_command "$MAIN_LIMIT" $PY -m dcgan_xai.train +experiment=mnist64 hydra.run.dir="$WORK/main_command" \
+  trainer.enable_progress_bar=false "${MAIN_ARGS[@]}"
+ls -l --time-style=+%T "$WORK/main_command/checkpoints" 2>&1 | tee -a "$SUMMARY"
+
+# 4. Speed: training paths against the PyTorch example's recipe; the callbacks, curation scoring
+#    and FID against an epoch of training.
+step bench_train 100 $PY -m benchmarks.bench_train "${BENCH_TRAIN[@]}"
+step bench_gradcam 50 $PY -m benchmarks.bench_gradcam "${BENCH_GRADCAM[@]}"
+
+tar -czf "$OUT/logs.tar.gz" -C "$WORK" logs 2>/dev/null
+echo "== done $(date -u)" | tee -a "$SUMMARY"
