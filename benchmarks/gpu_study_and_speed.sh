@@ -8,7 +8,7 @@
 # omegaconf and antlr4 for Python 3.12), then
 #     OUT=<results dir> bash benchmarks/gpu_study_and_speed.sh
 # DRY_RUN=1 runs every step on the same code path at smoke size, on the CPU, in a few minutes:
-# run it before spending GPU time.
+# run it before spending GPU time. ONLY=speed runs the speed steps alone (about 3 minutes).
 #
 # Results under $OUT (small files only, at most 8): summary.txt (every step's time and key lines),
 # study_REPORT.md, study_quality.csv and study_scores.csv (the study's raw tables: rebuild the
@@ -20,6 +20,7 @@ OUT=${OUT:-outputs/gpu_study_and_speed}
 WORK=${WORK:-/tmp/dcgan_xai_gpu}
 PY=${PYTHON:-python3}
 DRY_RUN=${DRY_RUN:-0}
+ONLY=${ONLY:-all}
 mkdir -p "$OUT" "$WORK/logs"
 if [ -d .whl ]; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
@@ -59,6 +60,7 @@ if [ "$DRY_RUN" = 1 ]; then
     --config fast=smoke,data.on_device=true,model.channels_last=true,trainer.precision=bf16-mixed
     --config fast_check50=smoke,data.on_device=true,model.channels_last=true,trainer.precision=bf16-mixed,model.finite_check_every=50)
   BENCH_GRADCAM=(--images 512 --fid-samples 200 --train-steps 2)
+  PROFILE=(--steps 2 --warmup 1 --batch 16 --config plain=smoke --config fast=smoke,model.channels_last=true,trainer.precision=bf16-mixed)
 else
   STUDY_ARGS=(train_timeout_s=${TRAIN_S:-260})
   STUDY_LIMIT=${STUDY_LIMIT:-300}
@@ -69,8 +71,11 @@ else
     --config fast_check50=mnist64_fast,model.compile=false,model.finite_check_every=50
     --config fast_compile_check50=mnist64_fast,model.finite_check_every=50)
   BENCH_GRADCAM=()
+  PROFILE=(--steps 30 --warmup 15 --workers 8 --config plain=mnist64
+    --config fast=mnist64_fast,model.compile=false,model.finite_check_every=50)
 fi
 
+if [ "$ONLY" = all ]; then
 # 1. The resize cache and the MNIST classifier (FID's feature space), once, before any training.
 step prepare 120 $PY - <<'EOF'
 import torch
@@ -114,10 +119,15 @@ step main_command "$MAIN_LIMIT" $PY -m dcgan_xai.train +experiment=mnist64 hydra
   trainer.enable_progress_bar=false "${MAIN_ARGS[@]}"
 ls -l --time-style=+%T "$WORK/main_command/checkpoints" 2>&1 | tee -a "$SUMMARY"
 
+fi
+
 # 4. Speed: training paths against the PyTorch example's recipe; the callbacks, curation scoring
 #    and FID against an epoch of training.
-step bench_train 100 $PY -m benchmarks.bench_train "${BENCH_TRAIN[@]}"
+step bench_train "${BENCH_TRAIN_LIMIT:-100}" $PY -m benchmarks.bench_train "${BENCH_TRAIN[@]}"
 step bench_gradcam 50 $PY -m benchmarks.bench_gradcam "${BENCH_GRADCAM[@]}"
+# 5. Where a step's time goes (host or device), for the paths that miss the speed goal.
+step profile 70 $PY -m benchmarks.profile_step "${PROFILE[@]}"
+cp "$LOGS/profile.log" "$OUT/profile.txt" 2>/dev/null
 
 tar -czf "$OUT/logs.tar.gz" -C "$WORK" logs 2>/dev/null
 echo "== done $(date -u)" | tee -a "$SUMMARY"

@@ -34,6 +34,22 @@ def test_hand_computed_grad_cam_on_a_tiny_net():
     assert is_degenerate(maps).tolist() == [False, True]
 
 
+def test_hand_computed_hirescam_on_a_tiny_net():
+    maps = grad_cam(tiny_discriminator(), X, "block1", method="hirescam")
+    # sum over channels of head weight x activation: x * ([[1,2],[3,4]] + 2 * [[0,0],[0,-2]])
+    # = [[1,-1],[2,0]] * [[1,2],[3,0]] = [[1,-2],[6,0]] (its sum is the logit, 5); relu, / 6
+    assert torch.allclose(maps[0], torch.tensor([[1 / 6, 0.0], [1.0, 0.0]]))
+    assert torch.equal(maps[1], torch.zeros(2, 2))
+    raw = grad_cam(tiny_discriminator(), X[:1], "block1", method="hirescam", relu=False)
+    assert torch.allclose(raw[0], torch.tensor([[1 / 6, -1 / 3], [1.0, 0.0]]))
+
+
+def test_unknown_method_is_refused(trained_like_d):
+    with pytest.raises(UserError, match="method='gradcam\\+\\+' is not allowed; allowed: gradcam, "
+                       "gradcam_pre, gradcam_conv, hirescam"):  # fmt: skip
+        grad_cam(trained_like_d, torch.zeros(2, 1, 64, 64), "block3", method="gradcam++")
+
+
 def test_hand_computed_grad_cam_without_relu():
     maps = grad_cam(tiny_discriminator(), X[:1], "block1", relu=False)
     assert torch.equal(maps[0], torch.tensor([[0.5, -0.5], [1.0, 0.0]]))
@@ -78,6 +94,20 @@ def test_matches_a_hook_based_reference(trained_like_d, bn_mode, layer):
     assert ours.min() >= 0 and ours.max() <= 1
 
 
+@pytest.mark.parametrize("bn_mode", ["batch", "eval"])
+@pytest.mark.parametrize(
+    ("layer", "method", "module"),
+    [("block1", "gradcam_pre", "block1.0"), ("block2", "gradcam_pre", "block2.1"),
+     ("block3", "gradcam_pre", "block3.1"), ("block3", "gradcam_conv", "block3.0")],
+)  # fmt: skip
+def test_pre_activation_methods_match_the_reference_at_that_module(
+    trained_like_d, bn_mode, layer, method, module
+):
+    x = torch.rand(8, 1, 64, 64) * 2 - 1
+    ours = grad_cam(trained_like_d, x, layer, bn_mode=bn_mode, method=method)
+    assert (ours - reference_grad_cam(trained_like_d, x, module, bn_mode)).abs().max() < 1e-5
+
+
 def test_bn_modes_differ(trained_like_d):
     x = torch.rand(8, 1, 64, 64) * 2 - 1
     a = grad_cam(trained_like_d, x, "block2", bn_mode="batch")
@@ -106,25 +136,27 @@ def assert_same(a: dict, b: dict) -> None:
     assert torch.equal(a["rng"], b["rng"])
 
 
+@pytest.mark.parametrize("method", ["gradcam", "hirescam", "gradcam_pre"])
 @pytest.mark.parametrize("bn_mode", ["batch", "eval"])
 @pytest.mark.parametrize("mode", ["train", "eval"])
-def test_no_side_effects(trained_like_d, bn_mode, mode):
+def test_no_side_effects(trained_like_d, bn_mode, mode, method):
     d = trained_like_d.train(mode == "train")
     params = list(d.parameters())
     params[0].grad = torch.ones_like(params[0])
     params[1].requires_grad_(False)
     x = torch.rand(4, 1, 64, 64) * 2 - 1
     before = snapshot(d)
-    grad_cam(d, x, ["block1", "block3"], bn_mode=bn_mode)
+    grad_cam(d, x, ["block1", "block3"], bn_mode=bn_mode, method=method)
     assert_same(before, snapshot(d))
 
 
+@pytest.mark.parametrize("method", ["gradcam", "hirescam"])
 @pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])
-def test_works_under_no_grad_and_inference_mode(trained_like_d, context):
+def test_works_under_no_grad_and_inference_mode(trained_like_d, context, method):
     x = torch.rand(4, 1, 64, 64) * 2 - 1
-    expected = grad_cam(trained_like_d, x, "block3")
+    expected = grad_cam(trained_like_d, x, "block3", method=method)
     with context():
-        got = grad_cam(trained_like_d, x.clone(), "block3")
+        got = grad_cam(trained_like_d, x.clone(), "block3", method=method)
     assert torch.equal(expected, got)
 
 

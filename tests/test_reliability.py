@@ -31,7 +31,10 @@ REPO = Path(__file__).resolve().parents[1]
         (["model=dcgan_tutorial", "callbacks.gradcam.layers=[block5]"], r"valid layers of model.arch=tutorial: block1, block2, block3, block4"),
         (["callbacks.gradcam.probe_size=1000"], r"probe_size=1000 is larger than the test split \(120 images\); allowed: 1..120"),
         (["callbacks.gradcam.flag_threshold=1.2"], r"callbacks.gradcam.flag_threshold=1.2 is not allowed; it must be in \[0, 1\]"),
-        (["callbacks.gradcam.bn_mode=frozen"], r"bn_mode='frozen' is not allowed; allowed: batch, eval"),
+        (["callbacks.gradcam.bn_modes=[frozen]"], r"callbacks.gradcam.bn_modes='frozen' is not allowed; allowed: batch, eval"),
+        (["callbacks.gradcam.methods=[gradcam++]"], r"callbacks.gradcam.methods='gradcam\+\+' is not allowed; allowed: gradcam, gradcam_pre, gradcam_conv, hirescam"),
+        (["model.finite_check_every=0"], r"model.finite_check_every=0 is not allowed; it must be >= 1"),
+        (["callbacks.quality.enabled=true", "callbacks.quality.samples=1"], r"callbacks.quality.samples must be >= 2"),
         (["model.arch=vgg"], r"model.arch='vgg' is not allowed; allowed: paper, tutorial"),
         (["data.limit=100000"], r"subset size 100000 is not allowed; it must be in 1..300"),
         (["data.sources=[ftp]"], r"unknown data source 'ftp'; allowed: local, torchvision, npm"),
@@ -154,6 +157,16 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(smoke
     assert run.checkpoint_epochs() == [1]
     assert load_module(run.checkpoint(1)).generator.net[0][0].weight.isfinite().all()
     assert [r["epoch"] for r in read_csv(run.scores_csv)] == ["1"]
+
+
+def test_finiteness_read_every_n_steps_names_the_range_of_steps(smoke_cfg, tmp_path):
+    cfg = smoke_cfg("trainer.max_epochs=3", "model.finite_check_every=3", "callbacks=none")
+    run = RunDir(tmp_path)
+    dm, model = build_datamodule(cfg), build_model(cfg)
+    trainer = build_trainer(cfg, run, [*build_callbacks(cfg, run), PoisonOptimizers()])
+    with pytest.raises(NonFiniteLossError, match=r"at epoch 2, steps 0-2; the last good"):
+        trainer.fit(model, datamodule=dm)
+    assert run.checkpoint_epochs() == [1]
 
 
 @pytest.mark.slow

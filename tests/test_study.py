@@ -1,84 +1,88 @@
-import math
+import json
+import shutil
 
 import pytest
 
-from dcgan_xai.analysis.study import baselines, score_series, summarize_variants
 from dcgan_xai.config import AnalysisSettings, StudySettings
 from dcgan_xai.errors import UserError
 from dcgan_xai.runs import read_csv
 
-
-def _records(values):
-    return {e: {"summary": {"block3": {"real_focus_mean": f, "real_coverage_mean": c}}}
-            for e, (f, c) in values.items()}  # fmt: skip
+PLANNED = ["gradcam/block3/batch/real/focus/coarse", "hirescam/block3/batch/real/focus/coarse"]
 
 
-def test_score_series_directions():
-    rec = _records({1: (0.1, 0.9), 2: (0.5, 0.2), 3: (0.45, 0.3)})
-    assert score_series(rec, "block3", "real", "focus") == {1: 0.1, 2: 0.5, 3: 0.45}
-    assert score_series(rec, "block3", "real", "coverage") == {1: -0.9, 2: -0.2, 3: -0.3}
-    delta = score_series(rec, "block3", "real", "focus_delta")
-    assert (
-        math.isnan(delta[1])
-        and delta[2] == pytest.approx(-0.4)
-        and delta[3] == pytest.approx(-0.05)
-    )
-
-
-def test_baselines_by_hand():
-    fid = {1: 50.0, 2: 20.0, 3: 40.0}
-    b = baselines(fid, {1: 0.9, 2: 0.2, 3: 0.55})
-    assert b == {"last": 20.0, "d_real_half": 20.0, "random": pytest.approx(50 / 3)}
-
-
-def test_a_variant_holds_only_with_four_of_five_wins():
-    rows = [{"layer": "b", "bn_mode": "batch", "probe": "real", "score": "focus", "selection": "coarse",
-             "beats_last": s < 4, "within_tolerance": True, "regret": float(s), "degenerate": 0.0}
-            for s in range(5)]  # fmt: skip
-    (v,) = summarize_variants(rows, 5)
-    assert v["wins"] == 4 and v["holds"] and v["mean_regret"] == 2.0
-    rows[0]["within_tolerance"] = False
-    assert not summarize_variants(rows, 5)[0]["holds"]
-
-
-def test_bad_study_settings():
-    with pytest.raises(UserError, match="scores='sharpness' is not allowed"):
-        StudySettings(scores=["sharpness"]).check()
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"scores": ["sharpness"]}, "scores='sharpness' is not allowed"),
+        ({"methods": ["gradcam++"]}, r"methods='gradcam\+\+' is not allowed; allowed: gradcam, "),
+        ({"parallel": 0}, "parallel=0 is not allowed; it must be >= 1"),
+        ({"window": 0.0}, r"window=0.0 is not allowed; it must be in \(0, 1\]"),
+        ({"experiments": []}, "experiments is empty"),
+        ({"planned": ["gradcam/block3/focus"]}, "planned variant 'gradcam/block3/focus' is not allowed"),
+    ],
+)  # fmt: skip
+def test_bad_study_settings(kwargs, message):
+    with pytest.raises(UserError, match=message):
+        StudySettings(**kwargs).check()
 
 
 @pytest.mark.slow
-def test_cpu_sized_study_writes_its_report(mnist_fixture, tmp_path):
+def test_cpu_sized_study_writes_its_report_and_rebuilds_it_from_its_tables(mnist_fixture, tmp_path):
     from dcgan_xai.analysis.study import run_study
 
     root, sums = mnist_fixture
-    overrides = [f"data.root={root}", "data.sources=[local]", "trainer.max_epochs=3",
-                 "data.checksums={" + ",".join(f"{k}:{v}" for k, v in sums.items()) + "}"]  # fmt: skip
+    data = [f"data.root={root}", "data.sources=[local]",
+            "data.checksums={" + ",".join(f"{k}:{v}" for k, v in sums.items()) + "}"]  # fmt: skip
+    # seed 0's callbacks write every table; seed 1 trains without them, so its tables come
+    # from its checkpoints
     study = StudySettings(
-        name="cpu", out_dir=str(tmp_path), experiment="smoke", seeds=[0, 1], train_overrides=overrides,
-        curation_thresholds=[0.7], curation_share=0.2,
+        name="cpu", out_dir=str(tmp_path), experiments=["smoke"], seeds=[0, 1], parallel=2,
+        train_overrides=[*data, "trainer.max_epochs=3", "callbacks.quality.samples=100",
+                         "callbacks.quality.classifier_epochs=10", "callbacks.quality.min_accuracy=0.9",
+                         "callbacks.gradcam.methods=[gradcam,hirescam]",
+                         "callbacks.gradcam.layers=[block1,block2,block3]",
+                         "callbacks.gradcam.bn_modes=[batch,eval]"],
+        methods=["gradcam", "hirescam"], planned=PLANNED, curate=False,
         analysis=AnalysisSettings(fid_samples=100, classifier_epochs=10, min_accuracy=0.9, k=2,
-                                  device="cpu", figure_epochs=[1, 3]),
+                                  device="cpu"),
     )  # fmt: skip
-    result = run_study(study, log=lambda _: None)
+    from dcgan_xai.analysis.study import train_runs
+
+    runs = tmp_path / "cpu" / "runs"
+    status = train_runs(study, [("smoke", 0, runs / "smoke_seed_0", ["callbacks.quality.enabled=true"]),
+                                ("smoke", 1, runs / "smoke_seed_1", ["callbacks=none"])],
+                        tmp_path / "cpu" / "logs", lambda _: None)  # fmt: skip
+    assert set(status.values()) == {"finished"}
+    assert (runs / "smoke_seed_0" / "quality" / "scores.csv").is_file()
+    assert not (runs / "smoke_seed_1" / "quality").exists()
+
+    result = run_study(study, log=lambda _: None)  # finds both runs finished
     out = tmp_path / "cpu"
     report = (out / "REPORT.md").read_text()
-    for heading in (
-        "## Verdict",
-        "## 1. Training stability",
-        "## 2. Selection",
-        "## 3. Curation",
-        "## 4. Figures",
-    ):
+    for heading in ("## Verdict", "## Setup", "## 1. Runs", "## 2. Baselines", "## 3. The planned",
+                    "## 4. Exploratory", "## 5. The explanations"):  # fmt: skip
         assert heading in report
-    assert len(result["variants"]) == 3 * 2 * 2 * 4 * 2
-    assert len(read_csv(out / "regrets.csv")) == 2 * len(result["variants"])
-    for seed in (0, 1):
-        assert f"{tmp_path}/cpu/runs/seed_{seed}" in report
-        assert (out / "runs" / f"seed_{seed}" / "analysis" / "figure1_block3.png").is_file()
-    share = [c for c in result["curation"] if c["rule"] == "share0.2"]
-    assert len(share) == 2 and all(
-        c["flagged"] > 0 and c["curated_best_fid"] is not None for c in share
-    )
-    for c in share:
-        assert c["run_dir"] in report
-    assert (out / "fid_by_seed.png").is_file()
+    quality = read_csv(out / "quality.csv")
+    assert len(quality) == 2 * 3 * 3  # runs x epochs x (fixed + 2 fresh sets)
+    assert {r["reference"] for r in quality} == {"100 random test images (seed 0)"}
+    scores = read_csv(out / "scores.csv")
+    assert len(scores) == 2 * 3 * 2 * 2 * 3  # runs x epochs x methods x BN modes x layers
+    planned = [d for d in result["decisions"] if d["planned"]]
+    assert [d["variant"] for d in planned] == PLANNED
+    assert all(d["decision"] in ("confirms", "refutes", "inconclusive") for d in planned)
+    n_variants = 2 * 3 * 2 * 2 * 4 * 2
+    assert len(read_csv(out / "outcomes.csv")) == 2 * n_variants
+    assert (out / "fid_by_run.png").is_file()
+    assert json.loads((out / "study.json").read_text())["status"] == {
+        str(runs / "smoke_seed_0"): "finished", str(runs / "smoke_seed_1"): "finished"
+    }  # fmt: skip
+
+    # the tables alone rebuild the same decisions elsewhere
+    copy = tmp_path / "elsewhere" / "cpu"
+    copy.mkdir(parents=True)
+    for name in ("quality.csv", "scores.csv", "study.json"):
+        shutil.copy(out / name, copy / name)
+    study.out_dir, study.report_only = str(tmp_path / "elsewhere"), True
+    again = run_study(study, log=lambda _: None)
+    assert again["decisions"] == result["decisions"]
+    assert (copy / "REPORT.md").read_text() == report

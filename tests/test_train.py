@@ -8,7 +8,7 @@ from omegaconf.errors import ConfigAttributeError, ValidationError
 
 from dcgan_xai.errors import UserError
 from dcgan_xai.runs import RunDir, read_csv
-from dcgan_xai.training import train
+from dcgan_xai.training import train, validate
 from tests.helpers import event_tags, same_weights, scalar_values
 
 REPO = Path(__file__).resolve().parents[1]
@@ -159,8 +159,10 @@ def test_every_study_composes_and_validates(study):
     settings = settings_from(cfg)
     settings.check()
     assert settings.name == study
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        compose("train", overrides=[f"+experiment={settings.experiment}"])
+    for experiment in settings.experiments:
+        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+            cfg = compose("train", overrides=[f"+experiment={experiment}", *settings.train_overrides])
+        validate(cfg)
 
 
 def test_step_stream_is_a_pure_function_of_seed_epoch_batch_and_rank():

@@ -36,7 +36,7 @@ from dcgan_xai.analysis.report import (
     resolve_device,
 )
 from dcgan_xai.callbacks.gradcam import explain_epoch
-from dcgan_xai.config import StudySettings
+from dcgan_xai.config import AnalysisSettings, StudySettings
 from dcgan_xai.errors import UserError
 from dcgan_xai.metrics.quality import (
     QualityMeter,
@@ -357,6 +357,11 @@ def _report_from_tables(study: StudySettings, root: Path) -> dict[str, Any]:
     scores = _parse(read_csv(root / "scores.csv"), ("seed", "epoch"),
                     ("experiment", "method", "bn_mode", "layer"))  # fmt: skip
     meta = json.loads((root / "study.json").read_text())
+    if "settings" in meta:  # decide and describe by the settings the tables were made with
+        recorded = dict(meta["settings"])
+        analysis = AnalysisSettings(**recorded.pop("analysis"))
+        recorded.update(out_dir=study.out_dir, report_only=study.report_only)
+        study = StudySettings(**recorded, analysis=analysis)
     curation = read_csv(root / "curation.csv") if (root / "curation.csv").is_file() else []
     result = evaluate(study, quality, scores)
     write_csv(root / "outcomes.csv", list(result["outcomes"][0]), result["outcomes"])

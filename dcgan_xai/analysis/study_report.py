@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -25,6 +26,11 @@ def num(x: Any, digits: int = 1) -> str:
 
 def pm(mean: Any, sd: Any, digits: int = 1) -> str:
     return f"{num(mean, digits)} ± {num(sd, digits)}"
+
+
+def _mean_sd(values: Sequence[float]) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else math.nan
+    return pm(statistics.fmean(values), sd)
 
 
 def table(
@@ -71,12 +77,30 @@ def study_report(
             f"noise SD of one run's gain {num(d['noise_sd'])}; Holm-adjusted sign-test p "
             f"{num(d['holm_p'], 3)})."
         )
+    reached = sorted({r["epochs"] for r in runs})
+    stopped = sum("time limit" in v for v in meta.get("status", {}).values())
     lines += [
         "",
         f"{plateaus} of {n} runs were on a plateau by the planned test (the regime the paper's "
-        f"rule is meant for); in the others the last epoch is favoured by construction or the "
-        f"curve is flat within noise. A gain is FID(last epoch) - FID(chosen epoch): positive "
-        f"means the rule's pick was better.",
+        f"rule is meant for); in the others FID was still falling (the last epoch is favoured by "
+        f"construction) or flat within noise, so these verdicts say how the rules fare against "
+        f"the last epoch of such runs, not on a plateau. A gain is FID(last epoch) - FID(chosen "
+        f"epoch): positive means the rule's pick was better.",
+    ]
+    if stopped:
+        lines += ["", f"{stopped} of {n} runs were stopped by the time limit before their planned "
+                  f"epochs; they reached {'-'.join(str(e) for e in (reached[0], reached[-1]) if e) if len(reached) > 1 else reached[0]} "
+                  f"epochs, and every rule was applied to the epochs reached."]  # fmt: skip
+    lines += ["", "Recipes (mean ± SD over seeds of each run's FID):", ""]
+    rows = []
+    for exp in sorted({r["experiment"] for r in runs}):
+        group = [r for r in runs if r["experiment"] == exp]
+        last = [r["fid"][max(r["fid"])]["mean"] for r in group]
+        best = [r["fid"][r["best_epoch"]]["mean"] for r in group]
+        rows.append([exp, len(group), _mean_sd(last), _mean_sd(best), num(min(last)), num(max(last))])
+    lines += table(["experiment", "runs", "last-epoch FID", "best FID", "lowest last-epoch FID",
+                    "highest"], rows, "lrrrrr")  # fmt: skip
+    lines += [
         "",
         "## Setup",
         "",

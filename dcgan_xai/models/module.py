@@ -28,7 +28,7 @@ def try_compile(module: nn.Module, example: torch.Tensor) -> nn.Module:
     The trial leaves no trace: mode, BatchNorm buffers and gradients are restored.
     """
     try:
-        compiled = torch.compile(module)
+        compiled = torch.compile(module, dynamic=False)  # one batch size: no dynamic-shape kernels
         with preserved_state(module):
             compiled(example).float().sum().backward()
         return compiled  # type: ignore[return-value]
@@ -131,10 +131,17 @@ class DCGAN(L.LightningModule):
             self.discriminator.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         if self.hparams["compile"]:
             gen = torch.Generator().manual_seed(0)  # trial inputs; the global RNG is untouched
-            z = torch.randn(2, self.hparams["nz"], 1, 1, generator=gen).to(self.device)
-            x = torch.rand(2, 1, 64, 64, generator=gen).to(self.device) * 2 - 1
+            z = self._layout(torch.randn(2, self.hparams["nz"], 1, 1, generator=gen).to(self.device))
+            x = self._layout(torch.rand(2, 1, 64, 64, generator=gen).to(self.device) * 2 - 1)
             self._step_nets["g"] = try_compile(self.generator, z)
             self._step_nets["d"] = try_compile(self.discriminator, x)
+
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` in the nets' memory format (a (N, C, 1, 1) noise batch too: its strides decide
+        the layout the first transposed convolution's gradient is computed in)."""
+        if self.hparams["channels_last"]:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.generator(z)
@@ -158,16 +165,16 @@ class DCGAN(L.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
         images, _, _ = batch
-        real = to_unit_range(images)  # (N, 1, 64, 64)
-        if self.hparams["channels_last"]:
-            real = real.contiguous(memory_format=torch.channels_last)
+        real = self._layout(to_unit_range(images))  # (N, 1, 64, 64)
         generator, discriminator = self._step_nets["g"], self._step_nets["d"]
         n = real.shape[0]
         opt_g, opt_d = self.optimizers()  # type: ignore[misc,attr-defined]
         stream = step_generator(
             self.hparams["seed"], self.current_epoch, batch_idx, self.device, self.global_rank
         )
-        z = torch.randn(n, self.hparams["nz"], 1, 1, generator=stream, device=self.device)
+        z = self._layout(
+            torch.randn(n, self.hparams["nz"], 1, 1, generator=stream, device=self.device)
+        )
         fake = generator(z)
         sigma = self.instance_noise_at(batch_idx)
 
