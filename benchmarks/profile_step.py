@@ -93,7 +93,9 @@ def main() -> None:
         wall = time.perf_counter() - start
     summarize("reference loop (PyTorch example)", prof, wall, args.steps, device)
 
-    for label, experiment, extra in [parse_config(c) for c in args.config] or [("plain", "mnist64", [])]:
+    for label, experiment, extra in [parse_config(c) for c in args.config] or [
+        ("plain", "mnist64", [])
+    ]:
         with initialize_config_dir(config_dir=CONF, version_base="1.3"):
             cfg = compose("train", overrides=[
                 f"+experiment={experiment}", *extra, f"data.root={args.data}",

@@ -8,12 +8,12 @@ import torch
 from PIL import Image
 
 from dcgan_xai.analysis.figures import figure1, figure_size
-from dcgan_xai.metrics.quality import QualityMeter, load_or_train_classifier
 from dcgan_xai.analysis.report import analyze_run, epoch_records, informative_samples, parse_samples
 from dcgan_xai.analysis.selection import argmax_epoch, select_epoch
 from dcgan_xai.config import AnalysisSettings
 from dcgan_xai.data.mnist import MNISTDataModule, to_unit_range
 from dcgan_xai.errors import UserError
+from dcgan_xai.metrics.quality import QualityMeter, load_or_train_classifier
 from dcgan_xai.runs import RunDir, load_gradcam_epoch, load_probe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -118,6 +118,11 @@ def test_analysis_writes_its_files_and_a_valid_selection_json(analyzed, smoke_ru
     assert v["regret"] == pytest.approx(fids[data["selected_epoch"]] - v["best_fid"])
     assert v["last_fid"] == fids[2]
     assert data["settings"]["fid_samples"] == 100
+    assert data["fid_reference"] == "100 of 120 test images (random, seed 0)"
+    assert len(data["classifier_md5"]) == 32 and 0 < data["focus_chance"] < 1
+    fresh = v["fresh"]
+    assert list(fresh["fid"]) == ["2"]  # selected, best and last are all epoch 2
+    assert fresh["fid"]["2"]["sets"] == 2 and fresh["vs_last"]["outcome"] == "same"
     with Image.open(out / "figure1_block3.png") as im:
         assert im.size == figure_size(2, 8)  # both epochs (no 5, 10, ...), 8 informative samples
     g = torch.load(out / "best_generator.pt", weights_only=True)

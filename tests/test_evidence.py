@@ -36,12 +36,20 @@ def test_score_series_directions_and_delta():
     rows = [{"epoch": e, "method": "gradcam", "bn_mode": "batch", "layer": "block3",
              "real_focus_mean": f, "real_coverage_mean": c}
             for e, f, c in [(1, 0.1, 0.9), (2, 0.5, 0.2), (3, 0.45, 0.3)]]  # fmt: skip
-    rows.append({**rows[0], "method": "hirescam", "real_focus_mean": 9.0})  # another method: ignored
+    rows.append(
+        {**rows[0], "method": "hirescam", "real_focus_mean": 9.0}
+    )  # another method: ignored
     assert score_series(rows, PAPER) == {1: 0.1, 2: 0.5, 3: 0.45}
     cov = Variant("gradcam", "block3", "batch", "real", "coverage", "coarse")
     assert score_series(rows, cov) == {1: -0.9, 2: -0.2, 3: -0.3}  # less coverage is better
-    delta = score_series(rows, Variant("gradcam", "block3", "batch", "real", "focus_delta", "argmax"))
-    assert math.isnan(delta[1]) and delta[2] == pytest.approx(-0.4) and delta[3] == pytest.approx(-0.05)
+    delta = score_series(
+        rows, Variant("gradcam", "block3", "batch", "real", "focus_delta", "argmax")
+    )
+    assert (
+        math.isnan(delta[1])
+        and delta[2] == pytest.approx(-0.4)
+        and delta[3] == pytest.approx(-0.05)
+    )
 
 
 def test_all_tied_scores_make_no_choice():
@@ -69,7 +77,9 @@ def test_sign_test_and_holm_by_hand():
 
 
 def _rows(gains, sd=1.0, outcomes=None):
-    outcomes = outcomes or ["win" if g > 2 * sd else "loss" if g < -2 * sd else "tie" for g in gains]
+    outcomes = outcomes or [
+        "win" if g > 2 * sd else "loss" if g < -2 * sd else "tie" for g in gains
+    ]
     return [{"variant": PAPER.name, "gain": g, "gain_sd": sd, "outcome": o}
             for g, o in zip(gains, outcomes, strict=True)]  # fmt: skip
 

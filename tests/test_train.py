@@ -161,7 +161,9 @@ def test_every_study_composes_and_validates(study):
     assert settings.name == study
     for experiment in settings.experiments:
         with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-            cfg = compose("train", overrides=[f"+experiment={experiment}", *settings.train_overrides])
+            cfg = compose(
+                "train", overrides=[f"+experiment={experiment}", *settings.train_overrides]
+            )
         validate(cfg)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from omegaconf import OmegaConf
 from scipy.stats import spearmanr
 
 from dcgan_xai.analysis import figures
+from dcgan_xai.analysis.evidence import Fid, choose, compare
 from dcgan_xai.analysis.selection import Selection, select_epoch
 from dcgan_xai.callbacks.gradcam import explain_epoch
 from dcgan_xai.config import AnalysisSettings
@@ -20,7 +22,15 @@ from dcgan_xai.data.mnist import MNISTDataModule, to_unit_range
 from dcgan_xai.data.probe import Probe, make_probe
 from dcgan_xai.data.sources import MD5, SOURCES
 from dcgan_xai.errors import UserError
-from dcgan_xai.metrics.quality import MNISTClassifier, QualityMeter, load_or_train_classifier
+from dcgan_xai.metrics.quality import (
+    MNISTClassifier,
+    QualityMeter,
+    classifier_md5,
+    classifier_path,
+    load_or_train_classifier,
+    reference_images,
+    score_draws,
+)
 from dcgan_xai.models.module import DCGAN
 from dcgan_xai.models.sampling import generate
 from dcgan_xai.runs import (
@@ -105,10 +115,10 @@ def classifier_for(
 ) -> tuple[MNISTClassifier, float]:
     """The data's MNIST classifier, cached under ``<data root>/classifier/`` (trained if missing)."""
     assert dm.train_set is not None and dm.test_set is not None
-    digest = dm.checksums["test-images"][:8]
-    name = f"mnist{dm.image_size}-cnn-e{settings.classifier_epochs}-seed0-{digest}.pt"
+    path = classifier_path(dm.root, dm.image_size, settings.classifier_epochs,
+                           dm.checksums["test-images"])  # fmt: skip
     return load_or_train_classifier(
-        dm.root / "classifier" / name, dm.train_set, dm.test_set,
+        path, dm.train_set, dm.test_set,
         epochs=settings.classifier_epochs, min_accuracy=settings.min_accuracy, device=device,
     )  # fmt: skip
 
@@ -203,19 +213,31 @@ def analyze_run(run_dir: str | Path, settings: AnalysisSettings | None = None) -
     selection = select_epoch(scores, settings.k)
 
     quality: dict[int, dict[str, float]] = {}
-    classifier_acc = None
+    fresh: dict[int, list[float]] = {}
+    classifier: dict[str, Any] = {}
     if settings.quality:
         assert dm.test_set is not None
-        classifier, classifier_acc = classifier_for(dm, settings, device)
-        real = dm.test_set.images[: settings.fid_samples]
-        meter = QualityMeter(classifier, real, settings.batch_size, seed=settings.fid_seed)
-        noise = torch.randn(
-            settings.fid_samples, cfg.model.nz, 1, 1,
-            generator=torch.Generator().manual_seed(settings.fid_seed),
-        )  # fmt: skip
+        model, accuracy = classifier_for(dm, settings, device)
+        path = classifier_path(dm.root, dm.image_size, settings.classifier_epochs,
+                               dm.checksums["test-images"])  # fmt: skip
+        real = reference_images(dm.test_set.images, settings.fid_samples, settings.fid_seed)
+        classifier = {"accuracy": accuracy, "md5": classifier_md5(path),
+                      "reference": f"{real.shape[0]} of {dm.test_set.images.shape[0]} test images"
+                      + ("" if real.shape[0] == dm.test_set.images.shape[0]
+                         else f" (random, seed {settings.fid_seed})")}  # fmt: skip
+        meter = QualityMeter(model, real, settings.batch_size, seed=settings.fid_seed)
         for epoch in epochs:
             g = load_module(run.checkpoint(epoch)).generator.to(device)
-            quality[epoch] = meter.score(generate(g, noise.to(device), settings.batch_size))
+            quality[epoch] = score_draws(meter, g, cfg.model.nz, settings.fid_samples,
+                                         settings.fid_seed, epoch, 0, settings.batch_size)[0]  # fmt: skip
+        # the epochs a decision rests on, re-scored on fresh generated sets
+        fid0 = {e: quality[e]["fid"] for e in epochs}
+        decisive = {selection.fine_winner, epochs[-1], min(epochs, key=lambda e: (fid0[e], e))}
+        for epoch in sorted(decisive) if settings.fid_draws else []:
+            g = load_module(run.checkpoint(epoch)).generator.to(device)
+            rows = score_draws(meter, g, cfg.model.nz, settings.fid_samples, settings.fid_seed,
+                               epoch, settings.fid_draws, settings.batch_size)  # fmt: skip
+            fresh[epoch] = [r["fid"] for r in rows[1:]]
 
     table = []
     for e in epochs:
@@ -238,11 +260,19 @@ def analyze_run(run_dir: str | Path, settings: AnalysisSettings | None = None) -
         "selection": selection.to_dict(),
         "selected_epoch": selection.fine_winner,
         "last_epoch": epochs[-1],
-        "classifier_accuracy": classifier_acc,
+        "classifier_accuracy": classifier.get("accuracy"),
+        "classifier_md5": classifier.get("md5"),
+        "fid_reference": classifier.get("reference"),
+        "focus_chance": records[epochs[-1]]["summary"][layer].get(f"{settings.probe}_focus_chance"),
+        "no_choice": choose(scores, "coarse", settings.k) is None,
         "epochs": table,
     }
     if quality:
         result["verdict"] = verdict(selection, {e: quality[e]["fid"] for e in epochs}, scores)
+        v = result["verdict"]
+        v["fresh"] = fresh_comparison(fresh, selection.fine_winner, epochs[-1], v["best_epoch"])
+        if v["fresh"]:  # the tie rule on fresh sets decides the words
+            v["statement"] = fresh_statement(v["fresh"])
 
     out = run.analysis
     atomic_write_text(out / "selection.json", json.dumps(result, indent=2) + "\n")
@@ -258,6 +288,37 @@ def analyze_run(run_dir: str | Path, settings: AnalysisSettings | None = None) -
     figures.save_png(figures.sample_grid(samples), out / "best_samples.png")
     _to_tensorboard(run, out, result)
     return result
+
+
+def fresh_comparison(
+    fresh: dict[int, list[float]], chosen: int, last: int, best: int
+) -> dict[str, Any]:
+    """FID ± SD of the decisive epochs on fresh sets, and the chosen epoch against the last and
+    the best by the tie rule (a difference within 2 SD is a tie)."""
+    fid = {e: Fid(statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else math.nan, len(v),
+                  math.nan) for e, v in fresh.items() if v}  # fmt: skip
+    if not {chosen, last, best} <= set(fid):
+        return {}
+    return {
+        "fid": {e: {"mean": f.mean, "sd": f.sd, "sets": f.n} for e, f in sorted(fid.items())},
+        "vs_last": compare(fid, chosen, last),
+        "vs_best": compare(fid, chosen, best),
+    }
+
+
+def fresh_statement(fresh: dict[str, Any]) -> str:
+    """The choice against the last epoch in words, by the tie rule."""
+    c = fresh["vs_last"]
+    gain, sd = c["gain"], c["sd"]
+    return {
+        "same": "The Grad-CAM choice is the last epoch itself.",
+        "win": f"The Grad-CAM choice beats the last epoch beyond noise (FID {gain:.1f} lower, "
+        f"SD of the difference {sd:.1f}).",
+        "loss": f"The Grad-CAM choice is worse than the last epoch beyond noise (FID {-gain:.1f} "
+        f"higher, SD of the difference {sd:.1f}).",
+        "tie": f"The Grad-CAM choice ties with the last epoch: the FIDs differ by {abs(gain):.1f}, "
+        f"within 2 SD of the difference ({sd:.1f}).",
+    }[c["outcome"]]
 
 
 def verdict(
@@ -307,6 +368,12 @@ def selection_markdown(result: dict[str, Any]) -> str:
         f"- coarse epochs: {sel['coarse_epochs']}; coarse winner: {sel['coarse_winner']}",
         f"- fine window: {sel['fine_window']}; **selected epoch: {sel['fine_winner']}**",
     ]
+    if result.get("focus_chance") is not None:
+        lines.append(f"- focus of a uniform map on this probe (chance level): "
+                     f"{_fmt(result['focus_chance'])}")  # fmt: skip
+    if result.get("no_choice"):
+        lines += ["", "**No choice: every coarse candidate epoch scores the same, so the selected "
+                  "epoch is only the tie rule's (the earliest) and carries no information.**"]  # fmt: skip
     if all(row["degenerate"] >= 1.0 for row in result["epochs"]):
         lines += [
             "",
@@ -322,10 +389,15 @@ def selection_markdown(result: dict[str, Any]) -> str:
             f"regret {_fmt(v['regret'], 2)}",
             f"- Spearman rho between {s['score']} and FID over epochs: "
             f"{_fmt(v['spearman_score_fid'], 2)}",
-            f"- classifier test accuracy: {_fmt(result['classifier_accuracy'], 4)}",
-            "",
-            f"**{v['statement']}**",
+            f"- FID of {s['fid_samples']} generated images against {result['fid_reference']}; "
+            f"classifier test accuracy {_fmt(result['classifier_accuracy'], 4)}, file MD5 "
+            f"`{result['classifier_md5']}`",
         ]
+        f = v.get("fresh") or {}
+        for e, x in f.get("fid", {}).items():
+            lines.append(f"- epoch {e} on {x['sets']} fresh generated sets: FID {_fmt(x['mean'], 1)} "
+                         f"± {_fmt(x['sd'], 1)}")  # fmt: skip
+        lines += ["", f"**{v['statement']}**"]
     lines += [
         "",
         "| epoch | focus | coverage | degenerate | D(x) | D(G(z)) | FID | KID |",

@@ -97,7 +97,9 @@ def study_report(
         group = [r for r in runs if r["experiment"] == exp]
         last = [r["fid"][max(r["fid"])]["mean"] for r in group]
         best = [r["fid"][r["best_epoch"]]["mean"] for r in group]
-        rows.append([exp, len(group), _mean_sd(last), _mean_sd(best), num(min(last)), num(max(last))])
+        rows.append(
+            [exp, len(group), _mean_sd(last), _mean_sd(best), num(min(last)), num(max(last))]
+        )
     lines += table(["experiment", "runs", "last-epoch FID", "best FID", "lowest last-epoch FID",
                     "highest"], rows, "lrrrrr")  # fmt: skip
     lines += [

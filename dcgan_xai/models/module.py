@@ -131,7 +131,9 @@ class DCGAN(L.LightningModule):
             self.discriminator.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         if self.hparams["compile"]:
             gen = torch.Generator().manual_seed(0)  # trial inputs; the global RNG is untouched
-            z = self._layout(torch.randn(2, self.hparams["nz"], 1, 1, generator=gen).to(self.device))
+            z = self._layout(
+                torch.randn(2, self.hparams["nz"], 1, 1, generator=gen).to(self.device)
+            )
             x = self._layout(torch.rand(2, 1, 64, 64, generator=gen).to(self.device) * 2 - 1)
             self._step_nets["g"] = try_compile(self.generator, z)
             self._step_nets["d"] = try_compile(self.discriminator, x)
