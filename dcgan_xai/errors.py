@@ -9,11 +9,26 @@ from typing import Any
 
 
 class UserError(Exception):
-    """Bad input: a message naming the bad value and what is allowed."""
+    """Bad input: a message naming the bad value and what is allowed (exit code 2)."""
+
+    exit_code = 2
+
+
+class Interrupted(UserError):
+    """Training was stopped by a signal (SIGTERM, as Slurm sends); it resumes (exit code 3)."""
+
+    exit_code = 3
+
+
+class Diverged(UserError):
+    """A loss became NaN or infinite (exit code 4)."""
+
+    exit_code = 4
 
 
 def report_user_errors(fn: Callable[[], Any]) -> Any:
-    """Run ``fn``; turn a :class:`UserError` into one line on stderr and exit code 2.
+    """Run ``fn``; turn a :class:`UserError` into one line on stderr and its exit code (2 bad
+    input, 3 interrupted, 4 diverged).
 
     ``HYDRA_FULL_ERROR=1`` re-raises instead, so the traceback is shown.
     """
@@ -23,7 +38,7 @@ def report_user_errors(fn: Callable[[], Any]) -> Any:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(err.exit_code)
 
 
 def check_overrides(config_name: str, args: list[str] | None = None) -> None:

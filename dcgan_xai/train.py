@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
@@ -10,6 +12,8 @@ import dcgan_xai.config  # noqa: F401  (registers the schemas)
 from dcgan_xai.errors import check_overrides, report_user_errors
 from dcgan_xai.training import discard_unstarted_run, train
 
+STARTED = time.time()  # before Hydra creates or writes anything
+
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> None:
@@ -17,7 +21,7 @@ def main(cfg: DictConfig) -> None:
     try:
         result = report_user_errors(lambda: train(cfg, run_dir))
     except SystemExit:
-        discard_unstarted_run(run_dir)
+        discard_unstarted_run(run_dir, STARTED)
         raise
     m = result["metrics"]
     losses = ", ".join(f"{k.removeprefix('epoch/')}={v:.3f}" for k, v in sorted(m.items()))

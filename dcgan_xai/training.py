@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
-import shutil
+import os
+import socket
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +17,8 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from dcgan_xai.callbacks.gradcam import GradCamCallback
@@ -21,8 +27,8 @@ from dcgan_xai.data.exclusion import fingerprint, load_exclusion
 from dcgan_xai.data.idx import md5sum
 from dcgan_xai.data.mnist import MNISTDataModule
 from dcgan_xai.data.sources import ensure_mnist
-from dcgan_xai.errors import UserError
-from dcgan_xai.models.checkpoint import EpochCheckpoint
+from dcgan_xai.errors import Interrupted, UserError
+from dcgan_xai.models.checkpoint import AtomicCheckpointIO, EpochCheckpoint
 from dcgan_xai.models.module import DCGAN
 from dcgan_xai.models.networks import IMAGE_SIZE, build_discriminator
 from dcgan_xai.runs import RunDir, atomic_write_text, safe_torch_load
@@ -189,6 +195,7 @@ def build_trainer(cfg: DictConfig, run: RunDir, callbacks: list[L.Callback]) -> 
         default_root_dir=str(run.root),
         use_distributed_sampler=False,
         num_sanity_val_steps=0,
+        plugins=[AtomicCheckpointIO()],
         **extra,
     )
 
@@ -235,16 +242,124 @@ def check_resumable(path: Path, model: DCGAN) -> None:
         )
 
 
-def discard_unstarted_run(run_dir: str | Path) -> None:
-    """Remove what Hydra wrote into a run dir whose training never started."""
+RUN_ARTIFACTS = ("checkpoints", "probe.pt", "gradcam", "quality", "config.yaml")
+# Keys a resumed run may change: they cannot change its results.
+RESUME_MAY_CHANGE = ("resume", "trainer.max_epochs", "trainer.enable_progress_bar",
+                     "trainer.log_every_n_steps", "callbacks.gradcam.log_images", "data.root",
+                     "data.sources")  # fmt: skip
+
+
+def has_artifacts(run: RunDir) -> bool:
+    """Whether ``run`` holds anything a training wrote (then only ``resume=true`` may use it)."""
+    return any((run.root / name).exists() for name in RUN_ARTIFACTS)
+
+
+def discard_unstarted_run(run_dir: str | Path, started: float) -> None:
+    """Remove what this invocation (started at ``started``, a ``time.time()``) wrote into a run
+    dir whose training never started: Hydra's files and job log, the lock, and the dir if it is
+    then empty and held nothing older. Anything else, and anything older, stays."""
     run = RunDir(run_dir)
-    if run.checkpoints.exists() or (run.root / "config.yaml").exists() or not run.root.is_dir():
+    if not run.root.is_dir() or has_artifacts(run):
         return
-    shutil.rmtree(run.root / ".hydra", ignore_errors=True)
-    for log in run.root.glob("*.log"):
-        log.unlink()
-    if not any(run.root.iterdir()):
-        run.root.rmdir()
+    pre_existing = any(p.stat().st_mtime < started for p in run.root.rglob("*"))
+    ours = [run.root / ".hydra" / n for n in ("config.yaml", "hydra.yaml", "overrides.yaml")]
+    ours += [run.root / "train.log", run.root / LOCK_NAME]
+    for path in ours:
+        if path.is_file() and path.stat().st_mtime >= started:
+            path.unlink()
+    if pre_existing:
+        return
+    for folder in (run.root / ".hydra", run.root):
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+
+
+LOCK_NAME = ".lock"
+
+
+def _is_first_process() -> bool:
+    """Rank 0 of a (possibly distributed) training: the process that owns the run dir."""
+    return all(os.environ.get(k, "0") == "0" for k in ("LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+
+
+@contextmanager
+def owned(run: RunDir) -> Iterator[None]:
+    """Hold ``<run>/.lock`` for the duration; a second training on the same dir is refused."""
+    if not _is_first_process():
+        yield
+        return
+    created = not run.root.exists()
+    run.root.mkdir(parents=True, exist_ok=True)
+    lock = run.root / LOCK_NAME
+    with open(lock, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise UserError(
+                f"run dir {run.root} is in use by another training ({holder}); wait for it to "
+                "end or choose another hydra.run.dir"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(
+            f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
+        )
+        fh.flush()
+        try:
+            yield
+        finally:
+            if not has_artifacts(run):  # refused before training: leave nothing behind
+                lock.unlink(missing_ok=True)
+                if created and not any(run.root.iterdir()):
+                    run.root.rmdir()
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _flat(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(cfg, dict):
+        out: dict[str, Any] = {}
+        for key, value in cfg.items():
+            out.update(_flat(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: cfg}
+
+
+def check_same_config(recorded: DictConfig, cfg: DictConfig) -> None:
+    """Refuse a resume whose settings differ from the run's, but for :data:`RESUME_MAY_CHANGE`."""
+    old = _flat(OmegaConf.to_container(recorded, resolve=True))
+    new = _flat(OmegaConf.to_container(cfg, resolve=True))
+    diff = sorted(k for k in old.keys() | new.keys()
+                  if k not in RESUME_MAY_CHANGE and old.get(k) != new.get(k))  # fmt: skip
+    if diff:
+        shown = "; ".join(f"{k}={new.get(k)!r} (the run's: {old.get(k)!r})" for k in diff[:4])
+        raise UserError(
+            f"resume=true with settings other than the run's: {shown}"
+            f"{f' and {len(diff) - 4} more' if len(diff) > 4 else ''}; resume with the run's "
+            f"settings (its config.yaml); only {', '.join(RESUME_MAY_CHANGE[1:])} may change"
+        )
+    if cfg.trainer.max_epochs < recorded.trainer.max_epochs:
+        raise UserError(
+            f"trainer.max_epochs={cfg.trainer.max_epochs} is lower than the run's "
+            f"{recorded.trainer.max_epochs}; a resume may only raise it"
+        )
+
+
+def resume_checkpoint(run: RunDir) -> Path | None:
+    """The newest checkpoint of ``run`` that loads; a damaged one is named and skipped."""
+    candidates = [run.checkpoint(e) for e in reversed(run.checkpoint_epochs())]
+    candidates += [run.last_checkpoint] if run.last_checkpoint.is_file() else []
+    for path in candidates:
+        try:
+            ckpt = safe_torch_load(path, "checkpoint")
+        except UserError as err:
+            rank_zero_warn(f"{err}; resuming from an older checkpoint")
+            continue
+        if isinstance(ckpt, dict) and "state_dict" in ckpt:
+            return path
+        rank_zero_warn(f"checkpoint {path} was not written by dcgan_xai's training; skipped")
+    return None
 
 
 def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
@@ -261,18 +376,26 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     """
     run = RunDir(run_dir)
     validate(cfg)
+    with owned(run):
+        return _train_owned(cfg, run)
+
+
+def _train_owned(cfg: DictConfig, run: RunDir) -> dict[str, Any]:
     ckpt_path = None
-    if run.last_checkpoint.is_file():
-        if not cfg.resume:
-            raise UserError(
-                f"run dir {run.root} already holds checkpoints; pass resume=true to continue "
-                "it, or choose another hydra.run.dir"
-            )
-        ckpt_path = str(run.last_checkpoint)
-    elif cfg.resume and run.checkpoint_epochs():
+    if has_artifacts(run) and not cfg.resume:
         raise UserError(
-            f"resume=true but {run.last_checkpoint} is missing; restore it from epoch=NNN.ckpt"
+            f"run dir {run.root} already holds a run; pass resume=true to continue it, or "
+            "choose another hydra.run.dir"
         )
+    if cfg.resume and (run.root / "config.yaml").is_file():
+        recorded = OmegaConf.load(run.root / "config.yaml")
+        assert isinstance(recorded, DictConfig)
+        check_same_config(recorded, cfg)
+    if cfg.resume and run.checkpoint_epochs() + ([0] if run.last_checkpoint.is_file() else []):
+        found = resume_checkpoint(run)
+        if found is None:
+            raise UserError(f"resume=true but no checkpoint in {run.checkpoints} can be read")
+        ckpt_path = str(found)
     exclude, exclusion = read_exclusion(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg, exclude)
@@ -287,7 +410,14 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         if exclusion is not None:
             atomic_write_text(run.root / "exclusion.json", json.dumps(exclusion, indent=2) + "\n")
     start = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SIGTERMException as err:
+        raise Interrupted(
+            f"interrupted by SIGTERM after {len(run.checkpoint_epochs())} checkpointed epochs "
+            f"in {time.perf_counter() - start:.0f} s; continue with the same overrides and "
+            f"hydra.run.dir={run.root} resume=true"
+        ) from err
     seconds = time.perf_counter() - start
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("epoch/")}
     return {

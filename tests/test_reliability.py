@@ -95,7 +95,11 @@ def test_checkpoint_of_another_architecture_is_refused(smoke_run, smoke_cfg, tmp
     import shutil
 
     shutil.copytree(smoke_run["run_dir"], tmp_path / "run")
-    cfg = smoke_cfg("resume=true", "model.ndf=16", "trainer.max_epochs=3")
+    cfg = smoke_cfg("resume=true", "model.ndf=16", "trainer.max_epochs=3",
+                    "callbacks.gradcam.layers=[block1,block3]")  # fmt: skip
+    with pytest.raises(UserError, match=r"model.ndf=16 \(the run's: 8\)"):  # strict resume
+        train(cfg, tmp_path / "run")
+    (tmp_path / "run" / "config.yaml").unlink()  # without the record, the checkpoint decides
     with pytest.raises(
         UserError, match=r"is of another architecture than model=paper ngf=8 ndf=16"
     ):

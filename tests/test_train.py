@@ -73,7 +73,7 @@ def test_cli_reports_a_bad_value_in_one_line(tmp_path, mnist_fixture):
 
 
 def test_existing_run_dir_is_not_overwritten(smoke_run):
-    with pytest.raises(UserError, match="already holds checkpoints; pass resume=true"):
+    with pytest.raises(UserError, match="already holds a run; pass resume=true"):
         train(smoke_run["cfg"], smoke_run["run_dir"])
 
 

@@ -12,13 +12,13 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from dcgan_xai.data.mnist import to_unit_range
-from dcgan_xai.errors import UserError
+from dcgan_xai.errors import Diverged
 from dcgan_xai.models.networks import Generator, build_discriminator, dcgan_init
 from dcgan_xai.models.sampling import generate
 from dcgan_xai.xai.gradcam import preserved_state
 
 
-class NonFiniteLossError(UserError):
+class NonFiniteLossError(Diverged):
     """A loss became NaN or infinite; training stops and the last good checkpoint is kept."""
 
 

@@ -1,0 +1,150 @@
+"""A run dir is owned: nothing the user had is deleted, no two runs mix, checkpoints are atomic."""
+
+import fcntl
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from dcgan_xai.errors import UserError
+from dcgan_xai.models.checkpoint import AtomicCheckpointIO
+from dcgan_xai.runs import RunDir, read_csv
+from dcgan_xai.training import train
+from tests.helpers import same_weights
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli(root, *overrides, timeout=300, **kwargs):
+    cmd = [sys.executable, "-m", "dcgan_xai.train", "+experiment=smoke", f"data.root={root}",
+           *overrides]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=timeout, **kwargs)
+
+
+def test_a_refused_start_keeps_the_users_files(tmp_path, mnist_fixture):
+    root, _ = mnist_fixture
+    run = tmp_path / "x"
+    (run / ".hydra").mkdir(parents=True)
+    (run / "notes.log").write_text("notes")
+    old = time.time() - 60
+    for p in (run / ".hydra", run / "notes.log"):
+        import os
+
+        os.utime(p, (old, old))
+    refused = cli(root, f"hydra.run.dir={run}", "model.instance_noise=-1")
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines() == [
+        "error: model.instance_noise=-1.0 is not allowed; it must be >= 0"
+    ]
+    assert (run / "notes.log").read_text() == "notes" and (run / ".hydra").is_dir()
+    assert sorted(p.name for p in run.iterdir()) == [".hydra", "notes.log"]
+    assert not any((run / ".hydra").iterdir())  # Hydra's files of this refused start are gone
+    fresh = tmp_path / "new"
+    assert cli(root, f"hydra.run.dir={fresh}", "model.instance_noise=-1").returncode == 2
+    assert not fresh.exists()
+
+
+def test_any_run_artifact_needs_resume(smoke_run, smoke_cfg, tmp_path):
+    shutil.copytree(smoke_run["run_dir"], tmp_path / "r")
+    (tmp_path / "r" / "checkpoints" / "last.ckpt").unlink()  # a kill between the two writes
+    with pytest.raises(UserError, match="already holds a run; pass resume=true"):
+        train(smoke_cfg("seed=7"), tmp_path / "r")
+    for name in ("checkpoints", "config.yaml"):
+        path = tmp_path / "r" / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    with pytest.raises(UserError, match="already holds a run"):  # probe.pt and gradcam/ remain
+        train(smoke_cfg("seed=7"), tmp_path / "r")
+
+
+def test_resume_is_strict(smoke_run, smoke_cfg, tmp_path):
+    shutil.copytree(smoke_run["run_dir"], tmp_path / "r")
+    same = "callbacks.gradcam.layers=[block1,block3]"
+    with pytest.raises(
+        UserError, match=r"model.lr=0.01 \(the run's: 0.0002\); seed=5 \(the run's: 0\)"
+    ):
+        train(smoke_cfg(same, "resume=true", "seed=5", "model.lr=0.01"), tmp_path / "r")
+    with pytest.raises(UserError, match="trainer.max_epochs=1 is lower than the run's 2"):
+        train(smoke_cfg(same, "resume=true", "trainer.max_epochs=1"), tmp_path / "r")
+    assert "max_epochs: 2" in (tmp_path / "r" / "config.yaml").read_text()
+
+
+def test_resume_without_last_ckpt_or_with_a_damaged_one_uses_the_newest_good_epoch(
+    smoke_run, smoke_cfg, tmp_path
+):
+    same = "callbacks.gradcam.layers=[block1,block3]"
+    straight = train(smoke_cfg(same, "trainer.max_epochs=3"), tmp_path / "straight")
+    for damage in ("missing", "truncated"):
+        run = RunDir(tmp_path / damage)
+        shutil.copytree(straight["run_dir"], run.root)
+        for e in (2, 3):
+            run.checkpoint(e).unlink()
+        if damage == "missing":
+            run.last_checkpoint.unlink()
+        else:  # last.ckpt truncated, epoch 1 good
+            data = run.last_checkpoint.read_bytes()
+            run.last_checkpoint.write_bytes(data[: len(data) // 3])
+        shutil.copytree(tmp_path / "straight" / "gradcam", run.gradcam, dirs_exist_ok=True)
+        train(smoke_cfg(same, "trainer.max_epochs=3", "resume=true"), run.root)
+        assert run.checkpoint_epochs() == [1, 2, 3]
+        assert not list(run.checkpoints.glob("*-v*.ckpt"))
+        assert same_weights(run.checkpoint(3), RunDir(straight["run_dir"]).checkpoint(3))
+        assert same_weights(run.last_checkpoint, run.checkpoint(3))
+
+
+def test_a_second_training_on_a_locked_run_dir_is_refused(smoke_cfg, tmp_path):
+    run = tmp_path / "r"
+    run.mkdir()
+    with open(run / ".lock", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fh.write("pid 12345 on somehost since 2026-01-01 00:00:00\n")
+        fh.flush()
+        with pytest.raises(
+            UserError, match=r"is in use by another training \(pid 12345 on somehost"
+        ):
+            train(smoke_cfg(), run)
+    assert sorted(p.name for p in run.iterdir()) == [".lock"]  # the holder's file is untouched
+
+
+def test_checkpoints_are_written_beside_their_target_and_renamed(tmp_path, monkeypatch):
+    target = tmp_path / "epoch=001.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"a": torch.ones(2)}, target)
+    assert torch.equal(torch.load(target, weights_only=True)["a"], torch.ones(2))
+    good = target.read_bytes()
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("os.fsync", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        AtomicCheckpointIO().save_checkpoint({"a": torch.zeros(2)}, target)
+    assert target.read_bytes() == good  # the old file is intact, no temp file is left
+    assert [p.name for p in tmp_path.iterdir()] == ["epoch=001.ckpt"]
+
+
+@pytest.mark.slow
+def test_sigterm_stops_with_exit_code_3_and_the_run_resumes(tmp_path, mnist_fixture):
+    root, _ = mnist_fixture
+    run = RunDir(tmp_path / "r")
+    args = [f"hydra.run.dir={run.root}", "trainer.max_epochs=40"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dcgan_xai.train", "+experiment=smoke", f"data.root={root}", *args],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.time() + 240
+    while not run.checkpoint(1).is_file() and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 3, err
+    assert err.strip().splitlines()[-1].startswith("error: interrupted by SIGTERM after ")
+    done = run.checkpoint_epochs()
+    assert done and done[-1] < 40
+    resumed = cli(root, *args, "trainer.max_epochs=41", "resume=true", timeout=900)
+    assert resumed.returncode == 0, resumed.stderr
+    assert run.checkpoint_epochs() == list(range(1, 42))
+    assert [int(r["epoch"]) for r in read_csv(run.scores_csv)] == list(range(1, 42))
