@@ -18,6 +18,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 import dcgan_xai.config  # noqa: F401
@@ -50,12 +51,17 @@ class Throughput(L.Callback):
         return self.images / (self.end - self.start)
 
 
-def project_rate(args, run_dir: Path, experiment: str, extra: list[str]) -> float:
+def bench_config(args, experiment: str, extra: list[str], *more: str) -> DictConfig:
+    """The training config one benchmark step uses: one epoch of warm-up + timed steps."""
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose("train", overrides=[f"+experiment={experiment}", *extra, f"data.root={args.data}",
-                                          f"data.batch_size={args.batch}", "trainer.max_epochs=1",
-                                          f"trainer.limit_train_batches={args.warmup + args.steps}",
-                                          "trainer.enable_progress_bar=false"])  # fmt: skip
+        return compose("train", overrides=[f"+experiment={experiment}", *extra, f"data.root={args.data}",
+                                           f"data.batch_size={args.batch}", "trainer.max_epochs=1",
+                                           f"trainer.limit_train_batches={args.warmup + args.steps}",
+                                           "trainer.enable_progress_bar=false", *more])  # fmt: skip
+
+
+def project_rate(args, run_dir: Path, experiment: str, extra: list[str]) -> float:
+    cfg = bench_config(args, experiment, extra)
     meter = Throughput(args.warmup)
     run = RunDir(run_dir)
     trainer = build_trainer(cfg, run, [*build_callbacks(cfg, run), meter])

@@ -17,12 +17,11 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from hydra import compose, initialize_config_dir
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.data import DataLoader
 
 import dcgan_xai.config  # noqa: F401
-from benchmarks.bench_train import CONF, parse_config
+from benchmarks.bench_train import bench_config, parse_config
 from benchmarks.common import PILMNIST, full_width_nets, machine, reference_loop
 from dcgan_xai.runs import RunDir
 from dcgan_xai.training import build_callbacks, build_datamodule, build_model, build_trainer
@@ -96,12 +95,7 @@ def main() -> None:
     for label, experiment, extra in [parse_config(c) for c in args.config] or [
         ("plain", "mnist64", [])
     ]:
-        with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-            cfg = compose("train", overrides=[
-                f"+experiment={experiment}", *extra, f"data.root={args.data}",
-                f"data.batch_size={args.batch}", "trainer.max_epochs=1",
-                f"trainer.limit_train_batches={args.warmup + args.steps}",
-                "trainer.enable_progress_bar=false", "callbacks=none"])  # fmt: skip
+        cfg = bench_config(args, experiment, extra, "callbacks=none")
         meter = Profiled(args.warmup, args.steps, device)
         with tempfile.TemporaryDirectory(prefix="profile_step_") as out:
             run = RunDir(Path(out))

@@ -116,6 +116,7 @@ class AnalysisSettings:
     """What :func:`analyze_run` computes. Every field is recorded in ``selection.json``."""
 
     layers: list[str] = field(default_factory=lambda: ["block3"])
+    method: str = "gradcam"
     bn_mode: str = "batch"
     probe: str = "real"
     score: str = "focus"
@@ -139,6 +140,8 @@ class AnalysisSettings:
             raise UserError(
                 f"bn_mode={self.bn_mode!r} is not allowed; allowed: {', '.join(BN_MODES)}"
             )
+        if self.method not in METHODS:
+            raise UserError(f"method={self.method!r} is not allowed; allowed: {', '.join(METHODS)}")
         if self.probe not in PROBES:
             raise UserError(f"probe={self.probe!r} is not allowed; allowed: {', '.join(PROBES)}")
         if self.score not in SCORES:
@@ -173,6 +176,7 @@ class CurateConfig:
     epoch: str = "selected"
     ckpt: str | None = None
     layer: str = "block3"
+    method: str = "gradcam"
     bn_mode: str = "batch"
     threshold: float = 0.7
     flag_share: float | None = None
@@ -182,6 +186,8 @@ class CurateConfig:
     name: str | None = None
     device: str = "auto"
     progress: bool = True
+    control: bool = False
+    seed: int = 0
 
 
 VARIANT_SCORES = ("focus", "coverage", "focus_delta", "coverage_delta")
@@ -210,6 +216,7 @@ class StudySettings:
     window: float = 0.5
     curate: bool = True
     curation_layer: str = "block3"
+    curation_method: str = "gradcam"
     curation_thresholds: list[float] = field(default_factory=lambda: [0.7])
     curation_share: float | None = 0.05
     analysis: AnalysisSettings = field(default_factory=AnalysisSettings)

@@ -382,7 +382,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
 
 def _train_owned(cfg: DictConfig, run: RunDir) -> dict[str, Any]:
     ckpt_path = None
-    if has_artifacts(run) and not cfg.resume:
+    # the other processes of a distributed run start after rank 0 has written into the dir
+    if _is_first_process() and has_artifacts(run) and not cfg.resume:
         raise UserError(
             f"run dir {run.root} already holds a run; pass resume=true to continue it, or "
             "choose another hydra.run.dir"

@@ -110,7 +110,10 @@ def test_analysis_writes_its_files_and_a_valid_selection_json(analyzed, smoke_ru
     assert [row["epoch"] for row in data["epochs"]] == [1, 2]
     for row in data["epochs"]:
         assert set(row) == {"epoch", "focus", "coverage", "degenerate", "d_real", "d_fake", "fid",
-                            "kid", "recomputed"}  # fmt: skip
+                            "kid", "recomputed", "logit", "logit_pooled", "logit_positional"}  # fmt: skip
+        assert row["logit"] == pytest.approx(
+            row["logit_pooled"] + row["logit_positional"], abs=1e-4
+        )
         assert 0 <= row["focus"] <= 1 and row["fid"] >= 0 and row["recomputed"] is False
     v = data["verdict"]
     fids = {row["epoch"]: row["fid"] for row in data["epochs"]}
@@ -118,7 +121,7 @@ def test_analysis_writes_its_files_and_a_valid_selection_json(analyzed, smoke_ru
     assert v["regret"] == pytest.approx(fids[data["selected_epoch"]] - v["best_fid"])
     assert v["last_fid"] == fids[2]
     assert data["settings"]["fid_samples"] == 100
-    assert data["fid_reference"] == "100 of 120 test images (random, seed 0)"
+    assert data["fid_reference"] == "100 random test images (seed 0)"
     assert len(data["classifier_md5"]) == 32 and 0 < data["focus_chance"] < 1
     fresh = v["fresh"]
     assert list(fresh["fid"]) == ["2"]  # selected, best and last are all epoch 2

@@ -1,6 +1,7 @@
 import csv
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from dcgan_xai.data.exclusion import read_manifest
 from dcgan_xai.data.idx import md5sum
 from dcgan_xai.data.sources import FILES
 from dcgan_xai.errors import UserError
-from dcgan_xai.runs import RunDir
+from dcgan_xai.runs import RunDir, read_csv
 from dcgan_xai.training import build_datamodule, train
 from dcgan_xai.xai import coverage
 
@@ -35,7 +36,7 @@ def curated(smoke_run, mnist_fixture):
     before = {name: md5sum(root / name) for name in FILES.values()}
     first = curate_run(smoke_run["run_dir"], epoch=2, threshold=0.7, batch_size=64, progress=False)
     rows, _ = read_manifest(f"{first['dir']}/manifest.csv")
-    median = float(torch.tensor([r["coverage"] for r in rows]).median())
+    median = float(torch.tensor([r["coverage"] for r in rows]).nanmedian())  # unscored: NaN
     half = curate_run(smoke_run["run_dir"], epoch=2, threshold=median, batch_size=64, name="half",
                       progress=False)  # fmt: skip
     return first, half, before
@@ -165,11 +166,67 @@ def test_compare_puts_baseline_and_curated_side_by_side(curated, smoke_cfg, smok
     assert (tmp_path / "curated" / "analysis" / "compare" / "compare.png").is_file()
 
 
-def test_threshold_for_share():
-    from dcgan_xai.analysis.curation import threshold_for_share
+def test_flag_share_is_exact_with_seeded_ties_or_refused():
+    from dcgan_xai.analysis.curation import flag_top_share
 
-    cov = torch.tensor([0.1, 0.9, 0.5, 0.3, 0.7, 0.2, 0.8, 0.4, 0.6, 0.0])
-    for share in (0.1, 0.3, 0.5):
-        t = threshold_for_share(cov, share)
-        assert int(flag_images(cov, t).sum()) == round(share * 10)
-    assert threshold_for_share(cov, 0.0) == 1.0 and not flag_images(cov, 1.0).any()
+    cov = torch.tensor([0.1, 0.9, 0.5, 0.5, 0.5, 0.2, 0.8, 0.0, 0.0, 0.0])
+    flags, cut = flag_top_share(cov, 0.3)
+    assert int(flags.sum()) == 3 and flags[1] and flags[6] and cut == 0.5
+    assert int(flags[2:5].sum()) == 1  # one of the three tied at 0.5, by the seeded draw
+    assert torch.equal(flag_top_share(cov, 0.3)[0], flags)
+    picks = {tuple(flag_top_share(cov, 0.3, seed=s)[0].tolist()) for s in range(20)}
+    assert len(picks) > 1  # the tie is broken by the seed, not by position
+    with pytest.raises(UserError, match=r"flag_share=0.01 flags 0 of 10 images; allowed"):
+        flag_top_share(cov, 0.01)
+    with pytest.raises(UserError, match=r"flag_share=1.0 flags 10 of 10 images"):
+        flag_top_share(cov, 1.0)
+
+
+def test_control_arm_matches_the_count_per_digit():
+    from dcgan_xai.analysis.curation import matched_control
+
+    labels = torch.arange(100) % 10
+    flagged = torch.zeros(100, dtype=torch.bool)
+    flagged[[0, 10, 20, 1, 3, 13]] = True  # digit 0: 3, digit 1: 1, digit 3: 2
+    control = matched_control(labels, flagged, seed=0)
+    assert torch.equal(torch.bincount(labels[control], minlength=10),
+                       torch.bincount(labels[flagged], minlength=10))  # fmt: skip
+    assert not torch.equal(control, flagged)
+    assert torch.equal(matched_control(labels, flagged, seed=0), control)
+
+
+def test_excluding_images_keeps_the_order_of_the_kept_ones(mnist_fixture):
+    from dcgan_xai.data.mnist import IndexBatchSampler, MNISTDataModule
+
+    root, sums = mnist_fixture
+
+    def visit(exclude):
+        dm = MNISTDataModule(root, seed=3, limit=200, exclude=exclude, sources=["local"],
+                             checksums=sums)  # fmt: skip
+        dm.setup()
+        sampler = IndexBatchSampler(len(dm.train_set), 32, 3, keys=dm.train_set.indices,
+                                    key_space=dm.full_train_size)  # fmt: skip
+        sampler.set_epoch(2)
+        return dm.train_set.indices[torch.cat(list(sampler))].tolist()
+
+    full = visit(None)
+    dropped = set(full[::7])
+    kept = visit(torch.tensor(sorted(dropped)))
+    assert kept == [i for i in full if i not in dropped]
+
+
+def test_curation_scores_the_trained_subset_and_writes_a_control(smoke_run):
+    s = curate_run(smoke_run["run_dir"], epoch=2, layer="block3", method="hirescam",
+                   flag_share=0.25, name="share-hires", progress=False, control=True)  # fmt: skip
+    rows = read_csv(Path(s["dir"]) / "manifest.csv")
+    assert len(rows) == s["total"] == 300 and s["scored"] == 256  # smoke: data.limit=256
+    scored = [r for r in rows if r["coverage"] != "nan"]
+    assert len(scored) == 256 and s["flagged"] == 64
+    assert not any(r["flagged"] == "True" for r in rows if r["coverage"] == "nan")
+    assert s["settings"]["method"] == "hirescam"
+    control = read_csv(Path(s["control_dir"]) / "manifest.csv")
+    per_digit = json.loads((Path(s["control_dir"]) / "summary.json").read_text())[
+        "flagged_per_digit"
+    ]
+    assert per_digit == s["flagged_per_digit"]
+    assert sum(r["flagged"] == "True" for r in control) == 64

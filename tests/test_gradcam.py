@@ -201,3 +201,27 @@ def test_overlay_colours():
     assert out.shape == (1, 3, 1, 2)
     assert torch.allclose(out[0, :, 0, 0], torch.tensor([0.0, 0.0, 0.25]))  # jet(0): dark blue
     assert torch.allclose(out[0, :, 0, 1], torch.tensor([0.25, 0.0, 0.0]))  # jet(1): dark red
+
+
+def test_linear_head_decomposition_by_hand():
+    from dcgan_xai.xai.gradcam import linear_head_decomposition
+
+    parts = linear_head_decomposition(tiny_discriminator(), X[:1])
+    # A = [x, 2x]; logit = 1*1 + 2*(-1) + 3*2 + 4*0 + (-2)*(2*0) = 5; channel means 2.5 and -0.5;
+    # pooled = 2.5 * sum(x) - 0.5 * sum(2x) = 1.5 * 2 = 3; positional = 2
+    assert torch.allclose(parts["logit"], torch.tensor([5.0]))
+    assert torch.allclose(parts["pooled"], torch.tensor([3.0]))
+    assert torch.allclose(parts["positional"], torch.tensor([2.0]))
+
+
+def test_linear_head_decomposition_matches_the_logit_of_the_paper_d(trained_like_d):
+    from dcgan_xai.xai.gradcam import linear_head_decomposition
+
+    x = torch.rand(6, 1, 64, 64) * 2 - 1
+    before = snapshot(trained_like_d)
+    parts = linear_head_decomposition(trained_like_d, x, "eval")
+    assert_same(before, snapshot(trained_like_d))
+    with torch.no_grad():
+        logit = trained_like_d.eval()(x)
+    assert torch.allclose(parts["logit"], logit, atol=1e-4)
+    assert linear_head_decomposition(build_discriminator("tutorial", 8), x) is not None

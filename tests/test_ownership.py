@@ -128,11 +128,13 @@ def test_checkpoints_are_written_beside_their_target_and_renamed(tmp_path, monke
 
 @pytest.mark.slow
 def test_sigterm_stops_with_exit_code_3_and_the_run_resumes(tmp_path, mnist_fixture):
-    root, _ = mnist_fixture
+    root, sums = mnist_fixture
     run = RunDir(tmp_path / "r")
-    args = [f"hydra.run.dir={run.root}", "trainer.max_epochs=40"]
+    args = [f"hydra.run.dir={run.root}", "data.sources=[local]",
+            "data.checksums={" + ",".join(f"{k}:{v}" for k, v in sums.items()) + "}"]  # fmt: skip
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dcgan_xai.train", "+experiment=smoke", f"data.root={root}", *args],
+        [sys.executable, "-m", "dcgan_xai.train", "+experiment=smoke", f"data.root={root}", *args,
+         "trainer.max_epochs=20"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     deadline = time.time() + 240
@@ -143,8 +145,8 @@ def test_sigterm_stops_with_exit_code_3_and_the_run_resumes(tmp_path, mnist_fixt
     assert proc.returncode == 3, err
     assert err.strip().splitlines()[-1].startswith("error: interrupted by SIGTERM after ")
     done = run.checkpoint_epochs()
-    assert done and done[-1] < 40
-    resumed = cli(root, *args, "trainer.max_epochs=41", "resume=true", timeout=900)
+    assert done and done[-1] < 20
+    resumed = cli(root, *args, "trainer.max_epochs=21", "resume=true", timeout=900)
     assert resumed.returncode == 0, resumed.stderr
-    assert run.checkpoint_epochs() == list(range(1, 42))
-    assert [int(r["epoch"]) for r in read_csv(run.scores_csv)] == list(range(1, 42))
+    assert run.checkpoint_epochs() == list(range(1, 22))
+    assert [int(r["epoch"]) for r in read_csv(run.scores_csv)] == list(range(1, 22))

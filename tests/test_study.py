@@ -74,7 +74,7 @@ def test_cpu_sized_study_writes_its_report_and_rebuilds_it_from_its_tables(mnist
     assert len(read_csv(out / "outcomes.csv")) == 2 * n_variants
     assert (out / "fid_by_run.png").is_file()
     assert json.loads((out / "study.json").read_text())["status"] == {
-        str(runs / "smoke_seed_0"): "finished", str(runs / "smoke_seed_1"): "finished"
+        str(runs / "smoke_seed_0"): "found finished", str(runs / "smoke_seed_1"): "found finished"
     }  # fmt: skip
 
     # the tables alone rebuild the same decisions elsewhere
@@ -86,3 +86,27 @@ def test_cpu_sized_study_writes_its_report_and_rebuilds_it_from_its_tables(mnist
     again = run_study(study, log=lambda _: None)
     assert again["decisions"] == result["decisions"]
     assert (copy / "REPORT.md").read_text() == report
+
+
+@pytest.mark.slow
+def test_study_curation_arm_retrains_curated_and_control(mnist_fixture, tmp_path):
+    from dcgan_xai.analysis.study import run_study
+
+    root, sums = mnist_fixture
+    data = [f"data.root={root}", "data.sources=[local]",
+            "data.checksums={" + ",".join(f"{k}:{v}" for k, v in sums.items()) + "}"]  # fmt: skip
+    study = StudySettings(
+        name="cur", out_dir=str(tmp_path), experiments=["smoke"], seeds=[0], parallel=2,
+        train_overrides=[*data, "callbacks=none"], curation_thresholds=[], curation_share=0.25,
+        curation_method="hirescam", scores=["focus"], bn_modes=["batch"], probes=["real"],
+        analysis=AnalysisSettings(fid_samples=100, fid_draws=2, classifier_epochs=10,
+                                  min_accuracy=0.9, k=2, device="cpu"),
+    )  # fmt: skip
+    run_study(study, log=lambda _: None)
+    (row,) = read_csv(tmp_path / "cur" / "curation.csv")
+    assert row["rule"] == "share0.25" and int(row["flagged"]) == 64  # a quarter of 256 trained
+    for arm in ("curated", "control"):
+        assert row[f"{arm}_run"].endswith(f"smoke_seed_0_share0.25_{arm}")
+        assert float(row[f"{arm}_final_fid"]) > 0
+    report = (tmp_path / "cur" / "REPORT.md").read_text()
+    assert "## 6. Curation: curated against a random-removal control" in report

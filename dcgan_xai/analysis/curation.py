@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ def score_split(
     batch_size: int = 1024,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    method: str = "gradcam",
 ) -> dict[str, torch.Tensor]:
     """Coverage and focus of every image's Grad-CAM map, in batches.
 
@@ -47,7 +49,7 @@ def score_split(
     rows = torch.arange(len(split)).split(batch_size)
     for batch in tqdm(rows, desc=f"Grad-CAM {layer}", unit="batch", disable=not progress):
         images = to_unit_range(split.images[batch].to(device))
-        maps = grad_cam(discriminator, images, layer, bn_mode=bn_mode)
+        maps = grad_cam(discriminator, images, layer, bn_mode=bn_mode, method=method)
         assert isinstance(maps, torch.Tensor)
         cov.append(coverage(maps, pixel_threshold).cpu())
         foc.append(focus(maps, images, mask_threshold).cpu())
@@ -66,16 +68,42 @@ def flag_images(coverage_values: torch.Tensor, threshold: float = 0.7) -> torch.
     return coverage_values > threshold
 
 
-def threshold_for_share(coverage_values: torch.Tensor, share: float) -> float:
-    """The coverage threshold that flags about ``share`` of the images (rule: coverage > t).
+def flag_top_share(
+    coverage_values: torch.Tensor, share: float, seed: int = 0
+) -> tuple[torch.Tensor, float]:
+    """Flag exactly ``round(share * N)`` images, those of highest coverage; ties at the cut are
+    broken by a seeded draw.
 
-    Ties at the threshold can flag fewer images than asked.
+    Returns:
+        The flags (N,) and the coverage of the last image flagged.
+
+    Raises:
+        UserError: the share flags no image, or every image.
     """
-    ordered = coverage_values.sort(descending=True).values  # (N,)
-    k = round(share * ordered.numel())
-    if k <= 0:
-        return 1.0
-    return float(ordered[k]) if k < ordered.numel() else 0.0
+    n = coverage_values.numel()
+    k = round(share * n)
+    if not 0 < k < n:
+        raise UserError(
+            f"flag_share={share} flags {k} of {n} images; allowed: a share that flags 1..{n - 1} "
+            f"(between {1 / n:.2g} and {(n - 1) / n:.4g})"
+        )
+    tiebreak = torch.rand(n, generator=torch.Generator().manual_seed(seed))
+    order = sorted(range(n), key=lambda i: (-float(coverage_values[i]), float(tiebreak[i])))
+    flags = torch.zeros(n, dtype=torch.bool)
+    flags[order[:k]] = True
+    return flags, float(coverage_values[order[k - 1]])
+
+
+def matched_control(labels: torch.Tensor, flagged: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """The control arm: as many images per digit as ``flagged`` has, chosen at random (seeded)
+    among all images of that digit."""
+    gen = torch.Generator().manual_seed(seed)
+    control = torch.zeros_like(flagged)
+    for digit in labels.unique().tolist():
+        rows = (labels == digit).nonzero().squeeze(1)
+        count = int(flagged[rows].sum())
+        control[rows[torch.randperm(rows.numel(), generator=gen)[:count]]] = True
+    return control
 
 
 def sha256sum(path: Path) -> str:
@@ -117,6 +145,7 @@ def curate_run(
     epoch: str | int | None = "selected",
     ckpt: str | None = None,
     layer: str = "block3",
+    method: str = "gradcam",
     bn_mode: str = "batch",
     threshold: float = 0.7,
     flag_share: float | None = None,
@@ -126,15 +155,21 @@ def curate_run(
     name: str | None = None,
     device: str = "auto",
     progress: bool = True,
+    control: bool = False,
+    seed: int = 0,
 ) -> dict[str, Any]:
-    """Score the run's training split at one checkpoint and write ``curation/<name>/``.
+    """Score the images the run trained on at one checkpoint and write ``curation/<name>/``.
 
-    Writes ``manifest.csv`` (index, label, coverage, focus, flagged), ``summary.json``,
-    ``coverage_hist.png`` and ``flagged_examples.png``. The source data is only read.
-    With ``flag_share`` set, the threshold is tuned so that about that share is flagged.
+    Writes ``manifest.csv`` (one row per train image: index, label, coverage, focus, flagged;
+    images the run did not train on, outside its ``data.limit`` subset or already excluded,
+    have NaN scores and are never flagged), ``summary.json``, ``coverage_hist.png`` and
+    ``flagged_examples.png``. The source data is only read. ``flag_share`` flags exactly that
+    share of the scored images (ties broken by a draw seeded with ``seed``) instead of the
+    threshold rule. ``control`` also writes ``curation/<name>-control/``: as many images per
+    digit, chosen at random (seeded), the arm that tells curation from removing any images.
 
     Returns:
-        The content of ``summary.json``.
+        The content of ``summary.json`` (with ``dir``, and ``control_dir`` if written).
     """
     checks = [("threshold", threshold), ("pixel_threshold", pixel_threshold)]
     if flag_share is not None:
@@ -142,61 +177,85 @@ def curate_run(
     for key, value in checks:
         if not 0.0 <= value <= 1.0:
             raise UserError(f"{key}={value} is not allowed; it must be in [0, 1]")
+    if batch_size < 1:
+        raise UserError(f"batch_size={batch_size} is not allowed; it must be >= 1")
     run = RunDir(run_dir)
     path = resolve_checkpoint(run, epoch, ckpt)
     model = load_module(path)
     device = resolve_device(device)
-    dm = datamodule_for_run(run)
-    assert dm.train_set is not None
+    dm = datamodule_for_run(run, trained=True)
+    assert dm.train_set is not None and dm.full_train_size is not None
     start = time.perf_counter()
     scores = score_split(
         model.discriminator, dm.train_set, layer, bn_mode, pixel_threshold, mask_threshold,
-        batch_size, device, progress,
+        batch_size, device, progress, method,
     )  # fmt: skip
     seconds = time.perf_counter() - start
     if flag_share is not None:
-        threshold = threshold_for_share(scores["coverage"], flag_share)
-    flagged = flag_images(scores["coverage"], threshold)
-    name = name or f"{path.stem.replace('=', '')}-{layer}-{bn_mode}-t{threshold}"
-    out = run.curation(name)
-    rows = (
-        {"index": int(i), "label": int(lab), "coverage": f"{c:.6f}", "focus": f"{f:.6f}",
-         "flagged": bool(fl)}
-        for i, lab, c, f, fl in zip(scores["index"], scores["label"], scores["coverage"].tolist(),
-                                    scores["focus"].tolist(), flagged.tolist(), strict=True)
-    )  # fmt: skip
-    write_csv(out / "manifest.csv", MANIFEST_FIELDS, rows)
-    files = ensure_mnist(dm.root, dm.sources, dm.checksums)
-    per_digit = torch.bincount(scores["label"][flagged], minlength=10).tolist()
-    summary = {
-        "total": len(dm.train_set),
-        "flagged": int(flagged.sum()),
-        "flagged_per_digit": {str(d): n for d, n in enumerate(per_digit)},
-        "settings": {
-            "layer": layer,
-            "bn_mode": bn_mode,
-            "threshold": threshold,
-            "flag_share": flag_share,
-            "pixel_threshold": pixel_threshold,
-            "mask_threshold": mask_threshold,
-            "batch_size": batch_size,
-            "device": str(device),
-        },  # fmt: skip
+        flagged, threshold = flag_top_share(scores["coverage"], flag_share, seed)
+    else:
+        flagged = flag_images(scores["coverage"], threshold)
+    name = name or f"{path.stem.replace('=', '')}-{layer}-{method}-{bn_mode}-t{threshold:.4g}"
+    common = {
         "checkpoint": str(path.resolve()),
         "checkpoint_sha256": sha256sum(path),
-        "fingerprint": fingerprint(files),
-        "seconds": seconds,
-        "images_per_second": len(dm.train_set) / seconds if seconds > 0 else None,
+        "fingerprint": fingerprint(ensure_mnist(dm.root, dm.sources, dm.checksums)),
+        "scored": len(dm.train_set),
+        "total": dm.full_train_size,
     }
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    settings = {"layer": layer, "method": method, "bn_mode": bn_mode, "threshold": threshold,
+                "flag_share": flag_share, "pixel_threshold": pixel_threshold,
+                "mask_threshold": mask_threshold, "batch_size": batch_size, "seed": seed,
+                "device": str(device)}  # fmt: skip
+    out = run.curation(name)
+    assert dm.full_train_labels is not None
+    labels = dm.full_train_labels
+    summary = _write_manifest(out, scores, flagged, labels, {
+        **common, "settings": settings, "seconds": seconds,
+        "images_per_second": len(dm.train_set) / seconds if seconds > 0 else None,
+    })  # fmt: skip
     hist = figures.histogram(scores["coverage"], threshold, f"{name}: {summary['flagged']} flagged")
     figures.save_png(hist, out / "coverage_hist.png")
     top = scores["coverage"].argsort(descending=True, stable=True)[:16]
     images = to_unit_range(dm.train_set.images[top])
-    maps = grad_cam(model.discriminator.cpu(), images, layer, bn_mode=bn_mode)
+    maps = grad_cam(model.discriminator.cpu(), images, layer, bn_mode=bn_mode, method=method)
     assert isinstance(maps, torch.Tensor)
     figures.save_png(
         figures.tiles_image(side_by_side(images, maps), nrow=8), out / "flagged_examples.png"
     )
     summary["dir"] = str(out)
+    if control:
+        arm = matched_control(scores["label"], flagged, seed)
+        control_dir = run.curation(f"{name}-control")
+        _write_manifest(control_dir, scores, arm, labels, {
+            **common, "settings": {**settings, "control_of": name}, "seconds": 0.0,
+            "images_per_second": None,
+        })  # fmt: skip
+        summary["control_dir"] = str(control_dir)
+    return summary
+
+
+def _write_manifest(
+    out: Path, scores: dict[str, torch.Tensor], flagged: torch.Tensor, labels: torch.Tensor,
+    summary: dict[str, Any],
+) -> dict[str, Any]:  # fmt: skip
+    """``manifest.csv`` with one row per train image (unscored images: NaN, never flagged) and
+    ``summary.json``; returns the summary."""
+    total = labels.numel()
+    coverage = torch.full((total,), math.nan)
+    focus_values = torch.full((total,), math.nan)
+    flags = torch.zeros(total, dtype=torch.bool)
+    idx = scores["index"]
+    coverage[idx], focus_values[idx], flags[idx] = scores["coverage"], scores["focus"], flagged
+    rows = (
+        {"index": i, "label": int(lab), "coverage": f"{c:.6f}", "focus": f"{f:.6f}",
+         "flagged": bool(fl)}
+        for i, (lab, c, f, fl) in enumerate(zip(labels.tolist(), coverage.tolist(),
+                                                focus_values.tolist(), flags.tolist(), strict=True))
+    )  # fmt: skip
+    write_csv(out / "manifest.csv", MANIFEST_FIELDS, rows)
+    per_digit = torch.bincount(scores["label"][flagged], minlength=10).tolist()
+    summary = {"flagged": int(flagged.sum()),
+               "flagged_per_digit": {str(d): n for d, n in enumerate(per_digit)}, **summary}  # fmt: skip
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary

@@ -18,17 +18,16 @@ from dcgan_xai.analysis.evidence import Fid, choose, compare
 from dcgan_xai.analysis.selection import Selection, select_epoch
 from dcgan_xai.callbacks.gradcam import explain_epoch
 from dcgan_xai.config import AnalysisSettings
+from dcgan_xai.data.exclusion import fingerprint, load_exclusion
 from dcgan_xai.data.mnist import MNISTDataModule, to_unit_range
 from dcgan_xai.data.probe import Probe, make_probe
-from dcgan_xai.data.sources import MD5, SOURCES
+from dcgan_xai.data.sources import MD5, SOURCES, ensure_mnist
 from dcgan_xai.errors import UserError
 from dcgan_xai.metrics.quality import (
     MNISTClassifier,
-    QualityMeter,
-    classifier_md5,
     classifier_path,
     load_or_train_classifier,
-    reference_images,
+    reference_meter,
     score_draws,
 )
 from dcgan_xai.models.module import DCGAN
@@ -42,6 +41,7 @@ from dcgan_xai.runs import (
     safe_torch_load,
     save_probe,
 )
+from dcgan_xai.xai.gradcam import layer_names, linear_head_decomposition
 
 
 def parse_samples(spec: str, probe_size: int) -> tuple[str, list[int] | int]:
@@ -79,16 +79,20 @@ def run_config(run: RunDir) -> Any:
     return OmegaConf.load(path)
 
 
-def datamodule_for_run(run: RunDir) -> MNISTDataModule:
-    """The run's data, as it was configured (without exclusions or subset: the full splits)."""
+def datamodule_for_run(run: RunDir, trained: bool = False) -> MNISTDataModule:
+    """The run's data as configured: the full splits, or with ``trained`` the train images the
+    run actually trained on (its ``data.limit`` subset, less its exclusion manifest)."""
     cfg = run_config(run)
     data = cfg.data
+    sources, checksums = list(data.get("sources", SOURCES)), dict(data.get("checksums", MD5))
+    exclude = None
+    if trained and data.get("exclude"):
+        files = ensure_mnist(data.root, sources, checksums)
+        exclude = load_exclusion(data.exclude, fingerprint(files))
     dm = MNISTDataModule(
-        data.root,
-        data.image_size,
-        sources=list(data.get("sources", SOURCES)),
-        checksums=dict(data.get("checksums", MD5)),
-    )
+        data.root, data.image_size, seed=cfg.seed, limit=data.get("limit") if trained else None,
+        exclude=exclude, sources=sources, checksums=checksums,
+    )  # fmt: skip
     dm.setup()
     return dm
 
@@ -149,6 +153,7 @@ def epoch_records(
             saved = load_gradcam_epoch(run, epoch)
             same = (
                 saved["bn_mode"] == settings.bn_mode
+                and saved.get("method", "gradcam") == settings.method
                 and all(layer in saved["layers"] for layer in settings.layers)
                 and all(
                     saved.get(k) == getattr(settings, k)
@@ -162,11 +167,31 @@ def epoch_records(
             record = explain_epoch(
                 model.discriminator, model.generator, probe, settings.layers, settings.bn_mode,
                 settings.pixel_threshold, settings.flag_threshold, settings.mask_threshold,
+                settings.method,
             )  # fmt: skip
             record["epoch"] = epoch
             record["recomputed"] = True
         records[epoch] = record
     return records
+
+
+def logit_parts(
+    run: RunDir, probe: Probe, epochs: Sequence[int], layer: str, bn_mode: str, device: str
+) -> dict[int, dict[str, float]]:
+    """Per epoch, the real probe's mean logit and its pooled and positional parts, when
+    ``layer`` is the last block under a linear head (see :func:`linear_head_decomposition`)."""
+    out: dict[int, dict[str, float]] = {}
+    for epoch in epochs:
+        d = load_module(run.checkpoint(epoch)).discriminator.to(device)
+        if layer != layer_names(d)[-1]:
+            return {}
+        parts = linear_head_decomposition(d, to_unit_range(probe.images.to(device)), bn_mode)
+        if parts is None:
+            return {}
+        out[epoch] = {
+            f"logit_{k}" if k != "logit" else k: float(v.mean()) for k, v in parts.items()
+        }
+    return out
 
 
 def informative_samples(maps_by_epoch: dict[int, torch.Tensor], count: int) -> list[int]:
@@ -220,12 +245,9 @@ def analyze_run(run_dir: str | Path, settings: AnalysisSettings | None = None) -
         model, accuracy = classifier_for(dm, settings, device)
         path = classifier_path(dm.root, dm.image_size, settings.classifier_epochs,
                                dm.checksums["test-images"])  # fmt: skip
-        real = reference_images(dm.test_set.images, settings.fid_samples, settings.fid_seed)
-        classifier = {"accuracy": accuracy, "md5": classifier_md5(path),
-                      "reference": f"{real.shape[0]} of {dm.test_set.images.shape[0]} test images"
-                      + ("" if real.shape[0] == dm.test_set.images.shape[0]
-                         else f" (random, seed {settings.fid_seed})")}  # fmt: skip
-        meter = QualityMeter(model, real, settings.batch_size, seed=settings.fid_seed)
+        meter, classifier = reference_meter(model, accuracy, path, dm.test_set.images,
+                                            settings.fid_samples, settings.fid_seed,
+                                            settings.batch_size)  # fmt: skip
         for epoch in epochs:
             g = load_module(run.checkpoint(epoch)).generator.to(device)
             quality[epoch] = score_draws(meter, g, cfg.model.nz, settings.fid_samples,
@@ -239,6 +261,7 @@ def analyze_run(run_dir: str | Path, settings: AnalysisSettings | None = None) -
                                epoch, settings.fid_draws, settings.batch_size)  # fmt: skip
             fresh[epoch] = [r["fid"] for r in rows[1:]]
 
+    logit = logit_parts(run, probe, epochs, layer, settings.bn_mode, device)
     table = []
     for e in epochs:
         s = records[e]["summary"][layer]
@@ -253,6 +276,7 @@ def analyze_run(run_dir: str | Path, settings: AnalysisSettings | None = None) -
             "fid": q.get("fid"),
             "kid": q.get("kid"),
             "recomputed": bool(records[e].get("recomputed", False)),
+            **logit.get(e, {}),
         })  # fmt: skip
     result: dict[str, Any] = {
         "run_dir": str(run.root),
@@ -260,8 +284,8 @@ def analyze_run(run_dir: str | Path, settings: AnalysisSettings | None = None) -
         "selection": selection.to_dict(),
         "selected_epoch": selection.fine_winner,
         "last_epoch": epochs[-1],
-        "classifier_accuracy": classifier.get("accuracy"),
-        "classifier_md5": classifier.get("md5"),
+        "classifier_accuracy": classifier.get("classifier_accuracy"),
+        "classifier_md5": classifier.get("classifier_md5"),
         "fid_reference": classifier.get("reference"),
         "focus_chance": records[epochs[-1]]["summary"][layer].get(f"{settings.probe}_focus_chance"),
         "no_choice": choose(scores, "coarse", settings.k) is None,
@@ -362,8 +386,8 @@ def selection_markdown(result: dict[str, Any]) -> str:
     lines = [
         f"# Epoch selection for {result['run_dir']}",
         "",
-        f"Score: mean {s['score']} of the {s['probe']} probe at {s['layers'][0]}, BN mode "
-        f"{s['bn_mode']}; coarse step k={sel['k']}.",
+        f"Score: mean {s['score']} of the {s['probe']} probe at {s['layers'][0]}, method "
+        f"{s.get('method', 'gradcam')}, BN mode {s['bn_mode']}; coarse step k={sel['k']}.",
         "",
         f"- coarse epochs: {sel['coarse_epochs']}; coarse winner: {sel['coarse_winner']}",
         f"- fine window: {sel['fine_window']}; **selected epoch: {sel['fine_winner']}**",
@@ -400,16 +424,25 @@ def selection_markdown(result: dict[str, Any]) -> str:
         lines += ["", f"**{v['statement']}**"]
     lines += [
         "",
-        "| epoch | focus | coverage | degenerate | D(x) | D(G(z)) | FID | KID |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| epoch | focus | coverage | degenerate | D(x) | D(G(z)) | FID | KID |"
+        + (" logit | pooled part | positional part |" if "logit" in result["epochs"][0] else ""),
+        "|---:|---:|---:|---:|---:|---:|---:|---:|"
+        + ("---:|" * 3 if "logit" in result["epochs"][0] else ""),
     ]
     for row in result["epochs"]:
         mark = " *" if row["epoch"] == sel["fine_winner"] else ""
+        parts = "".join(f" {_fmt(row[k], 2)} |" for k in ("logit", "logit_pooled", "logit_positional")
+                        if k in row)  # fmt: skip
         lines.append(
             f"| {row['epoch']}{mark} | {_fmt(row['focus'])} | {_fmt(row['coverage'])} | "
             f"{_fmt(row['degenerate'], 2)} | {_fmt(row['d_real'])} | {_fmt(row['d_fake'])} | "
-            f"{_fmt(row['fid'], 2)} | {_fmt(row['kid'], 4)} |"
+            f"{_fmt(row['fid'], 2)} | {_fmt(row['kid'], 4)} |{parts}"
         )
+    if "logit" in result["epochs"][0]:
+        lines += ["", f"The head is one linear conv over {s['layers'][0]}: the logit (mean over the "
+                  "real probe) is its pooled part, the sum of the Grad-CAM map before its ReLU, plus "
+                  "a positional part that Grad-CAM cannot show. When the positional part dominates "
+                  "and the pooled part is negative, Grad-CAM's maps are all zero."]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -425,7 +458,7 @@ def _write_figures(
         positions = list(arg) if kind == "fixed" else informative_samples(maps, int(arg))  # type: ignore[arg-type]
         image = figures.figure1(
             real[positions], {e: m[positions] for e, m in maps.items()},
-            title=f"{layer}, BN {settings.bn_mode}, probe positions {positions}",
+            title=f"{layer}, {settings.method}, BN {settings.bn_mode}, probe positions {positions}",
         )  # fmt: skip
         figures.save_png(image, out / f"figure1_{layer}.png")
     epochs = [r["epoch"] for r in table]

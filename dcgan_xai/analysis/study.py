@@ -34,18 +34,14 @@ from dcgan_xai.analysis.report import (
     ensure_probe,
     load_module,
     resolve_device,
+    run_config,
 )
 from dcgan_xai.callbacks.gradcam import explain_epoch
 from dcgan_xai.config import AnalysisSettings, StudySettings
 from dcgan_xai.errors import UserError
-from dcgan_xai.metrics.quality import (
-    QualityMeter,
-    classifier_md5,
-    classifier_path,
-    reference_images,
-    score_draws,
-)
+from dcgan_xai.metrics.quality import classifier_path, reference_meter, score_draws
 from dcgan_xai.runs import (
+    QUALITY_FIELDS,
     SCORE_FIELDS,
     RunDir,
     atomic_write_text,
@@ -94,9 +90,11 @@ def train_runs(
     ``study.train_timeout_s`` is stopped (SIGTERM, then SIGKILL): the epochs it finished keep
     their checkpoints and a later study resumes it.
 
+    A run that has checkpointed every epoch its config asks for is not trained again.
+
     Returns:
-        The status of each run dir: ``finished``, ``stopped at the time limit`` or
-        ``failed (exit N): <last line>``.
+        The status of each run dir: ``finished``, ``found finished``, ``stopped at the time
+        limit`` or ``failed (exit N): <last line>``.
     """
     logs.mkdir(parents=True, exist_ok=True)
     pending = list(jobs)
@@ -105,6 +103,10 @@ def train_runs(
     while pending or running:
         while pending and len(running) < study.parallel:
             experiment, seed, run_dir, extra = pending.pop(0)
+            if _finished(RunDir(run_dir)):
+                status[str(run_dir)] = "found finished"
+                log(f"{run_dir.name}: found finished, not trained again")
+                continue
             log_path = logs / f"{run_dir.name}.log"
             with open(log_path, "wb") as out:
                 proc = subprocess.Popen(
@@ -139,6 +141,14 @@ def train_runs(
     return status
 
 
+def _finished(run: RunDir) -> bool:
+    """A run that has checkpointed every epoch its recorded config asks for."""
+    if not (run.root / "config.yaml").is_file() or not run.checkpoint_epochs():
+        return False
+    recorded = run_config(run)
+    return run.checkpoint_epochs()[-1] >= int(recorded.trainer.max_epochs)
+
+
 # ---------------------------------------------------------------- per-run tables
 
 
@@ -169,13 +179,8 @@ def run_tables(run: RunDir, study: StudySettings, log: Callable[[str], None] = p
         path = classifier_path(
             dm.root, dm.image_size, a.classifier_epochs, dm.checksums["test-images"]
         )
-        real = reference_images(dm.test_set.images, a.fid_samples, a.fid_seed)
-        meter = QualityMeter(classifier, real, a.batch_size, seed=a.fid_seed)
-        n_test = dm.test_set.images.shape[0]
-        record = {"samples": a.fid_samples, "classifier_accuracy": accuracy,
-                  "classifier_md5": classifier_md5(path),
-                  "reference": f"all {n_test} test images" if real.shape[0] == n_test
-                  else f"{real.shape[0]} random test images (seed {a.fid_seed})"}  # fmt: skip
+        meter, record = reference_meter(classifier, accuracy, path, dm.test_set.images,
+                                        a.fid_samples, a.fid_seed, a.batch_size)  # fmt: skip
         for e in missing:
             g = load_module(run.checkpoint(e)).generator.to(device)
             nz = g.nz
@@ -315,7 +320,7 @@ def run_study(study: StudySettings, log: Callable[[str], None] = print) -> dict[
                 [r for r in quality if (r["experiment"], r["seed"]) == (exp, seed)]
             )
             curation += _curation(study, exp, seed, run, fid, log)
-    write_csv(root / "quality.csv", [*RUN_KEYS, *QUALITY_COLUMNS], quality)
+    write_csv(root / "quality.csv", [*RUN_KEYS, *QUALITY_FIELDS], quality)
     write_csv(root / "scores.csv", [*RUN_KEYS, *SCORE_FIELDS], scores)
     if curation:
         write_csv(root / "curation.csv", list(curation[0]), curation)
@@ -324,10 +329,6 @@ def run_study(study: StudySettings, log: Callable[[str], None] = print) -> dict[
             "settings": _settings_dict(study)}  # fmt: skip
     atomic_write_text(root / "study.json", json.dumps(meta, indent=2) + "\n")
     return _report_from_tables(study, root)
-
-
-QUALITY_COLUMNS = ("epoch", "draw", "noise_seed", "samples", "fid", "kid", "kid_std", "reference",
-                   "classifier_accuracy", "classifier_md5")  # fmt: skip
 
 
 def _settings_dict(study: StudySettings) -> dict[str, Any]:
@@ -381,7 +382,8 @@ def _report_from_tables(study: StudySettings, root: Path) -> dict[str, Any]:
 
 def _curation(study: StudySettings, experiment: str, seed: int, run: RunDir,
               fid: Mapping[int, evidence.Fid], log: Callable[[str], None]) -> list[dict[str, Any]]:  # fmt: skip
-    """Retrain without the images flagged at the last epoch; FIDs of both runs (fresh means)."""
+    """Per rule: retrain without the images flagged at the last epoch, and without as many
+    random images per digit (the control arm); final FIDs (fresh-set mean ± SD) of all three."""
     rows = []
     last = max(fid)
     options: list[tuple[str, dict[str, Any]]] = [
@@ -390,26 +392,35 @@ def _curation(study: StudySettings, experiment: str, seed: int, run: RunDir,
     if study.curation_share is not None:
         options.append((f"share{study.curation_share}", {"flag_share": study.curation_share}))
     for label, kwargs in options:
-        summary = curate_run(run.root, epoch=last, layer=study.curation_layer, name=f"study-{label}",
-                             progress=False, **kwargs)  # fmt: skip
-        row = {"experiment": experiment, "seed": seed, "rule": label,
-               "threshold": summary["settings"]["threshold"], "flagged": summary["flagged"],
-               "base_best_fid": min(f.mean for f in fid.values()), "base_final_fid": fid[last].mean,
-               "base_final_sd": fid[last].sd, "curated_best_fid": math.nan,
-               "curated_final_fid": math.nan, "curated_final_sd": math.nan, "run_dir": ""}  # fmt: skip
-        if 0 < summary["flagged"] < summary["total"]:
-            curated_dir = run.root.parent / f"{run.root.name}_{label}"
-            log(f"{run.root.name}: retraining without {summary['flagged']} images ({label})")
-            status = train_runs(study, [(experiment, seed, curated_dir,
-                                         [f"data.exclude={summary['dir']}/manifest.csv"])],
-                                run.root.parent.parent / "logs", log)  # fmt: skip
-            if RunDir(curated_dir).checkpoint_epochs():
-                q, _ = run_tables(RunDir(curated_dir), study, log)
-                cfid = evidence.fid_by_epoch(q)
-                row.update(curated_best_fid=min(f.mean for f in cfid.values()),
-                           curated_final_fid=cfid[max(cfid)].mean,
-                           curated_final_sd=cfid[max(cfid)].sd, run_dir=str(curated_dir))  # fmt: skip
+        summary = curate_run(run.root, epoch=last, layer=study.curation_layer,
+                             method=study.curation_method, name=f"study-{label}", progress=False,
+                             control=True, seed=seed, **kwargs)  # fmt: skip
+        row: dict[str, Any] = {
+            "experiment": experiment, "seed": seed, "rule": label,
+            "threshold": summary["settings"]["threshold"], "flagged": summary["flagged"],
+            "base_final_fid": fid[last].mean, "base_final_sd": fid[last].sd,
+        }  # fmt: skip
+        arms = {"curated": summary["dir"], "control": summary["control_dir"]}
+        for arm in arms:
+            row.update(
+                {f"{arm}_final_fid": math.nan, f"{arm}_final_sd": math.nan, f"{arm}_run": ""}
+            )
+        if not 0 < summary["flagged"] < summary["scored"]:
+            rows.append(row)
+            continue
+        jobs = [(experiment, seed, run.root.parent / f"{run.root.name}_{label}_{arm}",
+                 [f"data.exclude={path}/manifest.csv"]) for arm, path in arms.items()]  # fmt: skip
+        log(f"{run.root.name}: retraining without {summary['flagged']} images ({label}), and "
+            "without as many random ones")  # fmt: skip
+        status = train_runs(study, jobs, run.root.parent.parent / "logs", log)
+        for arm, (_, _, arm_dir, _) in zip(arms, jobs, strict=True):
+            if RunDir(arm_dir).checkpoint_epochs():
+                q, _ = run_tables(RunDir(arm_dir), study, log)
+                arm_fid = evidence.fid_by_epoch(q)
+                final = arm_fid[max(arm_fid)]
+                row.update({f"{arm}_final_fid": final.mean, f"{arm}_final_sd": final.sd,
+                            f"{arm}_run": str(arm_dir)})  # fmt: skip
             else:
-                row["run_dir"] = status.get(str(curated_dir), "")
+                row[f"{arm}_run"] = status.get(str(arm_dir), "")
         rows.append(row)
     return rows

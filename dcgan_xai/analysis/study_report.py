@@ -183,12 +183,16 @@ def study_report(
     lines += table(["method", "BN", "layer", "degenerate", "focus", "focus (non-degenerate)",
                     "chance", "coverage"], rows, "lllrrrrr")  # fmt: skip
     if curation:
-        lines += ["", "## 6. Curation (one retrain per setting: n = 1 per seed)", ""]
+        lines += ["", "## 6. Curation: curated against a random-removal control (one retrain per arm "
+                  "and seed: n = 1 each)", "",
+                  "Only a difference beyond 2 SD with the same sign in every seed counts.", ""]  # fmt: skip
         rows = [[c["experiment"], c["seed"], c["rule"], num(c["threshold"], 3), c["flagged"],
                  pm(c["base_final_fid"], c["base_final_sd"]),
-                 pm(c["curated_final_fid"], c["curated_final_sd"])] for c in curation]  # fmt: skip
+                 pm(c["curated_final_fid"], c["curated_final_sd"]),
+                 pm(c["control_final_fid"], c["control_final_sd"]),
+                 _curation_outcome(c)] for c in curation]  # fmt: skip
         lines += table(["experiment", "seed", "rule", "threshold", "flagged", "final FID base",
-                        "final FID curated"], rows, "lrlrrrr")  # fmt: skip
+                        "curated", "control", "curated vs control"], rows, "lrlrrrrrl")  # fmt: skip
     lines += ["", "## Files", "",
               "`quality.csv` (FID/KID per run, epoch and generated set), `scores.csv` (explanation "
               "scores per run, epoch, method, BN mode and layer), `outcomes.csv` (every variant in "
@@ -196,6 +200,18 @@ def study_report(
               "`fid_by_run.png`. Rebuild this report from them with "
               f"`python -m dcgan_xai.study +study={study.name} report_only=true`.", ""]  # fmt: skip
     return "\n".join(lines)
+
+
+def _curation_outcome(c: Mapping[str, Any]) -> str:
+    try:
+        a, sa = float(c["curated_final_fid"]), float(c["curated_final_sd"])
+        b, sb = float(c["control_final_fid"]), float(c["control_final_sd"])
+    except (TypeError, ValueError):
+        return "n/a"
+    if math.isnan(a) or math.isnan(b):
+        return "n/a"
+    sd = math.hypot(sa, sb)
+    return "better" if b - a > 2 * sd else "worse" if a - b > 2 * sd else "tie"
 
 
 def fid_figure(result: Mapping[str, Any], study: StudySettings) -> Image.Image:

@@ -10,10 +10,9 @@ import lightning as L
 from dcgan_xai.data.mnist import MNISTDataModule
 from dcgan_xai.metrics.quality import (
     QualityMeter,
-    classifier_md5,
     classifier_path,
     load_or_train_classifier,
-    reference_images,
+    reference_meter,
     score_draws,
 )
 from dcgan_xai.runs import RunDir, update_quality
@@ -75,17 +74,15 @@ class QualityCallback(L.Callback):
             path, full.train_set, full.test_set, epochs=self.classifier_epochs,  # type: ignore[arg-type]
             min_accuracy=self.min_accuracy, device=pl_module.device,
         )  # fmt: skip
-        real = reference_images(full.test_set.images, self.samples, self.seed)
-        self.meter = QualityMeter(classifier, real, self.batch_size, seed=self.seed)
-        n_test = full.test_set.images.shape[0]
-        self.record = {
-            "samples": self.samples,
-            "reference": f"all {n_test} test images"
-            if real.shape[0] == n_test
-            else f"{real.shape[0]} random test images (seed {self.seed})",
-            "classifier_accuracy": accuracy,
-            "classifier_md5": classifier_md5(path),
-        }
+        self.meter, self.record = reference_meter(
+            classifier,
+            accuracy,
+            path,
+            full.test_set.images,
+            self.samples,
+            self.seed,
+            self.batch_size,
+        )
         update_quality(self.run, [], keep_through=trainer.current_epoch)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

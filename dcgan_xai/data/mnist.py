@@ -118,8 +118,11 @@ def stratified_subset(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
 class IndexBatchSampler(Sampler[torch.Tensor]):
     """Yields whole batches of positions: a seeded permutation per epoch, sharded by rank.
 
-    The order depends only on (seed, epoch), so a resumed run sees the same batches.
-    Every rank gets the same number of batches.
+    The order depends only on (seed, epoch), so a resumed run sees the same batches. With
+    ``keys`` (each position's dataset index) the permutation is drawn over all ``key_space``
+    dataset indices and then keeps the positions present: leaving images out (a curation
+    manifest) does not change the order in which the kept images are visited. Every rank gets
+    the same number of batches.
     """
 
     def __init__(
@@ -130,9 +133,12 @@ class IndexBatchSampler(Sampler[torch.Tensor]):
         shuffle: bool = True,
         rank: int = 0,
         world_size: int = 1,
+        keys: torch.Tensor | None = None,
+        key_space: int | None = None,
     ):
         self.size, self.batch_size, self.seed = size, batch_size, seed
         self.shuffle, self.rank, self.world_size = shuffle, rank, world_size
+        self.keys, self.key_space = keys, key_space
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -141,7 +147,13 @@ class IndexBatchSampler(Sampler[torch.Tensor]):
     def _rows(self) -> torch.Tensor:
         if self.shuffle:
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            order = torch.randperm(self.size, generator=gen)
+            if self.keys is not None and self.key_space is not None:
+                position = torch.full((self.key_space,), -1, dtype=torch.long)
+                position[self.keys.cpu()] = torch.arange(self.size)
+                order = position[torch.randperm(self.key_space, generator=gen)]
+                order = order[order >= 0]
+            else:
+                order = torch.randperm(self.size, generator=gen)
         else:
             order = torch.arange(self.size)
         per_rank = self.size // self.world_size
@@ -199,6 +211,8 @@ class MNISTDataModule(L.LightningDataModule):
         self.on_device = on_device
         self.train_set: Split | None = None
         self.test_set: Split | None = None
+        self.full_train_size: int | None = None
+        self.full_train_labels: torch.Tensor | None = None
 
     def _files(self) -> dict[str, Path]:
         return ensure_mnist(self.root, self.sources, self.checksums)
@@ -226,6 +240,8 @@ class MNISTDataModule(L.LightningDataModule):
         if not keep.any():
             raise UserError("the training set is empty after data.limit and data.exclude")
         self.train_set = train.subset(keep.nonzero().squeeze(1))
+        self.full_train_size = len(train)
+        self.full_train_labels = train.labels
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None, "call setup() first"
@@ -235,6 +251,7 @@ class MNISTDataModule(L.LightningDataModule):
         rank = trainer.global_rank if trainer is not None else 0
         world = trainer.world_size if trainer is not None else 1
         sampler = IndexBatchSampler(
-            len(self.train_set), self.batch_size, self.seed, True, rank, world
-        )
+            len(self.train_set), self.batch_size, self.seed, True, rank, world,
+            keys=self.train_set.indices, key_space=self.full_train_size,
+        )  # fmt: skip
         return DataLoader(self.train_set, sampler=sampler, batch_size=None, num_workers=0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -201,6 +202,21 @@ def reference_images(images: torch.Tensor, n: int, seed: int) -> torch.Tensor:
         return images
     rows = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed))[:n]
     return images[rows.sort().values]
+
+
+def reference_meter(
+    classifier: MNISTClassifier, accuracy: float, path: str | Path, test_images: torch.Tensor,
+    samples: int, seed: int, batch_size: int = 500,
+) -> tuple[QualityMeter, dict[str, Any]]:  # fmt: skip
+    """A meter against :func:`reference_images` of the test images, and the record that goes
+    with every FID it gives: sample count, reference set, the classifier's accuracy and MD5."""
+    real = reference_images(test_images, samples, seed)
+    n_test = test_images.shape[0]
+    reference = (f"all {n_test} test images" if real.shape[0] == n_test
+                 else f"{real.shape[0]} random test images (seed {seed})")  # fmt: skip
+    record = {"samples": samples, "reference": reference, "classifier_accuracy": accuracy,
+              "classifier_md5": classifier_md5(path)}  # fmt: skip
+    return QualityMeter(classifier, real, batch_size, seed=seed), record
 
 
 def noise_seed(seed: int, epoch: int, draw: int) -> int:

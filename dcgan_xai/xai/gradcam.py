@@ -154,3 +154,33 @@ def grad_cam(
             )  # (N, 1, H, W)
             maps[name] = normalize_maps(cam[:, 0])
     return maps[layer] if isinstance(layer, str) else maps
+
+
+@torch.no_grad()
+def linear_head_decomposition(
+    discriminator: nn.Module, images: torch.Tensor, bn_mode: str = "batch"
+) -> dict[str, torch.Tensor] | None:
+    """Split the logit of a discriminator whose head is one linear conv over its last block.
+
+    Then logit = sum over c, i, j of W_c(i,j) A_c(i,j) (A: the last block's output). Grad-CAM
+    weights channel c by the spatial mean of W_c, so the sum of its (pre-ReLU) map is the
+    *pooled* part, sum_c mean(W_c) sum_ij A_c(i,j); the rest is the *positional* part, which
+    Grad-CAM cannot show. Returns per-image ``logit``, ``pooled`` and ``positional`` (N,), or
+    None when the head is not such a conv. D is left as it was found.
+    """
+    head = getattr(discriminator, "head", None)
+    names = layer_names(discriminator)
+    if not isinstance(head, nn.Conv2d) or head.bias is not None or head.out_channels != 1:
+        return None
+    with preserved_state(discriminator):
+        discriminator.train(bn_mode == "batch")
+        x = images.float()
+        for name in names:
+            x = discriminator.get_submodule(name)(x)
+        activation = x.float()  # (N, C, h, w)
+        weight = head.weight[0].float()  # (C, kh, kw)
+        if activation.shape[-2:] != weight.shape[-2:]:
+            return None
+        logit = (activation * weight).flatten(1).sum(1)
+        pooled = (activation.sum((2, 3)) * weight.mean((1, 2))).sum(1)
+    return {"logit": logit, "pooled": pooled, "positional": logit - pooled}
