@@ -56,6 +56,26 @@ def validate(cfg: DictConfig) -> None:
     for key in ("instance_noise", "instance_noise_decay_epochs"):
         if cfg.model[key] < 0:
             raise UserError(f"model.{key}={cfg.model[key]} is not allowed; it must be >= 0")
+    m = cfg.model
+    for key, value, ok, allowed in (
+        ("lr", m.lr, 0 < m.lr < float("inf"), "a finite number > 0"),
+        ("beta1", m.beta1, 0 <= m.beta1 < 1, "in [0, 1)"),
+        ("beta2", m.beta2, 0 <= m.beta2 < 1, "in [0, 1)"),
+        ("nz", m.nz, m.nz >= 1, ">= 1"),
+        ("ngf", m.ngf, m.ngf >= 1, ">= 1"),
+        ("ndf", m.ndf, m.ndf >= 1, ">= 1"),
+    ):
+        if not ok:
+            raise UserError(f"model.{key}={value} is not allowed; it must be {allowed}")
+    precisions = ("32-true", "32", "16-mixed", "bf16-mixed", "64-true", "64", "bf16-true", "16-true")
+    if str(cfg.trainer.precision) not in precisions:
+        raise UserError(
+            f"trainer.precision={cfg.trainer.precision} is not allowed; allowed: {', '.join(precisions)}"
+        )
+    if not 0 <= cfg.seed < 2**32:
+        raise UserError(f"seed={cfg.seed} is not allowed; it must be in 0..{2**32 - 1}")
+    if Path(cfg.data.root).exists() and not Path(cfg.data.root).is_dir():
+        raise UserError(f"data.root={cfg.data.root} is a file; it must be a directory")
     if cfg.model.finite_check_every < 1:
         raise UserError(
             f"model.finite_check_every={cfg.model.finite_check_every} is not allowed; it must be >= 1"

@@ -178,3 +178,6 @@ def test_step_stream_is_a_pure_function_of_seed_epoch_batch_and_rank():
     assert torch.equal(draw(0, 1, 2, 0), draw(0, 1, 2, 0))
     for other in [(1, 1, 2, 0), (0, 2, 2, 0), (0, 1, 3, 0), (0, 1, 2, 1)]:
         assert not torch.equal(draw(0, 1, 2, 0), draw(*other))  # DDP ranks draw other fakes
+    big = 2**32 - 1  # the largest seed allowed; its stream used to overflow int64
+    assert torch.equal(draw(big, 24, 468, 1), draw(big, 24, 468, 1))
+    assert not torch.equal(draw(big, 24, 468, 1), draw(big, 24, 467, 1))

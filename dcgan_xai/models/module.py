@@ -49,7 +49,7 @@ def step_generator(
     one would, and DDP processes draw different noise (their fakes are different images).
     """
     stream = (seed * 1_000_003 + epoch) * 100_003 + batch_idx + rank * 1_000_000_007_000
-    return torch.Generator(device=device).manual_seed(stream)
+    return torch.Generator(device=device).manual_seed(stream % 2**64)  # any uint32 seed fits
 
 
 def instance_noise_std(std: float, decay_epochs: float, progress: float) -> float:
