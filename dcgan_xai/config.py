@@ -27,6 +27,7 @@ class DataConfig:
     limit: int | None = None
     exclude: str | None = None
     on_device: bool = False
+    cache_dir: str | None = None
     sources: list[str] = field(default_factory=lambda: list(SOURCES))
     checksums: dict[str, str] = field(default_factory=lambda: dict(MD5))
 

@@ -57,7 +57,7 @@ def validate(cfg: DictConfig) -> None:
         if cfg.model[key] < 0:
             raise UserError(f"model.{key}={cfg.model[key]} is not allowed; it must be >= 0")
     m = cfg.model
-    for key, value, ok, allowed in (
+    for name, value, ok, rule in (
         ("lr", m.lr, 0 < m.lr < float("inf"), "a finite number > 0"),
         ("beta1", m.beta1, 0 <= m.beta1 < 1, "in [0, 1)"),
         ("beta2", m.beta2, 0 <= m.beta2 < 1, "in [0, 1)"),
@@ -66,8 +66,17 @@ def validate(cfg: DictConfig) -> None:
         ("ndf", m.ndf, m.ndf >= 1, ">= 1"),
     ):
         if not ok:
-            raise UserError(f"model.{key}={value} is not allowed; it must be {allowed}")
-    precisions = ("32-true", "32", "16-mixed", "bf16-mixed", "64-true", "64", "bf16-true", "16-true")
+            raise UserError(f"model.{name}={value} is not allowed; it must be {rule}")
+    precisions = (
+        "32-true",
+        "32",
+        "16-mixed",
+        "bf16-mixed",
+        "64-true",
+        "64",
+        "bf16-true",
+        "16-true",
+    )
     if str(cfg.trainer.precision) not in precisions:
         raise UserError(
             f"trainer.precision={cfg.trainer.precision} is not allowed; allowed: {', '.join(precisions)}"
@@ -125,6 +134,7 @@ def build_datamodule(cfg: DictConfig, exclude: torch.Tensor | None = None) -> MN
         sources=list(d.sources),
         checksums=dict(d.checksums),
         on_device=d.on_device,
+        cache_dir=d.cache_dir,
     )
 
 
@@ -266,7 +276,7 @@ RUN_ARTIFACTS = ("checkpoints", "probe.pt", "gradcam", "quality", "config.yaml")
 # Keys a resumed run may change: they cannot change its results.
 RESUME_MAY_CHANGE = ("resume", "trainer.max_epochs", "trainer.enable_progress_bar",
                      "trainer.log_every_n_steps", "callbacks.gradcam.log_images", "data.root",
-                     "data.sources")  # fmt: skip
+                     "data.sources", "data.cache_dir")  # fmt: skip
 
 
 def has_artifacts(run: RunDir) -> bool:

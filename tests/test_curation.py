@@ -117,6 +117,38 @@ def _other_data(s):
 
 
 @pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"\x00\x01\xff\xfe binary", "not UTF-8 text"),
+        ("index,label,coverage,focus,flagged\n0,1,0.5,0.5,caf\xe9\n".encode("latin-1"), "not UTF-8 text"),
+        (b"index,label,coverage,focus,flagged\n0,1,0.5,0.5," + b"x" * 200_000 + b"\n", "field larger than field limit"),
+    ],
+)  # fmt: skip
+def test_unreadable_manifests_are_one_line_errors(curated, tmp_path, content, message):
+    first, _, _ = curated
+    manifest = _edit(first["dir"], tmp_path, "bad")
+    manifest.write_bytes(content)
+    with pytest.raises(UserError, match=message):
+        read_manifest(manifest)
+
+
+def test_a_manifest_saved_with_a_bom_reads_like_one_without(curated, tmp_path):
+    first, _, _ = curated
+    manifest = _edit(first["dir"], tmp_path, "bom")
+    manifest.write_bytes(b"\xef\xbb\xbf" + manifest.read_bytes())
+    with_bom, plain = read_manifest(manifest)[0], read_manifest(f"{first['dir']}/manifest.csv")[0]
+    assert [r["index"] for r in with_bom] == [r["index"] for r in plain]
+    assert [r["flagged"] for r in with_bom] == [r["flagged"] for r in plain]
+
+
+def test_curate_names_stay_inside_the_run(smoke_run, tmp_path):
+    for name in (str(tmp_path / "outside"), "../up", ""):
+        with pytest.raises(UserError, match="must be a plain folder name"):
+            curate_run(smoke_run["run_dir"], epoch=2, name=name, progress=False)
+    assert not (tmp_path / "outside").exists()
+
+
+@pytest.mark.parametrize(
     "case, rows_fn, summary_fn, message",
     [
         ("all", _all_flagged, None, "flags all 300 images; nothing would be left to train on"),

@@ -167,3 +167,56 @@ def test_fast_path_yields_the_same_images_and_labels_as_the_plain_path(mnist_fix
                     for i in range(20)])  # fmt: skip
     diff = (torch.from_numpy(pil).int() - resize_images(raw[:20], 64)[:, 0].int()).abs()
     assert diff.max() <= 1
+
+
+@pytest.mark.parametrize("damage", ["flipped bit", "float zeros", "wrong size"])
+def test_a_damaged_resize_cache_is_rebuilt_with_a_warning(tmp_path, damage):
+    root = tmp_path / "mnist"
+    sums = write_fixture(root)
+    first = MNISTDataModule(root, sources=["local"], checksums=sums)
+    first.setup()
+    (cache,) = (root / "cache").glob("train-64-*.pt")
+    saved = torch.load(cache, weights_only=True)
+    if damage == "flipped bit":
+        saved["images"].view(-1)[12345] ^= 1
+    elif damage == "float zeros":
+        saved["images"] = torch.zeros(saved["images"].shape)
+    else:
+        saved["images"] = saved["images"][:, :, :32, :32].clone()
+    torch.save(saved, cache)
+    again = MNISTDataModule(root, sources=["local"], checksums=sums)
+    with pytest.warns(UserWarning, match="does not match its record; rebuilding it"):
+        again.setup()
+    assert torch.equal(again.train_set.images, first.train_set.images)
+    assert (
+        torch.load(cache, weights_only=True)["md5"] == torch.load(cache, weights_only=True)["md5"]
+    )
+
+
+@pytest.mark.skipif(__import__("os").geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_root_works_with_a_cache_elsewhere(tmp_path):
+    root = tmp_path / "mnist"
+    sums = write_fixture(root)
+    root.chmod(0o555)
+    try:
+        dm = MNISTDataModule(root, sources=["local"], checksums=sums, cache_dir=tmp_path / "cache")
+        dm.setup()
+        assert len(list((tmp_path / "cache").glob("*.pt"))) == 2
+        with pytest.warns(UserWarning, match="cannot write the resize cache"):
+            MNISTDataModule(root, sources=["local"], checksums=sums).setup()
+    finally:
+        root.chmod(0o755)
+
+
+def test_an_unwritable_cache_folder_resizes_in_memory(tmp_path, monkeypatch):
+    root = tmp_path / "mnist"
+    sums = write_fixture(root)
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("dcgan_xai.data.mnist.atomic_write_bytes", refuse)
+    dm = MNISTDataModule(root, sources=["local"], checksums=sums)
+    with pytest.warns(UserWarning, match=r"cannot write the resize cache .*Permission denied"):
+        dm.setup()
+    assert len(dm.train_set) == 300 and not list((root / "cache").glob("*.pt"))

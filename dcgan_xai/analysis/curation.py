@@ -179,6 +179,8 @@ def curate_run(
             raise UserError(f"{key}={value} is not allowed; it must be in [0, 1]")
     if batch_size < 1:
         raise UserError(f"batch_size={batch_size} is not allowed; it must be >= 1")
+    if name is not None and (not name or Path(name).name != name or name in (".", "..")):
+        raise UserError(f"name={name!r} is not allowed; it must be a plain folder name (no '/')")
     run = RunDir(run_dir)
     path = resolve_checkpoint(run, epoch, ckpt)
     model = load_module(path)

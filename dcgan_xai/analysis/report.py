@@ -91,7 +91,7 @@ def datamodule_for_run(run: RunDir, trained: bool = False) -> MNISTDataModule:
         exclude = load_exclusion(data.exclude, fingerprint(files))
     dm = MNISTDataModule(
         data.root, data.image_size, seed=cfg.seed, limit=data.get("limit") if trained else None,
-        exclude=exclude, sources=sources, checksums=checksums,
+        exclude=exclude, sources=sources, checksums=checksums, cache_dir=data.get("cache_dir"),
     )  # fmt: skip
     dm.setup()
     return dm

@@ -47,8 +47,28 @@ def read_manifest(path: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any
         raise UserError(
             f"malformed curation manifest {path}: summary.json lacks a fingerprint"
         ) from err
+    limit = MAX_MANIFEST_BYTES
+    if path.stat().st_size > limit:
+        raise UserError(
+            f"curation manifest {path} is {path.stat().st_size / 1e6:.0f} MB; a manifest of MNIST's "
+            f"train split is about 3 MB (allowed: up to {limit // 1_000_000} MB)"
+        )
+    try:
+        return _parse_manifest(path), summary
+    except UnicodeDecodeError as err:
+        raise UserError(
+            f"malformed curation manifest {path}: not UTF-8 text ({err.reason} at byte {err.start})"
+        ) from err
+    except csv.Error as err:
+        raise UserError(f"malformed curation manifest {path}: {err}") from err
+
+
+MAX_MANIFEST_BYTES = 20_000_000
+
+
+def _parse_manifest(path: Path) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: as spreadsheets save it
         reader = csv.DictReader(f)
         missing = [c for c in MANIFEST_FIELDS if c not in (reader.fieldnames or [])]
         if missing:
@@ -72,7 +92,7 @@ def read_manifest(path: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any
                 raise UserError(
                     f"malformed curation manifest {path}: bad value on line {line}: {err}"
                 ) from err
-    return rows, summary
+    return rows
 
 
 def load_exclusion(path: str | Path, expected: Mapping[str, Any]) -> torch.Tensor:

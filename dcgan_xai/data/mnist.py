@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,24 +67,38 @@ def resize_images(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.T
     return out
 
 
+def _digest(images: torch.Tensor) -> str:
+    return hashlib.md5(images.contiguous().numpy().data).hexdigest()
+
+
 def load_split(files: Mapping[str, Path], split: str, size: int, cache_dir: Path) -> Split:
     """Read one split, resized to ``size`` and cached (uint8) under ``cache_dir``.
 
     The cache key holds the size, the resize method and the raw file's MD5, so a
-    different size or different raw data never reads a stale cache.
+    different size or different raw data never reads a stale cache. The cache records the
+    MD5 of its images when written; one whose content, dtype or shape does not match is
+    rebuilt with a warning. A cache that cannot be written (a read-only folder) is skipped
+    with a warning: the split is resized in memory.
     """
     raw = files[f"{split}-images"]
     key = f"{split}-{size}-{RESIZE_METHOD}-{md5sum(raw)[:12]}.pt"
     cache = cache_dir / key
     labels = read_idx(files[f"{split}-labels"]).long()
+    images = None
     if cache.is_file():
         try:
-            images = torch.load(cache, weights_only=True)
+            saved = torch.load(cache, weights_only=True)
+            images, digest = saved["images"], saved["md5"]
+            ok = (images.dtype == torch.uint8 and tuple(images.shape) == (labels.numel(), 1, size, size)
+                  and _digest(images) == digest)  # fmt: skip
         except Exception:
-            images = None  # a damaged cache is rebuilt
-    else:
-        images = None
-    if images is None or images.shape[0] != labels.numel():
+            ok = False
+        if not ok:
+            warnings.warn(
+                f"the resize cache {cache} does not match its record; rebuilding it", stacklevel=2
+            )
+            images = None
+    if images is None:
         raw_images = read_idx(raw)
         if raw_images.ndim != 3 or raw_images.shape[0] != labels.numel():
             raise UserError(
@@ -91,8 +107,14 @@ def load_split(files: Mapping[str, Path], split: str, size: int, cache_dir: Path
             )
         images = resize_images(raw_images, size)
         buf = io.BytesIO()
-        torch.save(images, buf)
-        atomic_write_bytes(cache, buf.getvalue())
+        torch.save({"images": images, "md5": _digest(images)}, buf)
+        try:
+            atomic_write_bytes(cache, buf.getvalue())
+        except OSError as err:
+            warnings.warn(
+                f"cannot write the resize cache {cache} ({err.strerror or err}); resizing in memory "
+                "on every start (set data.cache_dir to a writable folder)", stacklevel=2,
+            )  # fmt: skip
     return Split(images, labels, torch.arange(labels.numel()))
 
 
@@ -181,6 +203,8 @@ class MNISTDataModule(L.LightningDataModule):
         checksums: expected MD5 of each raw file.
         on_device: keep the training images on the GPU (about 250 MB for MNIST at 64x64), so
             batches are sliced there with no host-to-device copy.
+        cache_dir: where the resize cache lives (default ``<root>/cache``); another folder
+            lets a read-only ``root`` be used.
     """
 
     def __init__(
@@ -194,11 +218,13 @@ class MNISTDataModule(L.LightningDataModule):
         sources: Sequence[str] = SOURCES,
         checksums: Mapping[str, str] | None = None,
         on_device: bool = False,
+        cache_dir: str | Path | None = None,
     ):
         super().__init__()
         if batch_size < 1:
             raise UserError(f"data.batch_size={batch_size} is not allowed; it must be >= 1")
         self.root = Path(root)
+        self.cache_dir = Path(cache_dir) if cache_dir else self.root / "cache"
         self.image_size, self.batch_size, self.seed, self.limit = (
             image_size,
             batch_size,
@@ -222,14 +248,14 @@ class MNISTDataModule(L.LightningDataModule):
             return
         files = self._files()
         for split in ("train", "test"):
-            load_split(files, split, self.image_size, self.root / "cache")
+            load_split(files, split, self.image_size, self.cache_dir)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
         files = self._files()
-        train = load_split(files, "train", self.image_size, self.root / "cache")
-        self.test_set = load_split(files, "test", self.image_size, self.root / "cache")
+        train = load_split(files, "train", self.image_size, self.cache_dir)
+        self.test_set = load_split(files, "test", self.image_size, self.cache_dir)
         keep = torch.ones(len(train), dtype=torch.bool)
         if self.exclude is not None and self.exclude.numel():
             keep[self.exclude] = False
