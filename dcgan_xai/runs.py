@@ -150,6 +150,28 @@ def read_csv(path: str | os.PathLike[str]) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def _parsed(path: Path, parse: Any) -> list[dict[str, Any]]:
+    """Rows of a run's CSV table through ``parse``; a damaged line is one error naming it."""
+    rows = []
+    for line, raw in enumerate(read_csv(path), start=2):
+        try:
+            rows.append(parse(raw))
+        except (KeyError, TypeError, ValueError) as err:
+            raise UserError(
+                f"{path} line {line} is damaged ({type(err).__name__}: {err}); delete that line "
+                "(the callback writes the rows of the epochs it explains again on resume)"
+            ) from err
+    return rows
+
+
+def remove_stale_temp_files(run: RunDir) -> list[Path]:
+    """Delete the temporary files of atomic writes that a killed process left in ``run``."""
+    stale = [p for p in run.root.rglob(".*.tmp") if p.is_file()]
+    for path in stale:
+        path.unlink()
+    return stale
+
+
 SCORE_KEYS = ("epoch", "method", "bn_mode", "layer")
 SCORE_FIELDS = (
     list(SCORE_KEYS)
@@ -197,13 +219,15 @@ def read_scores(run: RunDir) -> list[dict[str, Any]]:
     """Rows of ``gradcam/scores.csv`` with numbers parsed, sorted by (epoch, method, BN, layer)."""
     if not run.scores_csv.is_file():
         return []
-    rows: list[dict[str, Any]] = []
-    for raw in read_csv(run.scores_csv):
+
+    def parse(raw: dict[str, str]) -> dict[str, Any]:
         row: dict[str, Any] = dict(raw)
         row["epoch"] = int(raw["epoch"])
         for key in SCORE_FIELDS[len(SCORE_KEYS) :]:
             row[key] = float(raw[key])
-        rows.append(row)
+        return row
+
+    rows = _parsed(run.scores_csv, parse)
     return sorted(rows, key=lambda r: tuple(r[k] for k in SCORE_KEYS))
 
 
@@ -235,14 +259,16 @@ def read_quality(run: RunDir) -> list[dict[str, Any]]:
     """Rows of ``quality/scores.csv`` (one per epoch and generated set), numbers parsed."""
     if not run.quality_csv.is_file():
         return []
-    rows: list[dict[str, Any]] = []
-    for raw in read_csv(run.quality_csv):
+
+    def parse(raw: dict[str, str]) -> dict[str, Any]:
         row: dict[str, Any] = dict(raw)
         for key in ("epoch", "draw", "noise_seed", "samples"):
             row[key] = int(raw[key])
         for key in ("fid", "kid", "kid_std", "classifier_accuracy"):
             row[key] = float(raw[key])
-        rows.append(row)
+        return row
+
+    rows = _parsed(run.quality_csv, parse)
     return sorted(rows, key=lambda r: (r["epoch"], r["draw"]))
 
 

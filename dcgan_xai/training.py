@@ -31,7 +31,7 @@ from dcgan_xai.errors import Interrupted, UserError
 from dcgan_xai.models.checkpoint import AtomicCheckpointIO, EpochCheckpoint
 from dcgan_xai.models.module import DCGAN
 from dcgan_xai.models.networks import IMAGE_SIZE, build_discriminator
-from dcgan_xai.runs import RunDir, atomic_write_text, safe_torch_load
+from dcgan_xai.runs import RunDir, atomic_write_text, remove_stale_temp_files, safe_torch_load
 from dcgan_xai.xai.gradcam import BN_MODES, METHODS, layer_names
 
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
@@ -412,6 +412,11 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
 
 def _train_owned(cfg: DictConfig, run: RunDir) -> dict[str, Any]:
     ckpt_path = None
+    if not os.access(run.root, os.W_OK):
+        raise UserError(f"run dir {run.root} is not writable; choose another hydra.run.dir")
+    if _is_first_process():
+        for path in remove_stale_temp_files(run):
+            rank_zero_warn(f"removed {path}, left by a write that was killed")
     # the other processes of a distributed run start after rank 0 has written into the dir
     if _is_first_process() and has_artifacts(run) and not cfg.resume:
         raise UserError(

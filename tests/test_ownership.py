@@ -150,3 +150,21 @@ def test_sigterm_stops_with_exit_code_3_and_the_run_resumes(tmp_path, mnist_fixt
     assert resumed.returncode == 0, resumed.stderr
     assert run.checkpoint_epochs() == list(range(1, 22))
     assert [int(r["epoch"]) for r in read_csv(run.scores_csv)] == list(range(1, 22))
+
+
+def test_resume_names_a_damaged_table_line_and_removes_stale_temp_files(
+    smoke_run, smoke_cfg, tmp_path
+):
+    same = "callbacks.gradcam.layers=[block1,block3]"
+    run = RunDir(tmp_path / "r")
+    shutil.copytree(smoke_run["run_dir"], run.root)
+    with open(run.scores_csv, "a") as f:
+        f.write("garbage,line\n")
+    with pytest.raises(UserError, match=r"scores.csv line 6 is damaged .*; delete that line"):
+        train(smoke_cfg(same, "resume=true", "trainer.max_epochs=3"), run.root)
+    lines = run.scores_csv.read_text().splitlines()
+    run.scores_csv.write_text("\n".join(lines[:-1]) + "\n")
+    stale = run.gradcam / ".scores.csv.abc123.tmp"
+    stale.write_text("half a file")
+    train(smoke_cfg(same, "resume=true", "trainer.max_epochs=3"), run.root)
+    assert not stale.exists() and run.checkpoint_epochs() == [1, 2, 3]
