@@ -341,7 +341,7 @@ def fresh_statement(fresh: dict[str, Any]) -> str:
         "loss": f"The Grad-CAM choice is worse than the last epoch beyond noise (FID {-gain:.1f} "
         f"higher, SD of the difference {sd:.1f}).",
         "tie": f"The Grad-CAM choice ties with the last epoch: the FIDs differ by {abs(gain):.1f}, "
-        f"within 2 SD of the difference ({sd:.1f}).",
+        f"within 2 SD of the difference (SD {sd:.1f}).",
     }[c["outcome"]]
 
 
