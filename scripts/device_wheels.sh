@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Fetch, here, the wheels that the GPU machine of the `device` tool lacks (captum, hydra-core,
-# omegaconf, antlr4 4.9) into .whl/ (git-ignored), for Python 3.12 on x86-64. The versions are
-# those of this checkout's venv, so the GPU run uses what the tests used.
+# Fetch, on a machine with internet access, the wheels that an offline GPU machine with
+# PyTorch, Lightning and torchmetrics lacks (captum, hydra-core, omegaconf, antlr4 4.9) into
+# .whl/ (git-ignored), for Python 3.12 on x86-64. The versions are those of this checkout's venv,
+# so the GPU run uses what the tests used.
 #   scripts/device_wheels.sh [PYTHON]     (default .venv/bin/python)
-# Then run benchmarks/gpu_session.sh there (its header says how).
+# Then copy the checkout, .whl/ and data/mnist there and run benchmarks/gpu_study_and_speed.sh
+# (its header says how).
 set -euo pipefail
 PY=${1:-.venv/bin/python}
 grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >>.git/info/exclude
