@@ -165,11 +165,12 @@ def run_tables(run: RunDir, study: StudySettings, log: Callable[[str], None] = p
     dm = None
     device = resolve_device(a.device)
 
-    def usable(rows: list[dict[str, Any]]) -> set[tuple[int, int]]:
-        return {(r["epoch"], r["draw"]) for r in rows
-                if r["samples"] == a.fid_samples and (r["draw"] or r["noise_seed"] == a.fid_seed)}  # fmt: skip
+    def usable(r: dict[str, Any]) -> bool:
+        """A row made with the study's sample count, draws and fixed-noise seed."""
+        return (r["samples"] == a.fid_samples and r["draw"] <= a.fid_draws
+                and (r["draw"] > 0 or r["noise_seed"] == a.fid_seed))  # fmt: skip
 
-    have = usable(read_quality(run))
+    have = {(r["epoch"], r["draw"]) for r in read_quality(run) if usable(r)}
     missing = [e for e in epochs if any((e, d) not in have for d in range(a.fid_draws + 1))]
     if missing:
         log(f"{run.root.name}: FID of {len(missing)} epochs from checkpoints")
@@ -183,13 +184,11 @@ def run_tables(run: RunDir, study: StudySettings, log: Callable[[str], None] = p
                                         a.fid_samples, a.fid_seed, a.batch_size)  # fmt: skip
         for e in missing:
             g = load_module(run.checkpoint(e)).generator.to(device)
-            nz = g.nz
             rows = score_draws(
-                meter, g, nz, a.fid_samples, a.fid_seed, e, a.fid_draws, a.batch_size
+                meter, g, g.nz, a.fid_samples, a.fid_seed, e, a.fid_draws, a.batch_size
             )
             update_quality(run, [{"epoch": e, **r, **record} for r in rows])
-    quality = [r for r in read_quality(run) if r["epoch"] in epochs and r["draw"] <= a.fid_draws
-               and (r["epoch"], r["draw"]) in usable([r])]  # fmt: skip
+    quality = [r for r in read_quality(run) if r["epoch"] in epochs and usable(r)]
 
     wanted = {(e, m, b) for e in epochs for m in study.methods for b in study.bn_modes}
     found: dict[tuple[int, str, str], set[str]] = {}
