@@ -8,7 +8,11 @@
 # omegaconf and antlr4 for Python 3.12), then
 #     OUT=<results dir> bash benchmarks/gpu_study_and_speed.sh
 # DRY_RUN=1 runs every step on the same code path at smoke size, on the CPU, in a few minutes:
-# run it before spending GPU time. ONLY=speed runs the speed steps alone (about 3 minutes).
+# run it before spending GPU time. ONLY=speed runs the speed steps alone (about 3 minutes);
+# ONLY=study the study alone, with about 8 minutes of training (TRAIN_S=480): on an H100 the 8
+# trainings reached 11-12 epochs in 260 s, so 25 epochs need the whole call. A study stopped by
+# its limit resumes where it stopped when run again on the same machine (its checkpoints stay
+# under $WORK while the machine is kept).
 #
 # Results under $OUT (small files only, at most 8): summary.txt (every step's time and key lines),
 # study_REPORT.md, study_quality.csv and study_scores.csv (the study's raw tables: rebuild the
@@ -21,6 +25,7 @@ WORK=${WORK:-/tmp/dcgan_xai_gpu}
 PY=${PYTHON:-python3}
 DRY_RUN=${DRY_RUN:-0}
 ONLY=${ONLY:-all}
+case "$ONLY" in all | speed | study) ;; *) echo "ONLY=$ONLY is not allowed; allowed: all, speed, study" >&2; exit 2 ;; esac
 mkdir -p "$OUT" "$WORK/logs"
 if [ -d .whl ]; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
@@ -62,6 +67,7 @@ if [ "$DRY_RUN" = 1 ]; then
   BENCH_GRADCAM=(--images 512 --fid-samples 200 --train-steps 2)
   PROFILE=(--steps 2 --warmup 1 --batch 16 --config plain=smoke --config fast=smoke,model.channels_last=true,trainer.precision=bf16-mixed)
 else
+  if [ "$ONLY" = study ]; then TRAIN_S=${TRAIN_S:-480} STUDY_LIMIT=${STUDY_LIMIT:-530}; fi
   STUDY_ARGS=(train_timeout_s=${TRAIN_S:-260})
   STUDY_LIMIT=${STUDY_LIMIT:-300}
   MAIN_ARGS=()
@@ -75,7 +81,7 @@ else
     --config fast=mnist64_fast,model.compile=false,model.finite_check_every=50)
 fi
 
-if [ "$ONLY" = all ]; then
+if [ "$ONLY" != speed ]; then
 # 1. The resize cache and the MNIST classifier (FID's feature space), once, before any training.
 step prepare 120 $PY - <<'EOF'
 import torch
@@ -113,6 +119,9 @@ cp "$S/fid_by_run.png" "$OUT/fid_by_run.png" 2>/dev/null
 cp "$S/outcomes.csv" "$S/decisions.csv" "$LOGS/" 2>/dev/null
 cp -r "$S/logs" "$LOGS/study_runs" 2>/dev/null
 
+fi
+
+if [ "$ONLY" = all ]; then
 # 3. The README's main command, alone on the GPU for a while (stopped at the limit: the epochs it
 #    finished are checkpointed; the log gives its seconds per epoch).
 step main_command "$MAIN_LIMIT" $PY -m dcgan_xai.train +experiment=mnist64 hydra.run.dir="$WORK/main_command" \
@@ -121,6 +130,7 @@ ls -l --time-style=+%T "$WORK/main_command/checkpoints" 2>&1 | tee -a "$SUMMARY"
 
 fi
 
+if [ "$ONLY" != study ]; then
 # 4. Speed: training paths against the PyTorch example's recipe; the callbacks, curation scoring
 #    and FID against an epoch of training.
 step bench_train "${BENCH_TRAIN_LIMIT:-100}" $PY -m benchmarks.bench_train "${BENCH_TRAIN[@]}"
@@ -128,6 +138,7 @@ step bench_gradcam 50 $PY -m benchmarks.bench_gradcam "${BENCH_GRADCAM[@]}"
 # 5. Where a step's time goes (host or device), for the paths that miss the speed goal.
 step profile 70 $PY -m benchmarks.profile_step "${PROFILE[@]}"
 cp "$LOGS/profile.log" "$OUT/profile.txt" 2>/dev/null
+fi
 
 tar -czf "$OUT/logs.tar.gz" -C "$WORK" logs 2>/dev/null
 echo "== done $(date -u)" | tee -a "$SUMMARY"
