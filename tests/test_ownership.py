@@ -168,3 +168,46 @@ def test_resume_names_a_damaged_table_line_and_removes_stale_temp_files(
     stale.write_text("half a file")
     train(smoke_cfg(same, "resume=true", "trainer.max_epochs=3"), run.root)
     assert not stale.exists() and run.checkpoint_epochs() == [1, 2, 3]
+
+
+@pytest.fixture
+def tmpfs_tempdir(tmp_path, monkeypatch):
+    """The system temp dir on a tmpfs, another filesystem than the run dir (needs root)."""
+    import os
+    import tempfile
+
+    mount = tmp_path / "tmpfs"
+    mount.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)]).returncode:
+        pytest.skip("this machine does not allow mounting a tmpfs")
+    monkeypatch.setenv("TMPDIR", str(mount))
+    monkeypatch.setattr(tempfile, "tempdir", str(mount))
+    yield mount
+    subprocess.run(["umount", str(mount)])
+
+
+def test_checkpoints_never_pass_through_a_temp_dir_on_another_filesystem(
+    smoke_cfg, tmp_path, tmpfs_tempdir, monkeypatch
+):
+    assert subprocess.run(["stat", "-f", "-c", "%T", str(tmpfs_tempdir)], capture_output=True,
+                          text=True).stdout.strip() == "tmpfs"  # fmt: skip
+    run = RunDir(tmp_path / "r")
+    train(smoke_cfg("callbacks=none"), run.root)
+    assert run.checkpoint_epochs() == [1, 2] and not list(tmpfs_tempdir.rglob("*"))
+    good = run.checkpoint(2).read_bytes()
+
+    def killed(*args, **kwargs):  # the write dies before its rename
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("os.replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        AtomicCheckpointIO().save_checkpoint({"a": torch.zeros(3)}, run.checkpoint(2))
+    assert run.checkpoint(2).read_bytes() == good
+    assert sorted(p.name for p in run.checkpoints.iterdir()) == [
+        "epoch=001.ckpt",
+        "epoch=002.ckpt",
+        "last.ckpt",
+    ]
+    assert not list(tmpfs_tempdir.rglob("*"))

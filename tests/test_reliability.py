@@ -171,6 +171,18 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(smoke
     assert [r["epoch"] for r in read_csv(run.scores_csv)] == ["1"]
 
 
+def test_an_exploding_loss_stops_training_as_diverged(smoke_cfg, tmp_path):
+    cfg = smoke_cfg("model.lr=1e9", "callbacks=none")
+    run = RunDir(tmp_path)
+    trainer = build_trainer(cfg, run, build_callbacks(cfg, run))
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"non-finite or above 10000 .* at epoch 1, step \d+; no checkpoint",
+    ):
+        trainer.fit(build_model(cfg), datamodule=build_datamodule(cfg))
+    assert NonFiniteLossError.exit_code == 4
+
+
 def test_finiteness_read_every_n_steps_names_the_range_of_steps(smoke_cfg, tmp_path):
     cfg = smoke_cfg("trainer.max_epochs=3", "model.finite_check_every=3", "callbacks=none")
     run = RunDir(tmp_path)

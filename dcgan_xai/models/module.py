@@ -17,6 +17,8 @@ from dcgan_xai.models.networks import Generator, build_discriminator, dcgan_init
 from dcgan_xai.models.sampling import generate
 from dcgan_xai.xai.gradcam import preserved_state
 
+LOSS_LIMIT = 1e4  # BCE-with-logits of a working GAN stays far below: its logits would be ~1e4
+
 
 class NonFiniteLossError(Diverged):
     """A loss became NaN or infinite; training stops and the last good checkpoint is kept."""
@@ -223,8 +225,9 @@ class DCGAN(L.LightningModule):
         self._finite, self._checked_after = None, -1
 
     def _check_finite(self, losses: torch.Tensor, batch_idx: int) -> None:
-        """Stop on a NaN/inf loss; read on the host every ``finite_check_every`` steps only."""
-        finite = torch.isfinite(losses).all()
+        """Stop on a NaN/inf loss, or one above :data:`LOSS_LIMIT` (a BCE loss that large means
+        the logits exploded); read on the host every ``finite_check_every`` steps only."""
+        finite = (torch.isfinite(losses) & (losses.abs() < LOSS_LIMIT)).all()
         self._finite = finite if self._finite is None else self._finite & finite
         every = max(int(self.hparams.get("finite_check_every", 1)), 1)
         last = batch_idx + 1 >= int(self.trainer.num_training_batches)
@@ -241,7 +244,8 @@ class DCGAN(L.LightningModule):
             else "no checkpoint was written"
         )
         raise NonFiniteLossError(
-            f"loss became non-finite (d_loss={losses[0].item()}, g_loss={losses[1].item()} at the "
+            f"loss became non-finite or above {LOSS_LIMIT:g} (d_loss={losses[0].item():.4g}, "
+            f"g_loss={losses[1].item():.4g} at the "
             f"last step) at epoch {self.current_epoch + 1}, {steps}; {kept}"
         )
 
