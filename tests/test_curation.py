@@ -262,3 +262,16 @@ def test_curation_scores_the_trained_subset_and_writes_a_control(smoke_run):
     ]
     assert per_digit == s["flagged_per_digit"]
     assert sum(r["flagged"] == "True" for r in control) == 64
+
+
+def test_curate_batch_size_and_oversize_manifests_are_refused(smoke_run, curated, tmp_path):
+    with pytest.raises(UserError, match="batch_size=0 is not allowed; it must be >= 1"):
+        curate_run(smoke_run["run_dir"], epoch=2, batch_size=0, progress=False)
+    first, _, _ = curated
+    manifest = _edit(first["dir"], tmp_path, "huge")
+    with open(manifest, "r+b") as f:
+        f.truncate(25_000_000)  # sparse: no time spent writing it
+    with pytest.raises(
+        UserError, match=r"is 25 MB; a manifest of MNIST's train split is about 3 MB"
+    ):
+        read_manifest(manifest)
