@@ -27,3 +27,9 @@ def state_dict(ckpt: str | Path) -> dict[str, torch.Tensor]:
 def same_weights(a: str | Path, b: str | Path) -> bool:
     sa, sb = state_dict(a), state_dict(b)
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def data_overrides(root: str | Path, sums: dict[str, str]) -> list[str]:
+    """Training overrides that read the test fixture's data (its root, source and checksums)."""
+    checksums = "{" + ",".join(f"{k}:{v}" for k, v in sums.items()) + "}"
+    return [f"data.root={root}", "data.sources=[local]", f"data.checksums={checksums}"]

@@ -15,7 +15,7 @@ from dcgan_xai.errors import UserError
 from dcgan_xai.models.checkpoint import AtomicCheckpointIO
 from dcgan_xai.runs import RunDir, read_csv
 from dcgan_xai.training import train
-from tests.helpers import same_weights
+from tests.helpers import data_overrides, same_weights
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -130,8 +130,7 @@ def test_checkpoints_are_written_beside_their_target_and_renamed(tmp_path, monke
 def test_sigterm_stops_with_exit_code_3_and_the_run_resumes(tmp_path, mnist_fixture):
     root, sums = mnist_fixture
     run = RunDir(tmp_path / "r")
-    args = [f"hydra.run.dir={run.root}", "data.sources=[local]",
-            "data.checksums={" + ",".join(f"{k}:{v}" for k, v in sums.items()) + "}"]  # fmt: skip
+    args = [f"hydra.run.dir={run.root}", *data_overrides(root, sums)[1:]]
     proc = subprocess.Popen(
         [sys.executable, "-m", "dcgan_xai.train", "+experiment=smoke", f"data.root={root}", *args,
          "trainer.max_epochs=20"],

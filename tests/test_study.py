@@ -6,6 +6,7 @@ import pytest
 from dcgan_xai.config import AnalysisSettings, StudySettings
 from dcgan_xai.errors import UserError
 from dcgan_xai.runs import read_csv
+from tests.helpers import data_overrides
 
 PLANNED = ["gradcam/block3/batch/real/focus/coarse", "hirescam/block3/batch/real/focus/coarse"]
 
@@ -31,8 +32,7 @@ def test_cpu_sized_study_writes_its_report_and_rebuilds_it_from_its_tables(mnist
     from dcgan_xai.analysis.study import run_study
 
     root, sums = mnist_fixture
-    data = [f"data.root={root}", "data.sources=[local]",
-            "data.checksums={" + ",".join(f"{k}:{v}" for k, v in sums.items()) + "}"]  # fmt: skip
+    data = data_overrides(root, sums)
     # seed 0's callbacks write every table; seed 1 trains without them, so its tables come
     # from its checkpoints
     study = StudySettings(
@@ -93,8 +93,7 @@ def test_study_curation_arm_retrains_curated_and_control(mnist_fixture, tmp_path
     from dcgan_xai.analysis.study import run_study
 
     root, sums = mnist_fixture
-    data = [f"data.root={root}", "data.sources=[local]",
-            "data.checksums={" + ",".join(f"{k}:{v}" for k, v in sums.items()) + "}"]  # fmt: skip
+    data = data_overrides(root, sums)
     study = StudySettings(
         name="cur", out_dir=str(tmp_path), experiments=["smoke"], seeds=[0], parallel=2,
         train_overrides=[*data, "callbacks=none"], curation_thresholds=[], curation_share=0.25,
