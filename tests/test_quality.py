@@ -37,3 +37,21 @@ def test_score_draws_scores_each_set_and_leaves_the_meter_as_it_was():
     assert meter.kid.subset_size == 50  # lowered to 20 for these sets only
     again = score_draws(meter, g, 8, 20, seed=5, epoch=2, draws=2, batch_size=16)
     assert again == rows
+
+
+def test_quality_callback_writes_fid_per_epoch_and_set(smoke_cfg, tmp_path):
+    from dcgan_xai.runs import RunDir, read_quality
+    from dcgan_xai.training import train
+    from tests.helpers import event_tags
+
+    cfg = smoke_cfg("callbacks.quality.enabled=true", "callbacks.quality.samples=50",
+                    "callbacks.quality.classifier_epochs=10", "callbacks.quality.min_accuracy=0.9")  # fmt: skip
+    train(cfg, tmp_path)
+    rows = read_quality(RunDir(tmp_path))
+    assert [(r["epoch"], r["draw"]) for r in rows] == [(e, d) for e in (1, 2) for d in (0, 1, 2)]
+    assert {r["reference"] for r in rows} == {"50 random test images (seed 0)"}
+    assert all(r["fid"] > 0 and r["classifier_accuracy"] >= 0.9 for r in rows)
+    assert len({r["classifier_md5"] for r in rows}) == 1
+    assert rows[0]["noise_seed"] == rows[3]["noise_seed"] == 0  # the fixed set
+    tags = event_tags(RunDir(tmp_path).tensorboard)["scalars"]
+    assert {"quality/fid", "quality/fid_fresh", "quality/kid"} <= set(tags)

@@ -62,7 +62,8 @@ class QualityCallback(L.Callback):
         if not trainer.is_global_zero:
             return
         dm: MNISTDataModule = trainer.datamodule  # type: ignore[attr-defined]
-        full = MNISTDataModule(dm.root, dm.image_size, sources=dm.sources, checksums=dm.checksums)
+        full = MNISTDataModule(dm.root, dm.image_size, sources=dm.sources, checksums=dm.checksums,
+                               cache_dir=dm.cache_dir)  # fmt: skip
         path = classifier_path(dm.root, dm.image_size, self.classifier_epochs,
                                dm.checksums["test-images"])  # fmt: skip
         if not path.is_file():

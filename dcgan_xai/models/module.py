@@ -17,11 +17,12 @@ from dcgan_xai.models.networks import Generator, build_discriminator, dcgan_init
 from dcgan_xai.models.sampling import generate
 from dcgan_xai.xai.gradcam import preserved_state
 
-LOSS_LIMIT = 1e4  # BCE-with-logits of a working GAN stays far below: its logits would be ~1e4
+LOSS_LIMIT = 1e4  # a BCE-with-logits loss this large needs logits this large: the nets diverged
 
 
 class NonFiniteLossError(Diverged):
-    """A loss became NaN or infinite; training stops and the last good checkpoint is kept."""
+    """A loss became NaN, infinite or above :data:`LOSS_LIMIT`; training stops and the last
+    good checkpoint is kept."""
 
 
 def try_compile(module: nn.Module, example: torch.Tensor) -> nn.Module:
