@@ -1,4 +1,5 @@
-"""The one owner of a run directory's layout: paths, atomic writes, loading artifacts.
+"""The one owner of a run directory: its layout, atomic writes, loading artifacts, and who may
+write into it (one training at a time, holding ``.lock``; a resume only where a run exists).
 
 A run directory looks like::
 
@@ -10,16 +11,22 @@ A run directory looks like::
     <run>/gradcam/scores.csv          one row per (epoch, method, BN mode, layer)
     <run>/quality/scores.csv          FID/KID per epoch (when the quality callback is on)
     <run>/analysis/ , <run>/curation/<name>/
+    <run>/.lock                      held by the training that owns the dir
 """
 
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import os
 import re
+import socket
 import tempfile
-from collections.abc import Iterable, Sequence
+import time
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -279,3 +286,94 @@ def update_quality(
     _merge_rows(
         run.quality_csv, QUALITY_FIELDS, QUALITY_KEYS, read_quality(run), rows, keep_through
     )
+
+
+# ---------------------------------------------------------------- ownership
+
+RUN_ARTIFACTS = ("checkpoints", "probe.pt", "gradcam", "quality", "config.yaml")
+
+
+def has_artifacts(run: RunDir) -> bool:
+    """Whether ``run`` holds anything a training wrote (then only ``resume=true`` may use it)."""
+    return any((run.root / name).exists() for name in RUN_ARTIFACTS)
+
+
+LOCK_NAME = ".lock"
+
+
+def is_first_process() -> bool:
+    """Rank 0 of a (possibly distributed) training: the process that owns the run dir."""
+    return all(os.environ.get(k, "0") == "0" for k in ("LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+
+
+@contextmanager
+def owned(run: RunDir) -> Iterator[None]:
+    """Hold ``<run>/.lock`` for the duration; a second training on the same dir is refused."""
+    if not is_first_process():
+        yield
+        return
+    created = not run.root.exists()
+    run.root.mkdir(parents=True, exist_ok=True)
+    lock = run.root / LOCK_NAME
+    with open(lock, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise UserError(
+                f"run dir {run.root} is in use by another training ({holder}); wait for it to "
+                "end or choose another hydra.run.dir"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(
+            f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
+        )
+        fh.flush()
+        try:
+            yield
+        finally:
+            if not has_artifacts(run):  # refused before training: leave nothing behind
+                lock.unlink(missing_ok=True)
+                if created and not any(run.root.iterdir()):
+                    run.root.rmdir()
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def discard_unstarted_run(run_dir: str | Path, started: float) -> None:
+    """Remove what this invocation (started at ``started``, a ``time.time()``) wrote into a run
+    dir whose training never started: Hydra's files and job log, the lock, and the dir if it is
+    then empty and held nothing older. Anything else, and anything older, stays."""
+    run = RunDir(run_dir)
+    if not run.root.is_dir() or has_artifacts(run):
+        return
+    pre_existing = any(p.stat().st_mtime < started for p in run.root.rglob("*"))
+    ours = [run.root / ".hydra" / n for n in ("config.yaml", "hydra.yaml", "overrides.yaml")]
+    ours += [run.root / "train.log", run.root / LOCK_NAME]
+    for path in ours:
+        if path.is_file() and path.stat().st_mtime >= started:
+            path.unlink()
+    if pre_existing:
+        return
+    for folder in (run.root / ".hydra", run.root):
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+
+
+def resume_checkpoint(run: RunDir) -> Path | None:
+    """The newest checkpoint of ``run`` that loads; a damaged one is named and skipped."""
+    candidates = [run.checkpoint(e) for e in reversed(run.checkpoint_epochs())]
+    candidates += [run.last_checkpoint] if run.last_checkpoint.is_file() else []
+    for path in candidates:
+        try:
+            ckpt = safe_torch_load(path, "checkpoint")
+        except UserError as err:
+            warnings.warn(f"{err}; resuming from an older checkpoint", stacklevel=2)
+            continue
+        if isinstance(ckpt, dict) and "state_dict" in ckpt:
+            return path
+        warnings.warn(
+            f"checkpoint {path} was not written by dcgan_xai's training; skipped", stacklevel=2
+        )
+    return None

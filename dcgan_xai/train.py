@@ -10,7 +10,8 @@ from omegaconf import DictConfig
 
 import dcgan_xai.config  # noqa: F401  (registers the schemas)
 from dcgan_xai.errors import check_overrides, report_user_errors
-from dcgan_xai.training import discard_unstarted_run, train
+from dcgan_xai.runs import discard_unstarted_run
+from dcgan_xai.training import train
 
 STARTED = time.time()  # before Hydra creates or writes anything
 

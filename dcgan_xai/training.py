@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import socket
 import time
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +27,16 @@ from dcgan_xai.errors import Interrupted, UserError
 from dcgan_xai.models.checkpoint import AtomicCheckpointIO, EpochCheckpoint
 from dcgan_xai.models.module import DCGAN
 from dcgan_xai.models.networks import IMAGE_SIZE, build_discriminator
-from dcgan_xai.runs import RunDir, atomic_write_text, remove_stale_temp_files, safe_torch_load
+from dcgan_xai.runs import (
+    RunDir,
+    atomic_write_text,
+    has_artifacts,
+    is_first_process,
+    owned,
+    remove_stale_temp_files,
+    resume_checkpoint,
+    safe_torch_load,
+)
 from dcgan_xai.xai.gradcam import BN_MODES, METHODS, layer_names
 
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
@@ -272,79 +277,10 @@ def check_resumable(path: Path, model: DCGAN) -> None:
         )
 
 
-RUN_ARTIFACTS = ("checkpoints", "probe.pt", "gradcam", "quality", "config.yaml")
 # Keys a resumed run may change: they cannot change its results.
 RESUME_MAY_CHANGE = ("resume", "trainer.max_epochs", "trainer.enable_progress_bar",
                      "trainer.log_every_n_steps", "callbacks.gradcam.log_images", "data.root",
                      "data.sources", "data.cache_dir")  # fmt: skip
-
-
-def has_artifacts(run: RunDir) -> bool:
-    """Whether ``run`` holds anything a training wrote (then only ``resume=true`` may use it)."""
-    return any((run.root / name).exists() for name in RUN_ARTIFACTS)
-
-
-def discard_unstarted_run(run_dir: str | Path, started: float) -> None:
-    """Remove what this invocation (started at ``started``, a ``time.time()``) wrote into a run
-    dir whose training never started: Hydra's files and job log, the lock, and the dir if it is
-    then empty and held nothing older. Anything else, and anything older, stays."""
-    run = RunDir(run_dir)
-    if not run.root.is_dir() or has_artifacts(run):
-        return
-    pre_existing = any(p.stat().st_mtime < started for p in run.root.rglob("*"))
-    ours = [run.root / ".hydra" / n for n in ("config.yaml", "hydra.yaml", "overrides.yaml")]
-    ours += [run.root / "train.log", run.root / LOCK_NAME]
-    for path in ours:
-        if path.is_file() and path.stat().st_mtime >= started:
-            path.unlink()
-    if pre_existing:
-        return
-    for folder in (run.root / ".hydra", run.root):
-        if folder.is_dir() and not any(folder.iterdir()):
-            folder.rmdir()
-
-
-LOCK_NAME = ".lock"
-
-
-def _is_first_process() -> bool:
-    """Rank 0 of a (possibly distributed) training: the process that owns the run dir."""
-    return all(os.environ.get(k, "0") == "0" for k in ("LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
-
-
-@contextmanager
-def owned(run: RunDir) -> Iterator[None]:
-    """Hold ``<run>/.lock`` for the duration; a second training on the same dir is refused."""
-    if not _is_first_process():
-        yield
-        return
-    created = not run.root.exists()
-    run.root.mkdir(parents=True, exist_ok=True)
-    lock = run.root / LOCK_NAME
-    with open(lock, "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip() or "another process"
-            raise UserError(
-                f"run dir {run.root} is in use by another training ({holder}); wait for it to "
-                "end or choose another hydra.run.dir"
-            ) from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(
-            f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
-        )
-        fh.flush()
-        try:
-            yield
-        finally:
-            if not has_artifacts(run):  # refused before training: leave nothing behind
-                lock.unlink(missing_ok=True)
-                if created and not any(run.root.iterdir()):
-                    run.root.rmdir()
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _flat(cfg: Any, prefix: str = "") -> dict[str, Any]:
@@ -376,22 +312,6 @@ def check_same_config(recorded: DictConfig, cfg: DictConfig) -> None:
         )
 
 
-def resume_checkpoint(run: RunDir) -> Path | None:
-    """The newest checkpoint of ``run`` that loads; a damaged one is named and skipped."""
-    candidates = [run.checkpoint(e) for e in reversed(run.checkpoint_epochs())]
-    candidates += [run.last_checkpoint] if run.last_checkpoint.is_file() else []
-    for path in candidates:
-        try:
-            ckpt = safe_torch_load(path, "checkpoint")
-        except UserError as err:
-            rank_zero_warn(f"{err}; resuming from an older checkpoint")
-            continue
-        if isinstance(ckpt, dict) and "state_dict" in ckpt:
-            return path
-        rank_zero_warn(f"checkpoint {path} was not written by dcgan_xai's training; skipped")
-    return None
-
-
 def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     """Train a DCGAN as ``cfg`` says, writing everything into ``run_dir``.
 
@@ -414,11 +334,11 @@ def _train_owned(cfg: DictConfig, run: RunDir) -> dict[str, Any]:
     ckpt_path = None
     if not os.access(run.root, os.W_OK):
         raise UserError(f"run dir {run.root} is not writable; choose another hydra.run.dir")
-    if _is_first_process():
+    if is_first_process():
         for path in remove_stale_temp_files(run):
             rank_zero_warn(f"removed {path}, left by a write that was killed")
     # the other processes of a distributed run start after rank 0 has written into the dir
-    if _is_first_process() and has_artifacts(run) and not cfg.resume:
+    if is_first_process() and has_artifacts(run) and not cfg.resume:
         raise UserError(
             f"run dir {run.root} already holds a run; pass resume=true to continue it, or "
             "choose another hydra.run.dir"
