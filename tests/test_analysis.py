@@ -212,6 +212,9 @@ def test_notebook_runs_on_a_smoke_run(smoke_run, monkeypatch):
     ).execute()
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "Grad-CAM choice" in text or "last epoch" in text
+    images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
+              if "image/png" in o.get("data", {})]  # fmt: skip
+    assert images, "the notebook's plots rendered no image"
 
 
 def test_report_warns_when_every_map_is_degenerate():

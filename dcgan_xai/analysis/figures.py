@@ -6,17 +6,14 @@ import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
+import torchvision
+from matplotlib.figure import Figure
+from PIL import Image, ImageDraw
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torchvision  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
-
-from dcgan_xai.runs import atomic_write_bytes  # noqa: E402
-from dcgan_xai.xai.overlay import side_by_side  # noqa: E402
+from dcgan_xai.runs import atomic_write_bytes
+from dcgan_xai.xai.overlay import side_by_side
 
 TILE_PAD = 2
 LABEL_WIDTH = 64
@@ -80,10 +77,10 @@ def sample_grid(images: torch.Tensor, nrow: int = 8) -> Image.Image:
     return tiles_image((images.float() + 1) / 2, nrow)
 
 
-def fig_to_image(fig: plt.Figure) -> Image.Image:
+def fig_to_image(fig: Figure) -> Image.Image:
+    """Render a Matplotlib ``Figure`` (object API: no pyplot state, no backend switch)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
     buf.seek(0)
     return Image.open(buf).convert("RGB")
 
@@ -96,7 +93,8 @@ def curves(
     title: str = "",
 ) -> Image.Image:
     """Scores over epochs (left axis) and FID (right axis), with chosen epochs marked."""
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
     for name, values in series.items():
         ax.plot(epochs, values, marker="o", ms=3, label=name)
     ax.set_xlabel("epoch")
@@ -118,7 +116,8 @@ def curves(
 
 def histogram(values: torch.Tensor, threshold: float, title: str = "") -> Image.Image:
     """Histogram of coverage with the flag threshold drawn."""
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     ax.hist(values.numpy(), bins=50, range=(0, 1), color="steelblue")
     ax.axvline(threshold, color="red", ls="--", label=f"threshold {threshold}")
     ax.set_xlabel("coverage")

@@ -7,6 +7,7 @@ import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from matplotlib.figure import Figure
 from PIL import Image
 
 from dcgan_xai.analysis import figures
@@ -216,11 +217,10 @@ def _curation_outcome(c: Mapping[str, Any]) -> str:
 
 def fid_figure(result: Mapping[str, Any], study: StudySettings) -> Image.Image:
     """FID (fresh-set mean ± SD) per run, the window shaded, the paper rule's pick marked."""
-    import matplotlib.pyplot as plt
-
     runs = result["runs"]
     exps = sorted({r["experiment"] for r in runs})
-    fig, axes = plt.subplots(1, len(exps), figsize=(6 * len(exps), 4), squeeze=False)
+    fig = Figure(figsize=(6 * len(exps), 4))
+    axes = fig.subplots(1, len(exps), squeeze=False)
     picks = {(o["experiment"], o["seed"]): o["epoch"] for o in result["outcomes"]
              if study.planned and o["variant"] == study.planned[0]}  # fmt: skip
     for ax, exp in zip(axes[0], exps, strict=True):
