@@ -228,3 +228,16 @@ def test_report_warns_when_every_map_is_degenerate():
     assert "every probe map at block3 is degenerate" in selection_markdown(result)
     rows[1]["degenerate"] = 0.5
     assert "degenerate (all zero)" not in selection_markdown(result)
+
+
+def test_a_saved_analysis_is_reused_only_for_the_same_settings(smoke_run, analyzed, tmp_path):
+    import shutil
+
+    from dcgan_xai.analysis.report import load_or_analyze
+
+    shutil.copytree(smoke_run["run_dir"], tmp_path / "run")
+    same = AnalysisSettings(**analyzed["settings"])
+    assert load_or_analyze(tmp_path / "run", same)["settings"] == analyzed["settings"]
+    other = AnalysisSettings(layers=["block1"], quality=False, k=2)
+    again = load_or_analyze(tmp_path / "run", other)
+    assert again["settings"]["layers"] == ["block1"] and again["epochs"][0]["fid"] is None

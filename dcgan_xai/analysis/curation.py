@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
@@ -15,6 +14,7 @@ from tqdm.auto import tqdm
 from dcgan_xai.analysis import figures
 from dcgan_xai.analysis.report import datamodule_for_run, load_module, resolve_device
 from dcgan_xai.data.exclusion import MANIFEST_FIELDS, fingerprint
+from dcgan_xai.data.idx import md5sum
 from dcgan_xai.data.mnist import Split, to_unit_range
 from dcgan_xai.data.sources import ensure_mnist
 from dcgan_xai.errors import UserError
@@ -106,14 +106,6 @@ def matched_control(labels: torch.Tensor, flagged: torch.Tensor, seed: int = 0) 
     return control
 
 
-def sha256sum(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def resolve_checkpoint(run: RunDir, epoch: str | int | None, ckpt: str | None) -> Path:
     """``ckpt`` if given, else the run's checkpoint of ``epoch`` (a number or ``selected``)."""
     if ckpt:
@@ -200,7 +192,7 @@ def curate_run(
     name = name or f"{path.stem.replace('=', '')}-{layer}-{method}-{bn_mode}-t{threshold:.4g}"
     common = {
         "checkpoint": str(path.resolve()),
-        "checkpoint_sha256": sha256sum(path),
+        "checkpoint_sha256": md5sum(path, "sha256"),
         "fingerprint": fingerprint(ensure_mnist(dm.root, dm.sources, dm.checksums)),
         "scored": len(dm.train_set),
         "total": dm.full_train_size,

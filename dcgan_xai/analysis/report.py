@@ -487,10 +487,15 @@ def _to_tensorboard(run: RunDir, out: Path, result: dict[str, Any]) -> None:
 
 
 def load_or_analyze(run_dir: str | Path, settings: AnalysisSettings) -> dict[str, Any]:
-    """The run's ``analysis/selection.json``, made first if missing."""
-    path = RunDir(run_dir).analysis / "selection.json"
+    """The run's ``analysis/selection.json`` if it was made with these settings and covers every
+    checkpointed epoch; otherwise the run is analysed again."""
+    run = RunDir(run_dir)
+    path = run.analysis / "selection.json"
     if path.is_file():
-        return json.loads(path.read_text())
+        saved = json.loads(path.read_text())
+        same = saved.get("settings") == json.loads(json.dumps(settings.__dict__))
+        if same and [r["epoch"] for r in saved.get("epochs", [])] == run.checkpoint_epochs():
+            return saved
     return analyze_run(run_dir, settings)
 
 

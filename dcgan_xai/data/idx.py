@@ -15,8 +15,9 @@ from dcgan_xai.errors import UserError
 _DTYPES = {0x08: np.uint8}
 
 
-def md5sum(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.md5()
+def md5sum(path: str | os.PathLike[str], algorithm: str = "md5") -> str:
+    """The hex digest of a file (MD5 unless ``algorithm`` names another of hashlib's)."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
