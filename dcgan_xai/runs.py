@@ -157,8 +157,8 @@ def read_csv(path: str | os.PathLike[str]) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def _parsed(path: Path, parse: Any) -> list[dict[str, Any]]:
-    """Rows of a run's CSV table through ``parse``; a damaged line is one error naming it."""
+def read_table(path: str | os.PathLike[str], parse: Any) -> list[dict[str, Any]]:
+    """Rows of a CSV table through ``parse``; a damaged line is one error naming it."""
     rows = []
     for line, raw in enumerate(read_csv(path), start=2):
         try:
@@ -166,7 +166,7 @@ def _parsed(path: Path, parse: Any) -> list[dict[str, Any]]:
         except (KeyError, TypeError, ValueError) as err:
             raise UserError(
                 f"{path} line {line} is damaged ({type(err).__name__}: {err}); delete that line "
-                "(the callback writes the rows of the epochs it explains again on resume)"
+                "(a resumed run writes the rows of the epochs it trains again)"
             ) from err
     return rows
 
@@ -222,19 +222,20 @@ def load_gradcam_epoch(run: RunDir, epoch: int) -> dict[str, Any]:
     return safe_torch_load(run.gradcam_file(epoch), "Grad-CAM file")
 
 
+def parse_score_row(raw: dict[str, str]) -> dict[str, Any]:
+    """A ``scores.csv`` row with its numbers parsed (other columns stay text)."""
+    row: dict[str, Any] = dict(raw)
+    row["epoch"] = int(raw["epoch"])
+    for key in SCORE_FIELDS[len(SCORE_KEYS) :]:
+        row[key] = float(raw[key])
+    return row
+
+
 def read_scores(run: RunDir) -> list[dict[str, Any]]:
     """Rows of ``gradcam/scores.csv`` with numbers parsed, sorted by (epoch, method, BN, layer)."""
     if not run.scores_csv.is_file():
         return []
-
-    def parse(raw: dict[str, str]) -> dict[str, Any]:
-        row: dict[str, Any] = dict(raw)
-        row["epoch"] = int(raw["epoch"])
-        for key in SCORE_FIELDS[len(SCORE_KEYS) :]:
-            row[key] = float(raw[key])
-        return row
-
-    rows = _parsed(run.scores_csv, parse)
+    rows = read_table(run.scores_csv, parse_score_row)
     return sorted(rows, key=lambda r: tuple(r[k] for k in SCORE_KEYS))
 
 
@@ -262,20 +263,21 @@ QUALITY_FIELDS = (*QUALITY_KEYS, "noise_seed", "samples", "fid", "kid", "kid_std
                   "classifier_accuracy", "classifier_md5")  # fmt: skip
 
 
+def parse_quality_row(raw: dict[str, str]) -> dict[str, Any]:
+    """A ``quality/scores.csv`` row with its numbers parsed (other columns stay text)."""
+    row: dict[str, Any] = dict(raw)
+    for key in ("epoch", "draw", "noise_seed", "samples"):
+        row[key] = int(raw[key])
+    for key in ("fid", "kid", "kid_std", "classifier_accuracy"):
+        row[key] = float(raw[key])
+    return row
+
+
 def read_quality(run: RunDir) -> list[dict[str, Any]]:
     """Rows of ``quality/scores.csv`` (one per epoch and generated set), numbers parsed."""
     if not run.quality_csv.is_file():
         return []
-
-    def parse(raw: dict[str, str]) -> dict[str, Any]:
-        row: dict[str, Any] = dict(raw)
-        for key in ("epoch", "draw", "noise_seed", "samples"):
-            row[key] = int(raw[key])
-        for key in ("fid", "kid", "kid_std", "classifier_accuracy"):
-            row[key] = float(raw[key])
-        return row
-
-    rows = _parsed(run.quality_csv, parse)
+    rows = read_table(run.quality_csv, parse_quality_row)
     return sorted(rows, key=lambda r: (r["epoch"], r["draw"]))
 
 
@@ -361,8 +363,9 @@ def discard_unstarted_run(run_dir: str | Path, started: float) -> None:
             folder.rmdir()
 
 
-def resume_checkpoint(run: RunDir) -> Path | None:
-    """The newest checkpoint of ``run`` that loads; a damaged one is named and skipped."""
+def resume_checkpoint(run: RunDir) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint of ``run`` that loads, and its content; a damaged one is named and
+    skipped."""
     candidates = [run.checkpoint(e) for e in reversed(run.checkpoint_epochs())]
     candidates += [run.last_checkpoint] if run.last_checkpoint.is_file() else []
     for path in candidates:
@@ -372,7 +375,7 @@ def resume_checkpoint(run: RunDir) -> Path | None:
             warnings.warn(f"{err}; resuming from an older checkpoint", stacklevel=2)
             continue
         if isinstance(ckpt, dict) and "state_dict" in ckpt:
-            return path
+            return path, ckpt
         warnings.warn(
             f"checkpoint {path} was not written by dcgan_xai's training; skipped", stacklevel=2
         )

@@ -35,7 +35,6 @@ from dcgan_xai.runs import (
     owned,
     remove_stale_temp_files,
     resume_checkpoint,
-    safe_torch_load,
 )
 from dcgan_xai.xai.gradcam import BN_MODES, METHODS, layer_names
 
@@ -261,11 +260,8 @@ def check_probe_size(cfg: DictConfig, datamodule: MNISTDataModule) -> None:
         )
 
 
-def check_resumable(path: Path, model: DCGAN) -> None:
-    """Refuse a damaged checkpoint, or one of another architecture, before fit starts."""
-    ckpt = safe_torch_load(path, "checkpoint")
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise UserError(f"checkpoint {path} was not written by dcgan_xai's training")
+def check_resumable(path: Path, ckpt: dict[str, Any], model: DCGAN) -> None:
+    """Refuse a checkpoint (read from ``path``) of another architecture before fit starts."""
     saved = {k: tuple(v.shape) for k, v in ckpt["state_dict"].items()}
     ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     if saved != ours:
@@ -331,7 +327,6 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
 
 
 def _train_owned(cfg: DictConfig, run: RunDir) -> dict[str, Any]:
-    ckpt_path = None
     if not os.access(run.root, os.W_OK):
         raise UserError(f"run dir {run.root} is not writable; choose another hydra.run.dir")
     if is_first_process():
@@ -347,19 +342,19 @@ def _train_owned(cfg: DictConfig, run: RunDir) -> dict[str, Any]:
         recorded = OmegaConf.load(run.root / "config.yaml")
         assert isinstance(recorded, DictConfig)
         check_same_config(recorded, cfg)
-    if cfg.resume and run.checkpoint_epochs() + ([0] if run.last_checkpoint.is_file() else []):
+    found = None
+    if cfg.resume and (run.checkpoint_epochs() or run.last_checkpoint.is_file()):
         found = resume_checkpoint(run)
         if found is None:
             raise UserError(f"resume=true but no checkpoint in {run.checkpoints} can be read")
-        ckpt_path = str(found)
     exclude, exclusion = read_exclusion(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg, exclude)
     datamodule.setup()
     check_probe_size(cfg, datamodule)
     model = build_model(cfg)
-    if ckpt_path is not None:
-        check_resumable(Path(ckpt_path), model)
+    if found is not None:
+        check_resumable(*found, model)
     trainer = build_trainer(cfg, run, build_callbacks(cfg, run))
     if trainer.is_global_zero:
         atomic_write_text(run.root / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
@@ -367,7 +362,7 @@ def _train_owned(cfg: DictConfig, run: RunDir) -> dict[str, Any]:
             atomic_write_text(run.root / "exclusion.json", json.dumps(exclusion, indent=2) + "\n")
     start = time.perf_counter()
     try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=str(found[0]) if found else None)
     except SIGTERMException as err:
         raise Interrupted(
             f"interrupted by SIGTERM after {len(run.checkpoint_epochs())} checkpointed epochs "

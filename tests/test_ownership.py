@@ -1,6 +1,7 @@
 """A run dir is owned: nothing the user had is deleted, no two runs mix, checkpoints are atomic."""
 
 import fcntl
+import os
 import shutil
 import signal
 import subprocess
@@ -33,8 +34,6 @@ def test_a_refused_start_keeps_the_users_files(tmp_path, mnist_fixture):
     (run / "notes.log").write_text("notes")
     old = time.time() - 60
     for p in (run / ".hydra", run / "notes.log"):
-        import os
-
         os.utime(p, (old, old))
     refused = cli(root, f"hydra.run.dir={run}", "model.instance_noise=-1")
     assert refused.returncode == 2
@@ -172,7 +171,6 @@ def test_resume_names_a_damaged_table_line_and_removes_stale_temp_files(
 @pytest.fixture
 def tmpfs_tempdir(tmp_path, monkeypatch):
     """The system temp dir on a tmpfs, another filesystem than the run dir (needs root)."""
-    import os
     import tempfile
 
     mount = tmp_path / "tmpfs"

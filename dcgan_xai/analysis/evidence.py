@@ -273,5 +273,10 @@ def decide(rows: Sequence[Mapping[str, Any]], planned: Sequence[str]) -> list[di
         else:
             row["decision"] = "inconclusive"
     rank = {name: i for i, name in enumerate(planned)}
-    return sorted(out, key=lambda r: (not r["planned"], rank.get(r["variant"], 0), -r["mean_gain"]
-                                      if not math.isnan(r["mean_gain"]) else math.inf, r["variant"]))  # fmt: skip
+
+    def order(r: Mapping[str, Any]) -> tuple[bool, int, float, str]:
+        """Planned variants in plan order, then the rest by mean gain (best first)."""
+        gain = -r["mean_gain"] if not math.isnan(r["mean_gain"]) else math.inf
+        return (not r["planned"], rank.get(r["variant"], 0), gain, r["variant"])
+
+    return sorted(out, key=order)

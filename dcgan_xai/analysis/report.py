@@ -25,6 +25,7 @@ from dcgan_xai.data.sources import MD5, SOURCES, ensure_mnist
 from dcgan_xai.errors import UserError
 from dcgan_xai.metrics.quality import (
     MNISTClassifier,
+    QualityMeter,
     classifier_path,
     load_or_train_classifier,
     reference_meter,
@@ -127,6 +128,19 @@ def classifier_for(
     )  # fmt: skip
 
 
+def quality_meter_for(
+    dm: MNISTDataModule, settings: AnalysisSettings, device: str
+) -> tuple[QualityMeter, dict[str, Any]]:
+    """The FID/KID meter of ``settings`` for the data (see :func:`reference_meter`) and the
+    record that goes with its numbers."""
+    assert dm.test_set is not None
+    model, accuracy = classifier_for(dm, settings, device)
+    path = classifier_path(dm.root, dm.image_size, settings.classifier_epochs,
+                           dm.checksums["test-images"])  # fmt: skip
+    return reference_meter(model, accuracy, path, dm.test_set.images, settings.fid_samples,
+                           settings.fid_seed, settings.batch_size)  # fmt: skip
+
+
 def ensure_probe(run: RunDir, dm: MNISTDataModule) -> Probe:
     """The run's probe; made (seeded as training would) and saved if the run has none."""
     if run.probe.is_file():
@@ -176,22 +190,19 @@ def epoch_records(
 
 
 def logit_parts(
-    run: RunDir, probe: Probe, epochs: Sequence[int], layer: str, bn_mode: str, device: str
-) -> dict[int, dict[str, float]]:
-    """Per epoch, the real probe's mean logit and its pooled and positional parts, when
-    ``layer`` is the last block under a linear head (see :func:`linear_head_decomposition`)."""
-    out: dict[int, dict[str, float]] = {}
-    for epoch in epochs:
-        d = load_module(run.checkpoint(epoch)).discriminator.to(device)
-        if layer != layer_names(d)[-1]:
-            return {}
-        parts = linear_head_decomposition(d, to_unit_range(probe.images.to(device)), bn_mode)
-        if parts is None:
-            return {}
-        out[epoch] = {
-            f"logit_{k}" if k != "logit" else k: float(v.mean()) for k, v in parts.items()
-        }
-    return out
+    discriminator: torch.nn.Module, probe: Probe, layer: str, bn_mode: str
+) -> dict[str, float]:
+    """The real probe's mean logit and its pooled and positional parts, when ``layer`` is the
+    last block under a linear head (see :func:`linear_head_decomposition`); else empty."""
+    if layer != layer_names(discriminator)[-1]:
+        return {}
+    device = next(discriminator.parameters()).device
+    parts = linear_head_decomposition(
+        discriminator, to_unit_range(probe.images.to(device)), bn_mode
+    )
+    if parts is None:
+        return {}
+    return {f"logit_{k}" if k != "logit" else k: float(v.mean()) for k, v in parts.items()}
 
 
 def informative_samples(maps_by_epoch: dict[int, torch.Tensor], count: int) -> list[int]:
@@ -239,29 +250,27 @@ def analyze_run(run_dir: str | Path, settings: AnalysisSettings | None = None) -
 
     quality: dict[int, dict[str, float]] = {}
     fresh: dict[int, list[float]] = {}
+    logit: dict[int, dict[str, float]] = {}
     classifier: dict[str, Any] = {}
+    meter = None
     if settings.quality:
-        assert dm.test_set is not None
-        model, accuracy = classifier_for(dm, settings, device)
-        path = classifier_path(dm.root, dm.image_size, settings.classifier_epochs,
-                               dm.checksums["test-images"])  # fmt: skip
-        meter, classifier = reference_meter(model, accuracy, path, dm.test_set.images,
-                                            settings.fid_samples, settings.fid_seed,
-                                            settings.batch_size)  # fmt: skip
-        for epoch in epochs:
-            g = load_module(run.checkpoint(epoch)).generator.to(device)
-            quality[epoch] = score_draws(meter, g, cfg.model.nz, settings.fid_samples,
+        meter, classifier = quality_meter_for(dm, settings, device)
+    for epoch in epochs:  # each checkpoint is read once here
+        module = load_module(run.checkpoint(epoch)).to(device)
+        logit[epoch] = logit_parts(module.discriminator, probe, layer, settings.bn_mode)
+        if meter is not None:
+            quality[epoch] = score_draws(meter, module.generator, cfg.model.nz, settings.fid_samples,
                                          settings.fid_seed, epoch, 0, settings.batch_size)[0]  # fmt: skip
+    if meter is not None and settings.fid_draws:
         # the epochs a decision rests on, re-scored on fresh generated sets
         fid0 = {e: quality[e]["fid"] for e in epochs}
         decisive = {selection.fine_winner, epochs[-1], min(epochs, key=lambda e: (fid0[e], e))}
-        for epoch in sorted(decisive) if settings.fid_draws else []:
+        for epoch in sorted(decisive):
             g = load_module(run.checkpoint(epoch)).generator.to(device)
             rows = score_draws(meter, g, cfg.model.nz, settings.fid_samples, settings.fid_seed,
-                               epoch, settings.fid_draws, settings.batch_size)  # fmt: skip
-            fresh[epoch] = [r["fid"] for r in rows[1:]]
+                               epoch, settings.fid_draws, settings.batch_size, first_draw=1)  # fmt: skip
+            fresh[epoch] = [r["fid"] for r in rows]
 
-    logit = logit_parts(run, probe, epochs, layer, settings.bn_mode, device)
     table = []
     for e in epochs:
         s = records[e]["summary"][layer]

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -29,25 +30,30 @@ from dcgan_xai.analysis import evidence, figures
 from dcgan_xai.analysis.curation import curate_run
 from dcgan_xai.analysis.evidence import Variant
 from dcgan_xai.analysis.report import (
-    classifier_for,
     datamodule_for_run,
     ensure_probe,
     load_module,
+    quality_meter_for,
     resolve_device,
     run_config,
 )
+from dcgan_xai.analysis.study_report import fid_figure, study_report
 from dcgan_xai.callbacks.gradcam import explain_epoch
 from dcgan_xai.config import AnalysisSettings, StudySettings
 from dcgan_xai.errors import UserError
-from dcgan_xai.metrics.quality import classifier_path, reference_meter, score_draws
+from dcgan_xai.metrics.quality import score_draws
+from dcgan_xai.models.sampling import generate
 from dcgan_xai.runs import (
     QUALITY_FIELDS,
     SCORE_FIELDS,
     RunDir,
     atomic_write_text,
+    parse_quality_row,
+    parse_score_row,
     read_csv,
     read_quality,
     read_scores,
+    read_table,
     update_quality,
     update_scores,
     write_csv,
@@ -175,13 +181,7 @@ def run_tables(run: RunDir, study: StudySettings, log: Callable[[str], None] = p
     if missing:
         log(f"{run.root.name}: FID of {len(missing)} epochs from checkpoints")
         dm = datamodule_for_run(run)
-        assert dm.test_set is not None
-        classifier, accuracy = classifier_for(dm, a, device)
-        path = classifier_path(
-            dm.root, dm.image_size, a.classifier_epochs, dm.checksums["test-images"]
-        )
-        meter, record = reference_meter(classifier, accuracy, path, dm.test_set.images,
-                                        a.fid_samples, a.fid_seed, a.batch_size)  # fmt: skip
+        meter, record = quality_meter_for(dm, a, device)
         for e in missing:
             g = load_module(run.checkpoint(e)).generator.to(device)
             rows = score_draws(
@@ -202,13 +202,17 @@ def run_tables(run: RunDir, study: StudySettings, log: Callable[[str], None] = p
         )
         dm = dm or datamodule_for_run(run)
         probe = ensure_probe(run, dm)
-        for e, method, bn_mode in todo:
+        for e in sorted({e for e, _, _ in todo}):  # each checkpoint is read once
             model = load_module(run.checkpoint(e))
-            rec = explain_epoch(model.discriminator, model.generator, probe, layers, bn_mode,
-                                a.pixel_threshold, a.flag_threshold, a.mask_threshold, method)  # fmt: skip
-            update_scores(run, [{"epoch": e, "method": method, "bn_mode": bn_mode, "layer": name,
-                                 **rec["summary"][name], "d_real": rec["d_real"],
-                                 "d_fake": rec["d_fake"]} for name in layers])  # fmt: skip
+            fakes = generate(model.generator, probe.noise)
+            for method, bn_mode in sorted({(m, b) for t, m, b in todo if t == e}):
+                rec = explain_epoch(model.discriminator, model.generator, probe, layers, bn_mode,
+                                    a.pixel_threshold, a.flag_threshold, a.mask_threshold, method,
+                                    fakes)  # fmt: skip
+                update_scores(run, [{"epoch": e, "method": method, "bn_mode": bn_mode,
+                                     "layer": name, **rec["summary"][name],
+                                     "d_real": rec["d_real"], "d_fake": rec["d_fake"]}
+                                    for name in layers])  # fmt: skip
     scores = [r for r in read_scores(run) if (r["epoch"], r["method"], r["bn_mode"]) in wanted]
     return quality, scores
 
@@ -240,7 +244,6 @@ def evaluate(
             **key, "epochs": len(fid), "fid": {e: vars(f) for e, f in fid.items()},
             "best_epoch": best, "plateau": evidence.plateau(fid, study.window),
             "baselines": evidence.baselines(fid, d_real, study.window),
-            "d_real": d_real,
         })  # fmt: skip
         outcomes += evidence.run_outcomes(key, fid, s, all_variants, study.analysis.k, study.window)
     decisions = evidence.decide(outcomes, study.planned)
@@ -252,7 +255,7 @@ def evaluate(
         for exp in sorted({r[0] for r in runs})
     }
     return {"runs": per_run, "outcomes": outcomes, "decisions": decisions,
-            "by_experiment": by_experiment, "layers": layers}  # fmt: skip
+            "by_experiment": by_experiment}  # fmt: skip
 
 
 def score_overview(
@@ -325,37 +328,24 @@ def run_study(study: StudySettings, log: Callable[[str], None] = print) -> dict[
         write_csv(root / "curation.csv", list(curation[0]), curation)
     meta = {"device": _device_name(resolve_device(study.analysis.device)),
             "wall_s": round(time.monotonic() - start), "status": status,
-            "settings": _settings_dict(study)}  # fmt: skip
+            "settings": asdict(study)}  # fmt: skip
     atomic_write_text(root / "study.json", json.dumps(meta, indent=2) + "\n")
     return _report_from_tables(study, root)
 
 
-def _settings_dict(study: StudySettings) -> dict[str, Any]:
-    out = dict(vars(study))
-    out["analysis"] = dict(vars(study.analysis))
-    return out
-
-
-def _parse(
-    rows: list[dict[str, str]], ints: Sequence[str], text: Sequence[str]
+def _study_table(
+    path: Path, parse: Callable[[dict[str, str]], dict[str, Any]]
 ) -> list[dict[str, Any]]:
-    out = []
-    for raw in rows:
-        row: dict[str, Any] = {}
-        for k, v in raw.items():
-            row[k] = int(v) if k in ints else v if k in text else float(v)
-        out.append(row)
-    return out
+    """A study table: a run table's rows (parsed by ``parse``) with their experiment and seed."""
+    return [{**row, "seed": int(row["seed"])} for row in read_table(path, parse)]
 
 
 def _report_from_tables(study: StudySettings, root: Path) -> dict[str, Any]:
     for name in ("quality.csv", "scores.csv", "study.json"):
         if not (root / name).is_file():
             raise UserError(f"study {study.name}: {root / name} is missing; run the study first")
-    quality = _parse(read_csv(root / "quality.csv"), ("seed", "epoch", "draw", "noise_seed", "samples"),
-                     ("experiment", "reference", "classifier_md5"))  # fmt: skip
-    scores = _parse(read_csv(root / "scores.csv"), ("seed", "epoch"),
-                    ("experiment", "method", "bn_mode", "layer"))  # fmt: skip
+    quality = _study_table(root / "quality.csv", parse_quality_row)
+    scores = _study_table(root / "scores.csv", parse_score_row)
     meta = json.loads((root / "study.json").read_text())
     if "settings" in meta:  # decide and describe by the settings the tables were made with
         recorded = dict(meta["settings"])
@@ -366,8 +356,6 @@ def _report_from_tables(study: StudySettings, root: Path) -> dict[str, Any]:
     result = evaluate(study, quality, scores)
     write_csv(root / "outcomes.csv", list(result["outcomes"][0]), result["outcomes"])
     write_csv(root / "decisions.csv", list(result["decisions"][0]), result["decisions"])
-    from dcgan_xai.analysis.study_report import fid_figure, study_report
-
     protocol = {
         k: quality[0][k] for k in ("samples", "reference", "classifier_accuracy", "classifier_md5")
     }

@@ -43,8 +43,12 @@ def explain_epoch(
     flag_threshold: float,
     mask_threshold: float,
     method: str = "gradcam",
+    fake_images: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     """Maps and scores of the real probe and of G(fixed noise), for each layer, by ``method``.
+
+    ``fake_images`` (G of the probe's noise, on D's device) saves generating them again when
+    the same epoch is explained several ways.
 
     Returns:
         A record: ``maps[layer][real|fake]`` (N, H, W) float16, ``scores[layer][real|fake]``
@@ -54,7 +58,7 @@ def explain_epoch(
     device = next(discriminator.parameters()).device
     inputs = {
         "real": to_unit_range(probe.images.to(device)),
-        "fake": generate(generator, probe.noise.to(device)),
+        "fake": generate(generator, probe.noise.to(device)) if fake_images is None else fake_images,
     }
     record: dict[str, Any] = {
         "layers": list(layers),
@@ -159,6 +163,8 @@ class GradCamCallback(L.Callback):
         if not trainer.is_global_zero or epoch % self.every_n_epochs or self.probe is None:
             return
         rows, metrics, primary = [], {}, None
+        device = next(pl_module.discriminator.parameters()).device  # type: ignore[union-attr]
+        fakes = generate(pl_module.generator, self.probe.noise.to(device))  # type: ignore[arg-type]
         for method in self.methods:
             for bn_mode in self.bn_modes:
                 record = explain_epoch(
@@ -171,6 +177,7 @@ class GradCamCallback(L.Callback):
                     self.flag_threshold,
                     self.mask_threshold,
                     method,
+                    fakes,
                 )
                 prefix = "gradcam" if primary is None else f"gradcam/{method}/{bn_mode}"
                 primary = primary or record

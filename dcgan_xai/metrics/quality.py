@@ -110,11 +110,6 @@ def classifier_path(root: str | Path, image_size: int, epochs: int, test_md5: st
     return Path(root) / "classifier" / f"mnist{image_size}-cnn-e{epochs}-seed0-{test_md5[:8]}.pt"
 
 
-def classifier_md5(path: str | Path) -> str:
-    """The cached classifier file's MD5: recorded with every FID so results name their ruler."""
-    return md5sum(path)
-
-
 def load_or_train_classifier(
     path: Path, train: Split, test: Split, seed: int = 0, epochs: int = 3,
     min_accuracy: float = 0.99, device: str | torch.device = "cpu",
@@ -215,7 +210,7 @@ def reference_meter(
     reference = (f"all {n_test} test images" if real.shape[0] == n_test
                  else f"{real.shape[0]} random test images (seed {seed})")  # fmt: skip
     record = {"samples": samples, "reference": reference, "classifier_accuracy": accuracy,
-              "classifier_md5": classifier_md5(path)}  # fmt: skip
+              "classifier_md5": md5sum(path)}  # fmt: skip
     return QualityMeter(classifier, real, batch_size, seed=seed), record
 
 
@@ -227,16 +222,17 @@ def noise_seed(seed: int, epoch: int, draw: int) -> int:
 
 def score_draws(
     meter: QualityMeter, generator: nn.Module, nz: int, n: int, seed: int, epoch: int,
-    draws: int, batch_size: int = 500,
+    draws: int, batch_size: int = 500, first_draw: int = 0,
 ) -> list[dict[str, float]]:  # fmt: skip
-    """FID and KID of ``n`` images of G for draw 0 (fixed noise) and ``draws`` fresh sets.
+    """FID and KID of ``n`` images of G for draw 0 (fixed noise) and ``draws`` fresh sets
+    (draws ``first_draw`` to ``draws``: 1 skips the fixed set).
 
     Returns:
         One row per draw: ``draw``, ``noise_seed``, ``fid``, ``kid``, ``kid_std``.
     """
     device = next(generator.parameters()).device
     rows = []
-    for draw in range(draws + 1):
+    for draw in range(first_draw, draws + 1):
         gen = torch.Generator().manual_seed(noise_seed(seed, epoch, draw))
         noise = torch.randn(n, nz, 1, 1, generator=gen).to(device)
         scores = meter.score(generate(generator, noise, batch_size))
