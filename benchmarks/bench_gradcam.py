@@ -18,11 +18,11 @@ from torch.utils.data import DataLoader
 
 from benchmarks.common import PILMNIST, full_width_nets, machine, reference_loop
 from dcgan_xai.analysis.curation import score_split
-from dcgan_xai.callbacks.gradcam import explain_epoch
 from dcgan_xai.data.mnist import MNISTDataModule, to_unit_range
 from dcgan_xai.data.probe import make_probe
 from dcgan_xai.metrics.quality import MNISTClassifier, QualityMeter
-from dcgan_xai.models.sampling import generate
+from dcgan_xai.models.sampling import generate, probe_images
+from dcgan_xai.xai.epoch import explain_epoch
 from dcgan_xai.xai.gradcam import BN_MODES, METHODS
 
 
@@ -62,8 +62,13 @@ def main() -> None:
     rate = reference_loop(g, d, loader, args.train_steps, 2, device)
     epoch_s = 60000 / rate
     probe = make_probe(dm.test_set.images, dm.test_set.labels, 64, 0, 100)
-    explain_epoch(d, g, probe, ["block3"], "batch", 0.5, 0.7, 0.5)  # warm-up
-    cb_s = timed(lambda: explain_epoch(d, g, probe, ["block3"], "batch", 0.5, 0.7, 0.5), 3)
+
+    def one_epoch(layers: list[str], bn_mode: str = "batch", method: str = "gradcam") -> None:
+        """What the callback does at an epoch's end: G(probe noise), then D's maps and scores."""
+        explain_epoch(d, probe_images(g, probe, device), layers, bn_mode, method)
+
+    one_epoch(["block3"])  # warm-up
+    cb_s = timed(lambda: one_epoch(["block3"]), 3)
     print(f"callback (probe 64 real + 64 fake, block3): {cb_s:.3f} s per epoch; an epoch of "
           f"training: {epoch_s:.1f} s ({rate:.0f} images/s); ratio {100 * cb_s / epoch_s:.2f}% of an epoch",
           flush=True)  # fmt: skip
@@ -72,7 +77,7 @@ def main() -> None:
     def every_method() -> None:
         for method in METHODS:
             for bn_mode in BN_MODES:
-                explain_epoch(d, g, probe, blocks, bn_mode, 0.5, 0.7, 0.5, method)
+                one_epoch(blocks, bn_mode, method)
 
     all_s = timed(every_method)
     print(f"callback with every method x BN mode at every block ({len(METHODS)} x {len(BN_MODES)} x 3, "

@@ -4,8 +4,9 @@
         [--config LABEL=EXPERIMENT[,override,...]] ...
 
 All use the same nets (paper D, G at ngf=ndf=64), batch size and machine, in one run: the
-reference is measured once, then each ``--config`` (default: ``--experiment``) is timed and
-printed with its ratio to the reference.
+reference is measured once, then each ``--config`` is timed and printed with its ratio to the
+reference. By default: ``--experiment`` on the path ``trainer.precision=auto`` chooses on this
+machine (the CPU fast path where the processor has native bf16), and the same in fp32.
 """
 
 from __future__ import annotations
@@ -24,7 +25,13 @@ from torch.utils.data import DataLoader
 import dcgan_xai.config  # noqa: F401
 from benchmarks.common import PILMNIST, full_width_nets, machine, reference_loop
 from dcgan_xai.runs import RunDir
-from dcgan_xai.training import build_callbacks, build_datamodule, build_model, build_trainer
+from dcgan_xai.training import (
+    build_callbacks,
+    build_datamodule,
+    build_model,
+    build_trainer,
+    with_numeric_path,
+)
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 
@@ -60,13 +67,14 @@ def bench_config(args, experiment: str, extra: list[str], *more: str) -> DictCon
                                            "trainer.enable_progress_bar=false", *more])  # fmt: skip
 
 
-def project_rate(args, run_dir: Path, experiment: str, extra: list[str]) -> float:
-    cfg = bench_config(args, experiment, extra)
+def project_rate(args, run_dir: Path, experiment: str, extra: list[str]) -> tuple[float, str]:
+    """Images/s of the project's training, and the numeric path it took."""
+    cfg = with_numeric_path(bench_config(args, experiment, extra))
     meter = Throughput(args.warmup)
     run = RunDir(run_dir)
     trainer = build_trainer(cfg, run, [*build_callbacks(cfg, run), meter])
     trainer.fit(build_model(cfg), datamodule=build_datamodule(cfg))
-    return meter.rate
+    return meter.rate, f"{cfg.trainer.precision}, channels_last {cfg.model.channels_last}"
 
 
 def main() -> None:
@@ -80,7 +88,10 @@ def main() -> None:
     p.add_argument("--config", action="append", default=[],
                    help="LABEL=EXPERIMENT[,override,...]; repeat to time several paths")  # fmt: skip
     args = p.parse_args()
-    configs = [parse_config(c) for c in args.config] or [(args.experiment, args.experiment, [])]
+    configs = [parse_config(c) for c in args.config] or [
+        ("chosen", args.experiment, []),  # the path trainer.precision=auto takes here
+        ("fp32", args.experiment, ["trainer.precision=32-true", "model.channels_last=false"]),
+    ]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     print(f"machine: {machine()}")
 
@@ -95,10 +106,14 @@ def main() -> None:
 
     for label, experiment, extra in configs:
         with tempfile.TemporaryDirectory(prefix="bench_train_") as out:
-            ours = project_rate(args, Path(out), experiment, extra)
-        print(f"{label}: dcgan_xai train +experiment={experiment} {' '.join(extra)} (Lightning, "
-              f"callbacks on): {ours:,.0f} images/s; ratio to the reference {ours / ref:.2f}x "
-              f"(batch {args.batch}, {args.steps} timed steps)", flush=True)  # fmt: skip
+            ours, path = project_rate(args, Path(out), experiment, extra)
+        command = " ".join([f"+experiment={experiment}", *extra])
+        print(
+            f"{label}: dcgan_xai train {command} ({path}; Lightning, callbacks on): "
+            f"{ours:,.0f} images/s; ratio to the reference {ours / ref:.2f}x "
+            f"(batch {args.batch}, {args.steps} timed steps)",
+            flush=True,
+        )
 
 
 def parse_config(spec: str) -> tuple[str, str, list[str]]:

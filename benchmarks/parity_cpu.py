@@ -27,7 +27,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from dcgan_xai.analysis.evidence import fid_by_epoch
-from dcgan_xai.analysis.study_report import pm, table
+from dcgan_xai.analysis.markdown import pm, table
 from dcgan_xai.runs import RunDir, read_quality
 
 

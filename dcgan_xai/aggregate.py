@@ -1,20 +1,28 @@
-"""Entry point: ``python -m dcgan_xai.aggregate sweep_dir=multirun/<date>/<time>``."""
+"""Entry point: ``python -m dcgan_xai.aggregate sweep_dir=multirun/<date>/<time>`` (one table
+across a sweep) or ``compare=[<run dir>,<run dir>]`` (runs side by side)."""
 
 from __future__ import annotations
 
 import hydra
 from omegaconf import DictConfig
 
-from dcgan_xai.analyze import settings_from
+from dcgan_xai.config import AnalysisSettings
 from dcgan_xai.errors import UserError, check_overrides, report_user_errors
 
 
 def run(cfg: DictConfig) -> str:
-    from dcgan_xai.analysis.aggregate import aggregate_sweep
+    from dcgan_xai.analysis.aggregate import aggregate_sweep, compare_runs
 
+    settings = AnalysisSettings.from_config(cfg)
+    if cfg.compare:
+        result = compare_runs(list(cfg.compare), settings, cfg.out_dir)
+        return f"compared {len(result['rows'])} runs: {result['dir']}/compare.md"
     if cfg.sweep_dir is None:
-        raise UserError("sweep_dir is required: python -m dcgan_xai.aggregate sweep_dir=<dir>")
-    result = aggregate_sweep(cfg.sweep_dir, settings_from(cfg), cfg.reanalyze)
+        raise UserError(
+            "sweep_dir or compare is required: python -m dcgan_xai.aggregate sweep_dir=<dir>, "
+            "or compare=[<run dir>,<run dir>,...]"
+        )
+    result = aggregate_sweep(cfg.sweep_dir, settings, cfg.reanalyze)
     return f"aggregated {len(result['jobs'])} jobs: {result['dir']}/summary.md"
 
 

@@ -3,30 +3,19 @@
 from __future__ import annotations
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 import dcgan_xai.config  # noqa: F401  (registers the schemas)
 from dcgan_xai.config import AnalysisSettings
 from dcgan_xai.errors import UserError, check_overrides, report_user_errors
 
 
-def settings_from(cfg: DictConfig) -> AnalysisSettings:
-    values = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(values, dict)
-    for key in ("run_dir", "compare", "sweep_dir", "reanalyze"):
-        values.pop(key, None)
-    return AnalysisSettings(**values)  # type: ignore[arg-type]
-
-
 def run(cfg: DictConfig) -> str:
-    from dcgan_xai.analysis.report import analyze_run, compare_runs
+    from dcgan_xai.analysis.report import analyze_run
 
-    if cfg.compare:
-        result = compare_runs(list(cfg.compare), settings_from(cfg))
-        return f"compared {len(result['rows'])} runs: {result['dir']}/compare.md"
     if cfg.run_dir is None:
         raise UserError("run_dir is required: python -m dcgan_xai.analyze run_dir=<run dir>")
-    result = analyze_run(cfg.run_dir, settings_from(cfg))
+    result = analyze_run(cfg.run_dir, AnalysisSettings.from_config(cfg))
     line = f"selected epoch {result['selected_epoch']} of {result['last_epoch']}"
     verdict = result.get("verdict")
     if verdict:

@@ -6,10 +6,11 @@ OmegaConf with an error naming the key.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
 
 from dcgan_xai.data.sources import MD5, SOURCES
 from dcgan_xai.errors import UserError
@@ -43,7 +44,7 @@ class ModelConfig:
     beta2: float = 0.999
     bn_momentum: float = 0.1
     n_samples: int = 64
-    channels_last: bool = False
+    channels_last: bool | None = None  # None: on with the CPU fast path (dcgan_xai.numerics)
     compile: bool = False
     instance_noise: float = 0.0
     instance_noise_decay_epochs: float = 0.0
@@ -57,7 +58,7 @@ class TrainerConfig:
     num_nodes: int = 1
     strategy: str = "auto"
     max_epochs: int = 25
-    precision: str = "32-true"
+    precision: str = "auto"  # auto: bf16-mixed on a CPU with native bf16, else 32-true
     log_every_n_steps: int = 50
     enable_progress_bar: bool = True
     deterministic: bool = False
@@ -136,6 +137,14 @@ class AnalysisSettings:
     min_accuracy: float = 0.99
     device: str = "auto"
 
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> AnalysisSettings:
+        """The settings in a composed ``analyze``/``aggregate`` config (its other keys dropped)."""
+        names = {f.name for f in fields(cls)}
+        values = OmegaConf.to_container(cfg, resolve=True)
+        assert isinstance(values, dict)
+        return cls(**{k: v for k, v in values.items() if k in names})  # type: ignore[arg-type]
+
     def check(self) -> None:
         if self.bn_mode not in BN_MODES:
             raise UserError(
@@ -162,13 +171,14 @@ class AnalysisSettings:
 @dataclass
 class AnalyzeConfig(AnalysisSettings):
     run_dir: str | None = None
-    compare: list[str] | None = None
 
 
 @dataclass
 class AggregateConfig(AnalysisSettings):
     sweep_dir: str | None = None
     reanalyze: bool = False
+    compare: list[str] | None = None
+    out_dir: str = "outputs/compare"
 
 
 @dataclass
@@ -221,6 +231,14 @@ class StudySettings:
     curation_thresholds: list[float] = field(default_factory=lambda: [0.7])
     curation_share: float | None = 0.05
     analysis: AnalysisSettings = field(default_factory=AnalysisSettings)
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> StudySettings:
+        """The settings in a composed ``study`` config."""
+        values = OmegaConf.to_container(cfg, resolve=True)
+        assert isinstance(values, dict)
+        analysis = AnalysisSettings(**values.pop("analysis"))  # type: ignore[arg-type]
+        return cls(**values, analysis=analysis)  # type: ignore[arg-type]
 
     def check(self) -> None:
         self.analysis.check()

@@ -1,5 +1,6 @@
-"""The one owner of a run directory: its layout, atomic writes, loading artifacts, and who may
-write into it (one training at a time, holding ``.lock``; a resume only where a run exists).
+"""The one owner of a run directory: its layout, its tables and artifacts, loading a run (its
+config, data, probe and checkpoints), and who may write into it (one training at a time,
+holding ``.lock``; a resume only where a run exists). Atomic writes live in :mod:`dcgan_xai.files`.
 
 A run directory looks like::
 
@@ -18,22 +19,25 @@ from __future__ import annotations
 
 import csv
 import fcntl
-import io
 import os
 import re
 import socket
-import tempfile
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import torch
+from omegaconf import OmegaConf
 
-from dcgan_xai.data.probe import Probe
+from dcgan_xai.data.exclusion import fingerprint, load_exclusion
+from dcgan_xai.data.mnist import MNISTDataModule
+from dcgan_xai.data.probe import Probe, make_probe
+from dcgan_xai.data.sources import MD5, SOURCES, ensure_mnist
 from dcgan_xai.errors import UserError
+from dcgan_xai.files import atomic_torch_save, safe_torch_load, write_csv
+from dcgan_xai.models.module import DCGAN
 
 CKPT_RE = re.compile(r"^epoch=(\d+)\.ckpt$")
 GRADCAM_RE = re.compile(r"^epoch_(\d+)\.pt$")
@@ -99,57 +103,6 @@ def _numbered(folder: Path, pattern: re.Pattern[str]) -> list[int]:
         return []
     found = (pattern.match(p.name) for p in folder.iterdir())
     return sorted(int(m.group(1)) for m in found if m)
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def safe_torch_load(path: str | os.PathLike[str], what: str) -> Any:
-    """``torch.load(weights_only=True)`` with a one-line error for a missing or damaged file."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{what} not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated zip, bad pickle, ...
-        raise UserError(
-            f"{what} {path} is damaged or truncated and cannot be read "
-            f"({type(err).__name__}); delete it or restore it from a copy"
-        ) from err
-
-
-def write_csv(path: str | os.PathLike[str], fields: Sequence[str], rows: Iterable[dict]) -> None:
-    """Write a CSV file atomically."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(fields), lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow(row)
-    atomic_write_text(path, buf.getvalue())
 
 
 def read_csv(path: str | os.PathLike[str]) -> list[dict[str, str]]:
@@ -380,3 +333,63 @@ def resume_checkpoint(run: RunDir) -> tuple[Path, dict[str, Any]] | None:
             f"checkpoint {path} was not written by dcgan_xai's training; skipped", stacklevel=2
         )
     return None
+
+
+# ---------------------------------------------------------------- loading a run
+
+
+def run_config(run: RunDir) -> Any:
+    """The resolved config a run was trained with."""
+    path = run.root / "config.yaml"
+    if not path.is_file():
+        raise UserError(f"{run.root} has no config.yaml; is it a dcgan_xai run directory?")
+    return OmegaConf.load(path)
+
+
+def datamodule_for_run(run: RunDir, trained: bool = False) -> MNISTDataModule:
+    """The run's data as configured: the full splits, or with ``trained`` the train images the
+    run actually trained on (its ``data.limit`` subset, less its exclusion manifest)."""
+    cfg = run_config(run)
+    data = cfg.data
+    sources, checksums = list(data.get("sources", SOURCES)), dict(data.get("checksums", MD5))
+    exclude = None
+    if trained and data.get("exclude"):
+        files = ensure_mnist(data.root, sources, checksums)
+        exclude = load_exclusion(data.exclude, fingerprint(files))
+    dm = MNISTDataModule(
+        data.root, data.image_size, seed=cfg.seed, limit=data.get("limit") if trained else None,
+        exclude=exclude, sources=sources, checksums=checksums, cache_dir=data.get("cache_dir"),
+    )  # fmt: skip
+    dm.setup()
+    return dm
+
+
+def load_module(path: Path) -> DCGAN:
+    """A DCGAN from a checkpoint, with a one-line error for a damaged or foreign file."""
+    ckpt = safe_torch_load(path, "checkpoint")
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
+        raise UserError(f"checkpoint {path} was not written by dcgan_xai's training")
+    model = DCGAN(**ckpt["hyper_parameters"])
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[1:2] or [str(err)]
+        raise UserError(
+            f"checkpoint {path} does not match the architecture it names "
+            f"({ckpt['hyper_parameters']}): {first[0].strip()}"
+        ) from err
+    return model.eval()
+
+
+def ensure_probe(run: RunDir, dm: MNISTDataModule) -> Probe:
+    """The run's probe; made (seeded as training would) and saved if the run has none."""
+    if run.probe.is_file():
+        return load_probe(run)
+    cfg = run_config(run)
+    assert dm.test_set is not None
+    gc = cfg.callbacks.gradcam
+    probe = make_probe(
+        dm.test_set.images, dm.test_set.labels, gc.probe_size, cfg.seed, cfg.model.nz
+    )
+    save_probe(run, probe)
+    return probe

@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from dcgan_xai.config import AnalysisSettings, StudySettings
+from dcgan_xai.config import StudySettings
 from dcgan_xai.errors import check_overrides, report_user_errors
-
-
-def settings_from(cfg: DictConfig) -> StudySettings:
-    values = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(values, dict)
-    analysis = AnalysisSettings(**values.pop("analysis"))  # type: ignore[arg-type]
-    return StudySettings(**values, analysis=analysis)  # type: ignore[arg-type]
 
 
 def run(cfg: DictConfig) -> str:
     from dcgan_xai.analysis.study import run_study
 
-    result = run_study(settings_from(cfg))
+    result = run_study(StudySettings.from_config(cfg))
     planned = [f"{d['variant']} {d['decision']}" for d in result["decisions"] if d["planned"]]
     return f"{'; '.join(planned)}; report: {result['dir']}/REPORT.md"
 

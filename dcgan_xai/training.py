@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import time
@@ -13,23 +14,23 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from dcgan_xai.callbacks.gradcam import GradCamCallback
 from dcgan_xai.callbacks.quality import QualityCallback
 from dcgan_xai.data.exclusion import fingerprint, load_exclusion
-from dcgan_xai.data.idx import md5sum
 from dcgan_xai.data.mnist import MNISTDataModule
 from dcgan_xai.data.sources import ensure_mnist
 from dcgan_xai.errors import Interrupted, UserError
+from dcgan_xai.files import atomic_write_text, file_digest
 from dcgan_xai.models.checkpoint import AtomicCheckpointIO, EpochCheckpoint
 from dcgan_xai.models.module import DCGAN
 from dcgan_xai.models.networks import IMAGE_SIZE, build_discriminator
+from dcgan_xai.numerics import choose
 from dcgan_xai.runs import (
     RunDir,
-    atomic_write_text,
     has_artifacts,
     is_first_process,
     owned,
@@ -72,6 +73,7 @@ def validate(cfg: DictConfig) -> None:
         if not ok:
             raise UserError(f"model.{name}={value} is not allowed; it must be {rule}")
     precisions = (
+        "auto",
         "32-true",
         "32",
         "16-mixed",
@@ -126,111 +128,50 @@ def validate(cfg: DictConfig) -> None:
         )
 
 
+def fields(node: Any, *drop: str) -> dict[str, Any]:
+    """A config node as plain keyword arguments (the schemas name them as the constructors do)."""
+    values = OmegaConf.to_container(node, resolve=True)
+    assert isinstance(values, dict)
+    return {str(k): v for k, v in values.items() if k not in drop}
+
+
 def build_datamodule(cfg: DictConfig, exclude: torch.Tensor | None = None) -> MNISTDataModule:
-    d = cfg.data
-    return MNISTDataModule(
-        root=d.root,
-        image_size=d.image_size,
-        batch_size=d.batch_size,
-        seed=cfg.seed,
-        limit=d.limit,
-        exclude=exclude,
-        sources=list(d.sources),
-        checksums=dict(d.checksums),
-        on_device=d.on_device,
-        cache_dir=d.cache_dir,
-    )
+    return MNISTDataModule(**fields(cfg.data, "exclude"), seed=cfg.seed, exclude=exclude)
 
 
 def build_model(cfg: DictConfig) -> DCGAN:
-    m = cfg.model
-    return DCGAN(
-        arch=m.arch,
-        nz=m.nz,
-        ngf=m.ngf,
-        ndf=m.ndf,
-        lr=m.lr,
-        beta1=m.beta1,
-        beta2=m.beta2,
-        bn_momentum=m.bn_momentum,
-        seed=cfg.seed,
-        n_samples=m.n_samples,
-        channels_last=m.channels_last,
-        compile=m.compile,
-        instance_noise=m.instance_noise,
-        instance_noise_decay_epochs=m.instance_noise_decay_epochs,
-        finite_check_every=m.finite_check_every,
-    )
+    return DCGAN(**fields(cfg.model), seed=cfg.seed)
 
 
 def build_callbacks(cfg: DictConfig, run: RunDir) -> list[L.Callback]:
     callbacks: list[L.Callback] = []
-    gc = cfg.callbacks.gradcam
+    gc, q = cfg.callbacks.gradcam, cfg.callbacks.quality
     if gc.enabled:
-        callbacks.append(
-            GradCamCallback(
-                run.root,
-                layers=list(gc.layers),
-                bn_modes=list(gc.bn_modes),
-                methods=list(gc.methods),
-                probe_size=gc.probe_size,
-                seed=cfg.seed,
-                every_n_epochs=gc.every_n_epochs,
-                pixel_threshold=gc.pixel_threshold,
-                flag_threshold=gc.flag_threshold,
-                mask_threshold=gc.mask_threshold,
-                log_images=gc.log_images,
-            )
-        )
-    q = cfg.callbacks.quality
+        callbacks.append(GradCamCallback(run.root, **fields(gc, "enabled"), seed=cfg.seed))
     if q.enabled:
-        callbacks.append(
-            QualityCallback(
-                run.root,
-                samples=q.samples,
-                fresh_draws=q.fresh_draws,
-                seed=q.seed,
-                every_n_epochs=q.every_n_epochs,
-                batch_size=q.batch_size,
-                classifier_epochs=q.classifier_epochs,
-                min_accuracy=q.min_accuracy,
-            )
-        )
+        callbacks.append(QualityCallback(run.root, **fields(q, "enabled")))
     callbacks.append(EpochCheckpoint(run.checkpoints))
     return callbacks
 
 
 def build_trainer(cfg: DictConfig, run: RunDir, callbacks: list[L.Callback]) -> L.Trainer:
-    t = cfg.trainer
     logger = (
         TensorBoardLogger(save_dir=str(run.root), name="", version=run.tensorboard.name)
         if cfg.logger.tensorboard
         else False
     )
-    strategy: Any = t.strategy
-    if strategy == "ddp":
+    settings = fields(cfg.trainer)
+    if settings["strategy"] == "ddp":
         # each of the two backward passes of a GAN step leaves the other network unused
-        strategy = DDPStrategy(find_unused_parameters=True)
-    extra: dict[str, Any] = {}
-    if t.limit_train_batches is not None:
-        extra["limit_train_batches"] = t.limit_train_batches
+        settings["strategy"] = DDPStrategy(find_unused_parameters=True)
     return L.Trainer(
-        accelerator=t.accelerator,
-        devices=t.devices,
-        num_nodes=t.num_nodes,
-        strategy=strategy,
-        max_epochs=t.max_epochs,
-        precision=t.precision,
-        log_every_n_steps=t.log_every_n_steps,
-        enable_progress_bar=t.enable_progress_bar,
-        deterministic=t.deterministic,
+        **settings,
         logger=logger,
         callbacks=callbacks,
         default_root_dir=str(run.root),
         use_distributed_sampler=False,
         num_sanity_val_steps=0,
         plugins=[AtomicCheckpointIO()],
-        **extra,
     )
 
 
@@ -243,7 +184,7 @@ def read_exclusion(cfg: DictConfig) -> tuple[torch.Tensor | None, dict[str, Any]
     exclude = load_exclusion(cfg.data.exclude, expected)
     record = {
         "manifest": str(Path(cfg.data.exclude).resolve()),
-        "manifest_md5": md5sum(cfg.data.exclude),
+        "manifest_md5": file_digest(cfg.data.exclude),
         "fingerprint": expected,
         "excluded": int(exclude.numel()),
     }
@@ -258,6 +199,22 @@ def check_probe_size(cfg: DictConfig, datamodule: MNISTDataModule) -> None:
             f"callbacks.gradcam.probe_size={size} is larger than the test split "
             f"({available} images); allowed: 1..{available}"
         )
+
+
+def with_numeric_path(cfg: DictConfig, recorded: DictConfig | None = None) -> DictConfig:
+    """A copy of ``cfg`` with ``trainer.precision=auto`` and an unset ``model.channels_last``
+    chosen for this machine (:mod:`dcgan_xai.numerics`) and the choice logged; a resumed run
+    (``recorded``: its config) keeps the path it was trained on."""
+    cfg = copy.deepcopy(cfg)
+    if recorded is not None:
+        if cfg.trainer.precision == "auto":
+            cfg.trainer.precision = recorded.trainer.precision
+        if cfg.model.channels_last is None:
+            cfg.model.channels_last = recorded.model.get("channels_last")
+    path = choose(str(cfg.trainer.precision), cfg.model.channels_last, str(cfg.trainer.accelerator))
+    cfg.trainer.precision, cfg.model.channels_last = path.precision, path.channels_last
+    rank_zero_info(path.describe())
+    return cfg
 
 
 def check_resumable(path: Path, ckpt: dict[str, Any], model: DCGAN) -> None:
@@ -338,9 +295,13 @@ def _train_owned(cfg: DictConfig, run: RunDir) -> dict[str, Any]:
             f"run dir {run.root} already holds a run; pass resume=true to continue it, or "
             "choose another hydra.run.dir"
         )
+    recorded: DictConfig | None = None
     if cfg.resume and (run.root / "config.yaml").is_file():
-        recorded = OmegaConf.load(run.root / "config.yaml")
-        assert isinstance(recorded, DictConfig)
+        loaded = OmegaConf.load(run.root / "config.yaml")
+        assert isinstance(loaded, DictConfig)
+        recorded = loaded
+    cfg = with_numeric_path(cfg, recorded)
+    if recorded is not None:
         check_same_config(recorded, cfg)
     found = None
     if cfg.resume and (run.checkpoint_epochs() or run.last_checkpoint.is_file()):

@@ -10,8 +10,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 import dcgan_xai.config  # noqa: F401
-from dcgan_xai.data.idx import md5sum, write_idx
+from dcgan_xai.data.idx import write_idx
 from dcgan_xai.data.sources import FILES
+from dcgan_xai.files import file_digest
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
@@ -41,7 +42,7 @@ def write_fixture(root: Path, n_train: int = 300, n_test: int = 120) -> dict[str
     }
     for key, array in arrays.items():
         write_idx(root / FILES[key], array)
-    return {key: md5sum(root / FILES[key]) for key in FILES}
+    return {key: file_digest(root / FILES[key]) for key in FILES}
 
 
 @pytest.fixture(scope="session")

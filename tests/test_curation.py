@@ -8,9 +8,9 @@ import torch
 
 from dcgan_xai.analysis.curation import curate_run, flag_images
 from dcgan_xai.data.exclusion import read_manifest
-from dcgan_xai.data.idx import md5sum
 from dcgan_xai.data.sources import FILES
 from dcgan_xai.errors import UserError
+from dcgan_xai.files import file_digest
 from dcgan_xai.runs import RunDir, read_csv
 from dcgan_xai.training import build_datamodule, train
 from dcgan_xai.xai import coverage
@@ -33,7 +33,7 @@ def test_flag_rule_at_the_threshold_edges():
 @pytest.fixture(scope="session")
 def curated(smoke_run, mnist_fixture):
     root, _ = mnist_fixture
-    before = {name: md5sum(root / name) for name in FILES.values()}
+    before = {name: file_digest(root / name) for name in FILES.values()}
     first = curate_run(smoke_run["run_dir"], epoch=2, threshold=0.7, batch_size=64, progress=False)
     rows, _ = read_manifest(f"{first['dir']}/manifest.csv")
     median = float(torch.tensor([r["coverage"] for r in rows]).nanmedian())  # unscored: NaN
@@ -60,7 +60,7 @@ def test_manifest_round_trips_and_summary_records_everything(curated, smoke_run)
 def test_source_data_is_untouched(curated, mnist_fixture):
     root, _ = mnist_fixture
     _, _, before = curated
-    assert {name: md5sum(root / name) for name in FILES.values()} == before
+    assert {name: file_digest(root / name) for name in FILES.values()} == before
 
 
 def test_exclude_removes_exactly_the_flagged_images(curated, smoke_cfg, tmp_path):
@@ -183,19 +183,29 @@ def test_epoch_selected_needs_an_analysis(smoke_cfg, tmp_path):
 
 
 def test_compare_puts_baseline_and_curated_side_by_side(curated, smoke_cfg, smoke_run, tmp_path):
-    from dcgan_xai.analysis.report import compare_runs
+    from dcgan_xai.analysis.aggregate import compare_runs
+    from dcgan_xai.analysis.report import load_or_analyze
     from dcgan_xai.config import AnalysisSettings
 
     _, half, _ = curated
     cfg = smoke_cfg(f"data.exclude={half['dir']}/manifest.csv", "data.limit=null", "callbacks=none")
-    curated_run = train(cfg, tmp_path / "curated")
+    runs = [smoke_run["run_dir"], train(cfg, tmp_path / "curated")["run_dir"]]
     settings = AnalysisSettings(quality=False, k=2)
-    result = compare_runs([smoke_run["run_dir"], curated_run["run_dir"]], settings)
-    excluded = [r["excluded"] for r in result["rows"]]
-    assert excluded == [0, half["flagged"]]
-    md = (tmp_path / "curated" / "analysis" / "compare" / "compare.md").read_text()
-    assert md.count("\n| ") == 3  # header + two runs
-    assert (tmp_path / "curated" / "analysis" / "compare" / "compare.png").is_file()
+    out = tmp_path / "cmp"
+    result = compare_runs(runs, settings, out)
+    assert result["dir"] == str(out)  # its own directory, not inside a run
+    assert not (tmp_path / "curated" / "analysis" / "compare").exists()
+    selected = [load_or_analyze(r, settings)["selected_epoch"] for r in runs]
+    assert [(r["excluded"], r["selected_epoch"]) for r in result["rows"]] == [
+        (0, selected[0]), (half["flagged"], selected[1]),
+    ]  # fmt: skip
+    body = (out / "compare.md").read_text().splitlines()[4:]
+    assert [line.split(" | ")[:3] for line in body] == [
+        [f"| {runs[0]}", "0", str(selected[0])], [f"| {runs[1]}", str(half["flagged"]), str(selected[1])],
+    ]  # fmt: skip
+    assert (out / "compare.png").is_file()
+    with pytest.raises(UserError, match="already holds a comparison; choose another out_dir"):
+        compare_runs(runs, settings, out)
 
 
 def test_flag_share_is_exact_with_seeded_ties_or_refused():

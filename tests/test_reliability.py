@@ -9,12 +9,11 @@ import lightning as L
 import pytest
 import torch
 
-from dcgan_xai.analysis.report import load_module
-from dcgan_xai.data.idx import md5sum
 from dcgan_xai.data.sources import FILES
 from dcgan_xai.errors import UserError
+from dcgan_xai.files import file_digest
 from dcgan_xai.models.module import NonFiniteLossError
-from dcgan_xai.runs import RunDir, load_gradcam_epoch, read_csv
+from dcgan_xai.runs import RunDir, load_gradcam_epoch, load_module, read_csv
 from dcgan_xai.training import build_callbacks, build_datamodule, build_model, build_trainer, train
 from tests.conftest import compose_train, write_fixture
 from tests.helpers import same_weights
@@ -39,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
         (["model.beta1=1.5"], r"model.beta1=1.5 is not allowed; it must be in \[0, 1\)"),
         (["model.nz=0"], r"model.nz=0 is not allowed; it must be >= 1"),
         (["model.ngf=0"], r"model.ngf=0 is not allowed; it must be >= 1"),
-        (["trainer.precision=8"], r"trainer.precision=8 is not allowed; allowed: 32-true, "),
+        (["trainer.precision=8"], r"trainer.precision=8 is not allowed; allowed: auto, 32-true, "),
         (["seed=-1"], r"seed=-1 is not allowed; it must be in 0..4294967295"),
         (["seed=1700000000000"], r"seed=1700000000000 is not allowed"),
         (["callbacks.quality.enabled=true", "callbacks.quality.samples=1"], r"callbacks.quality.samples must be >= 2"),
@@ -80,7 +79,7 @@ def test_corrupt_data_is_refused(tmp_path, damage, message):
         data = data[:3016]
     path.write_bytes(bytes(data) if damage != "checksum" else bytes(data[:-1]) + b"\x01")
     if damage != "checksum":
-        sums["test-images"] = md5sum(path)
+        sums["test-images"] = file_digest(path)
     with pytest.raises(UserError, match=message):
         train(compose_train(root, sums), tmp_path / "run")
     assert not (tmp_path / "run").exists()
@@ -194,21 +193,22 @@ def test_finiteness_read_every_n_steps_names_the_range_of_steps(smoke_cfg, tmp_p
 
 
 @pytest.mark.slow
-def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_sigkill_after_a_checkpoint_then_resume_matches_an_uninterrupted_run(tmp_path, precision):
     root = tmp_path / "mnist"
     sums = write_fixture(root, n_train=600)
     common = ["+experiment=smoke", f"data.root={root}", "data.sources=[local]",
               "data.checksums={" + ",".join(f"{k}:{v}" for k, v in sums.items()) + "}",
               "data.limit=null", "data.batch_size=4", "model.ngf=32", "model.ndf=32",
-              "trainer.max_epochs=3"]  # fmt: skip
+              "trainer.max_epochs=3", f"trainer.precision={precision}"]  # fmt: skip
     killed = tmp_path / "killed"
     cmd = [sys.executable, "-m", "dcgan_xai.train", *common, f"hydra.run.dir={killed}"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first = killed / "checkpoints" / "epoch=001.ckpt"
     deadline = time.time() + 300
     while not first.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    time.sleep(1.5)  # well inside epoch 2
+        time.sleep(0.01)
+    # killed as the first checkpoint appears: epoch 1's end or epoch 2 was in progress
     assert proc.poll() is None, "training ended before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()

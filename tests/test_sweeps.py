@@ -84,9 +84,10 @@ def test_ddp_on_two_cpu_processes_writes_artifacts_once(mnist_fixture, tmp_path)
     assert run.checkpoint_epochs() == [1, 2]
     assert [(r["epoch"], r["layer"]) for r in read_scores(run)] == [(1, "block3"), (2, "block3")]
     assert run.probe.is_file() and run.gradcam_epochs() == [1, 2]
-    # 256 images over 2 processes at batch 32: 4 steps per epoch per process
     import torch
 
     ckpt = torch.load(run.checkpoint(2), map_location="cpu", weights_only=True)
     assert ckpt["epoch"] == 1
+    # 256 images over 2 processes at batch 32: 4 steps per epoch per process (alone: 8)
+    assert ckpt["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["completed"] == 8
     assert len(list(run.tensorboard.glob("events.out.tfevents.*"))) == 1

@@ -152,11 +152,11 @@ def test_every_experiment_composes_and_validates(experiment):
 def test_every_study_composes_and_validates(study):
     from hydra import compose, initialize_config_dir
 
-    from dcgan_xai.study import settings_from
+    from dcgan_xai.config import StudySettings
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("study", overrides=[f"+study={study}"])
-    settings = settings_from(cfg)
+    settings = StudySettings.from_config(cfg)
     settings.check()
     assert settings.name == study
     for experiment in settings.experiments:

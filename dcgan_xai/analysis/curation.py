@@ -12,13 +12,13 @@ import torch
 from tqdm.auto import tqdm
 
 from dcgan_xai.analysis import figures
-from dcgan_xai.analysis.report import datamodule_for_run, load_module, resolve_device
+from dcgan_xai.analysis.report import resolve_device
 from dcgan_xai.data.exclusion import MANIFEST_FIELDS, fingerprint
-from dcgan_xai.data.idx import md5sum
 from dcgan_xai.data.mnist import Split, to_unit_range
 from dcgan_xai.data.sources import ensure_mnist
 from dcgan_xai.errors import UserError
-from dcgan_xai.runs import RunDir, atomic_write_text, write_csv
+from dcgan_xai.files import atomic_write_text, file_digest, write_csv
+from dcgan_xai.runs import RunDir, datamodule_for_run, load_module
 from dcgan_xai.xai.gradcam import grad_cam
 from dcgan_xai.xai.overlay import side_by_side
 from dcgan_xai.xai.scores import coverage, focus
@@ -192,7 +192,7 @@ def curate_run(
     name = name or f"{path.stem.replace('=', '')}-{layer}-{method}-{bn_mode}-t{threshold:.4g}"
     common = {
         "checkpoint": str(path.resolve()),
-        "checkpoint_sha256": md5sum(path, "sha256"),
+        "checkpoint_sha256": file_digest(path, "sha256"),
         "fingerprint": fingerprint(ensure_mnist(dm.root, dm.sources, dm.checksums)),
         "scored": len(dm.train_set),
         "total": dm.full_train_size,

@@ -12,7 +12,7 @@ import torchvision
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw
 
-from dcgan_xai.runs import atomic_write_bytes
+from dcgan_xai.files import atomic_write_bytes
 from dcgan_xai.xai.overlay import side_by_side
 
 TILE_PAD = 2

@@ -9,20 +9,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from omegaconf import OmegaConf
+from PIL import Image
 from scipy.stats import spearmanr
 
 from dcgan_xai.analysis import figures
 from dcgan_xai.analysis.evidence import Fid, choose, compare
+from dcgan_xai.analysis.markdown import selection_markdown
 from dcgan_xai.analysis.selection import Selection, select_epoch
-from dcgan_xai.callbacks.gradcam import explain_epoch
 from dcgan_xai.config import AnalysisSettings
-from dcgan_xai.data.exclusion import fingerprint, load_exclusion
 from dcgan_xai.data.mnist import MNISTDataModule, to_unit_range
-from dcgan_xai.data.probe import Probe, make_probe
-from dcgan_xai.data.sources import MD5, SOURCES, ensure_mnist
+from dcgan_xai.data.probe import Probe
 from dcgan_xai.errors import UserError
+from dcgan_xai.files import atomic_torch_save, atomic_write_text
 from dcgan_xai.metrics.quality import (
     MNISTClassifier,
     QualityMeter,
@@ -31,17 +31,16 @@ from dcgan_xai.metrics.quality import (
     reference_meter,
     score_draws,
 )
-from dcgan_xai.models.module import DCGAN
-from dcgan_xai.models.sampling import generate
+from dcgan_xai.models.sampling import generate, probe_images
 from dcgan_xai.runs import (
     RunDir,
-    atomic_torch_save,
-    atomic_write_text,
+    datamodule_for_run,
+    ensure_probe,
     load_gradcam_epoch,
-    load_probe,
-    safe_torch_load,
-    save_probe,
+    load_module,
+    run_config,
 )
+from dcgan_xai.xai.epoch import explain_epoch
 from dcgan_xai.xai.gradcam import layer_names, linear_head_decomposition
 
 
@@ -72,60 +71,22 @@ def resolve_device(name: str) -> str:
     return name
 
 
-def run_config(run: RunDir) -> Any:
-    """The resolved config a run was trained with."""
-    path = run.root / "config.yaml"
-    if not path.is_file():
-        raise UserError(f"{run.root} has no config.yaml; is it a dcgan_xai run directory?")
-    return OmegaConf.load(path)
-
-
-def datamodule_for_run(run: RunDir, trained: bool = False) -> MNISTDataModule:
-    """The run's data as configured: the full splits, or with ``trained`` the train images the
-    run actually trained on (its ``data.limit`` subset, less its exclusion manifest)."""
-    cfg = run_config(run)
-    data = cfg.data
-    sources, checksums = list(data.get("sources", SOURCES)), dict(data.get("checksums", MD5))
-    exclude = None
-    if trained and data.get("exclude"):
-        files = ensure_mnist(data.root, sources, checksums)
-        exclude = load_exclusion(data.exclude, fingerprint(files))
-    dm = MNISTDataModule(
-        data.root, data.image_size, seed=cfg.seed, limit=data.get("limit") if trained else None,
-        exclude=exclude, sources=sources, checksums=checksums, cache_dir=data.get("cache_dir"),
-    )  # fmt: skip
-    dm.setup()
-    return dm
-
-
-def load_module(path: Path) -> DCGAN:
-    """A DCGAN from a checkpoint, with a one-line error for a damaged or foreign file."""
-    ckpt = safe_torch_load(path, "checkpoint")
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
-        raise UserError(f"checkpoint {path} was not written by dcgan_xai's training")
-    model = DCGAN(**ckpt["hyper_parameters"])
-    try:
-        model.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[1:2] or [str(err)]
-        raise UserError(
-            f"checkpoint {path} does not match the architecture it names "
-            f"({ckpt['hyper_parameters']}): {first[0].strip()}"
-        ) from err
-    return model.eval()
-
-
 def classifier_for(
     dm: MNISTDataModule, settings: AnalysisSettings, device: str
 ) -> tuple[MNISTClassifier, float]:
     """The data's MNIST classifier, cached under ``<data root>/classifier/`` (trained if missing)."""
     assert dm.train_set is not None and dm.test_set is not None
-    path = classifier_path(dm.root, dm.image_size, settings.classifier_epochs,
-                           dm.checksums["test-images"])  # fmt: skip
+    path = classifier_path(
+        dm.root, dm.image_size, settings.classifier_epochs, dm.checksums["test-images"]
+    )
     return load_or_train_classifier(
-        path, dm.train_set, dm.test_set,
-        epochs=settings.classifier_epochs, min_accuracy=settings.min_accuracy, device=device,
-    )  # fmt: skip
+        path,
+        dm.train_set,
+        dm.test_set,
+        epochs=settings.classifier_epochs,
+        min_accuracy=settings.min_accuracy,
+        device=device,
+    )
 
 
 def quality_meter_for(
@@ -135,24 +96,18 @@ def quality_meter_for(
     record that goes with its numbers."""
     assert dm.test_set is not None
     model, accuracy = classifier_for(dm, settings, device)
-    path = classifier_path(dm.root, dm.image_size, settings.classifier_epochs,
-                           dm.checksums["test-images"])  # fmt: skip
-    return reference_meter(model, accuracy, path, dm.test_set.images, settings.fid_samples,
-                           settings.fid_seed, settings.batch_size)  # fmt: skip
-
-
-def ensure_probe(run: RunDir, dm: MNISTDataModule) -> Probe:
-    """The run's probe; made (seeded as training would) and saved if the run has none."""
-    if run.probe.is_file():
-        return load_probe(run)
-    cfg = run_config(run)
-    assert dm.test_set is not None
-    gc = cfg.callbacks.gradcam
-    probe = make_probe(
-        dm.test_set.images, dm.test_set.labels, gc.probe_size, cfg.seed, cfg.model.nz
+    path = classifier_path(
+        dm.root, dm.image_size, settings.classifier_epochs, dm.checksums["test-images"]
     )
-    save_probe(run, probe)
-    return probe
+    return reference_meter(
+        model,
+        accuracy,
+        path,
+        dm.test_set.images,
+        settings.fid_samples,
+        settings.fid_seed,
+        settings.batch_size,
+    )
 
 
 def epoch_records(
@@ -179,10 +134,15 @@ def epoch_records(
         if record is None:
             model = load_module(run.checkpoint(epoch))
             record = explain_epoch(
-                model.discriminator, model.generator, probe, settings.layers, settings.bn_mode,
-                settings.pixel_threshold, settings.flag_threshold, settings.mask_threshold,
+                model.discriminator,
+                probe_images(model.generator, probe, model.device),
+                settings.layers,
+                settings.bn_mode,
                 settings.method,
-            )  # fmt: skip
+                settings.pixel_threshold,
+                settings.flag_threshold,
+                settings.mask_threshold,
+            )
             record["epoch"] = epoch
             record["recomputed"] = True
         records[epoch] = record
@@ -215,10 +175,6 @@ def informative_samples(maps_by_epoch: dict[int, torch.Tensor], count: int) -> l
     )
     order = sorted(range(change.numel()), key=lambda i: (-float(change[i]), i))
     return order[:count]
-
-
-def _fmt(x: float | None, digits: int = 3) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
 def analyze_run(run_dir: str | Path, settings: AnalysisSettings | None = None) -> dict[str, Any]:
@@ -259,34 +215,53 @@ def analyze_run(run_dir: str | Path, settings: AnalysisSettings | None = None) -
         module = load_module(run.checkpoint(epoch)).to(device)
         logit[epoch] = logit_parts(module.discriminator, probe, layer, settings.bn_mode)
         if meter is not None:
-            quality[epoch] = score_draws(meter, module.generator, cfg.model.nz, settings.fid_samples,
-                                         settings.fid_seed, epoch, 0, settings.batch_size)[0]  # fmt: skip
+            quality[epoch] = score_draws(
+                meter,
+                module.generator,
+                cfg.model.nz,
+                settings.fid_samples,
+                settings.fid_seed,
+                epoch,
+                0,
+                settings.batch_size,
+            )[0]
     if meter is not None and settings.fid_draws:
         # the epochs a decision rests on, re-scored on fresh generated sets
         fid0 = {e: quality[e]["fid"] for e in epochs}
         decisive = {selection.fine_winner, epochs[-1], min(epochs, key=lambda e: (fid0[e], e))}
         for epoch in sorted(decisive):
             g = load_module(run.checkpoint(epoch)).generator.to(device)
-            rows = score_draws(meter, g, cfg.model.nz, settings.fid_samples, settings.fid_seed,
-                               epoch, settings.fid_draws, settings.batch_size, first_draw=1)  # fmt: skip
+            rows = score_draws(
+                meter,
+                g,
+                cfg.model.nz,
+                settings.fid_samples,
+                settings.fid_seed,
+                epoch,
+                settings.fid_draws,
+                settings.batch_size,
+                first_draw=1,
+            )
             fresh[epoch] = [r["fid"] for r in rows]
 
     table = []
     for e in epochs:
         s = records[e]["summary"][layer]
         q = quality.get(e, {})
-        table.append({
-            "epoch": e,
-            "focus": s[f"{settings.probe}_focus_mean"],
-            "coverage": s[f"{settings.probe}_coverage_mean"],
-            "degenerate": s[f"{settings.probe}_degenerate"],
-            "d_real": records[e]["d_real"],
-            "d_fake": records[e]["d_fake"],
-            "fid": q.get("fid"),
-            "kid": q.get("kid"),
-            "recomputed": bool(records[e].get("recomputed", False)),
-            **logit.get(e, {}),
-        })  # fmt: skip
+        table.append(
+            {
+                "epoch": e,
+                "focus": s[f"{settings.probe}_focus_mean"],
+                "coverage": s[f"{settings.probe}_coverage_mean"],
+                "degenerate": s[f"{settings.probe}_degenerate"],
+                "d_real": records[e]["d_real"],
+                "d_fake": records[e]["d_fake"],
+                "fid": q.get("fid"),
+                "kid": q.get("kid"),
+                "recomputed": bool(records[e].get("recomputed", False)),
+                **logit.get(e, {}),
+            }
+        )
     result: dict[str, Any] = {
         "run_dir": str(run.root),
         "settings": settings.__dict__,
@@ -310,16 +285,22 @@ def analyze_run(run_dir: str | Path, settings: AnalysisSettings | None = None) -
     out = run.analysis
     atomic_write_text(out / "selection.json", json.dumps(result, indent=2) + "\n")
     atomic_write_text(out / "selection.md", selection_markdown(result))
-    _write_figures(run, out, probe, records, settings, kind, arg, selection, table)
+    images = _figures(run, probe, records, settings, kind, arg, selection, table)
+    for name, image in images.items():
+        figures.save_png(image, out / f"{name}.png")
     best = load_module(run.checkpoint(selection.fine_winner))
     atomic_torch_save(
-        {"state_dict": best.generator.state_dict(), "nz": best.hparams["nz"], "ngf": best.hparams["ngf"],
-         "epoch": selection.fine_winner},
+        {
+            "state_dict": best.generator.state_dict(),
+            "nz": best.hparams["nz"],
+            "ngf": best.hparams["ngf"],
+            "epoch": selection.fine_winner,
+        },
         out / "best_generator.pt",
-    )  # fmt: skip
+    )
     samples = generate(best.generator, best.sample_noise)
     figures.save_png(figures.sample_grid(samples), out / "best_samples.png")
-    _to_tensorboard(run, out, result)
+    _to_tensorboard(run, images, result)
     return result
 
 
@@ -328,8 +309,13 @@ def fresh_comparison(
 ) -> dict[str, Any]:
     """FID ± SD of the decisive epochs on fresh sets, and the chosen epoch against the last and
     the best by the tie rule (a difference within 2 SD is a tie)."""
-    fid = {e: Fid(statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else math.nan, len(v),
-                  math.nan) for e, v in fresh.items() if v}  # fmt: skip
+    fid = {
+        e: Fid(
+            statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else math.nan, len(v), math.nan
+        )
+        for e, v in fresh.items()
+        if v
+    }
     if not {chosen, last, best} <= set(fid):
         return {}
     return {
@@ -390,107 +376,53 @@ def verdict(
     }
 
 
-def selection_markdown(result: dict[str, Any]) -> str:
-    s, sel = result["settings"], result["selection"]
-    lines = [
-        f"# Epoch selection for {result['run_dir']}",
-        "",
-        f"Score: mean {s['score']} of the {s['probe']} probe at {s['layers'][0]}, method "
-        f"{s.get('method', 'gradcam')}, BN mode {s['bn_mode']}; coarse step k={sel['k']}.",
-        "",
-        f"- coarse epochs: {sel['coarse_epochs']}; coarse winner: {sel['coarse_winner']}",
-        f"- fine window: {sel['fine_window']}; **selected epoch: {sel['fine_winner']}**",
-    ]
-    if result.get("focus_chance") is not None:
-        lines.append(f"- focus of a uniform map on this probe (chance level): "
-                     f"{_fmt(result['focus_chance'])}")  # fmt: skip
-    if result.get("no_choice"):
-        lines += ["", "**No choice: every coarse candidate epoch scores the same, so the selected "
-                  "epoch is only the tie rule's (the earliest) and carries no information.**"]  # fmt: skip
-    if all(row["degenerate"] >= 1.0 for row in result["epochs"]):
-        lines += [
-            "",
-            f"**Warning: every probe map at {s['layers'][0]} is degenerate (all zero) at every "
-            "epoch, so the score carries no information and the choice falls to the tie rule "
-            "(earliest epoch).** Try another layer or BN mode.",
-        ]
-    v = result.get("verdict")
-    if v:
-        lines += [
-            f"- selected FID {_fmt(v['selected_fid'], 2)}; best epoch {v['best_epoch']} "
-            f"(FID {_fmt(v['best_fid'], 2)}); last epoch FID {_fmt(v['last_fid'], 2)}; "
-            f"regret {_fmt(v['regret'], 2)}",
-            f"- Spearman rho between {s['score']} and FID over epochs: "
-            f"{_fmt(v['spearman_score_fid'], 2)}",
-            f"- FID of {s['fid_samples']} generated images against {result['fid_reference']}; "
-            f"classifier test accuracy {_fmt(result['classifier_accuracy'], 4)}, file MD5 "
-            f"`{result['classifier_md5']}`",
-        ]
-        f = v.get("fresh") or {}
-        for e, x in f.get("fid", {}).items():
-            lines.append(f"- epoch {e} on {x['sets']} fresh generated sets: FID {_fmt(x['mean'], 1)} "
-                         f"± {_fmt(x['sd'], 1)}")  # fmt: skip
-        lines += ["", f"**{v['statement']}**"]
-    lines += [
-        "",
-        "| epoch | focus | coverage | degenerate | D(x) | D(G(z)) | FID | KID |"
-        + (" logit | pooled part | positional part |" if "logit" in result["epochs"][0] else ""),
-        "|---:|---:|---:|---:|---:|---:|---:|---:|"
-        + ("---:|" * 3 if "logit" in result["epochs"][0] else ""),
-    ]
-    for row in result["epochs"]:
-        mark = " *" if row["epoch"] == sel["fine_winner"] else ""
-        parts = "".join(f" {_fmt(row[k], 2)} |" for k in ("logit", "logit_pooled", "logit_positional")
-                        if k in row)  # fmt: skip
-        lines.append(
-            f"| {row['epoch']}{mark} | {_fmt(row['focus'])} | {_fmt(row['coverage'])} | "
-            f"{_fmt(row['degenerate'], 2)} | {_fmt(row['d_real'])} | {_fmt(row['d_fake'])} | "
-            f"{_fmt(row['fid'], 2)} | {_fmt(row['kid'], 4)} |{parts}"
-        )
-    if "logit" in result["epochs"][0]:
-        lines += ["", f"The head is one linear conv over {s['layers'][0]}: the logit (mean over the "
-                  "real probe) is its pooled part, the sum of the Grad-CAM map before its ReLU, plus "
-                  "a positional part that Grad-CAM cannot show. When the positional part dominates "
-                  "and the pooled part is negative, Grad-CAM's maps are all zero."]  # fmt: skip
-    return "\n".join(lines) + "\n"
-
-
-def _write_figures(
-    run: RunDir, out: Path, probe: Probe, records: dict[int, dict[str, Any]],
-    settings: AnalysisSettings, kind: str, arg: list[int] | int, selection: Selection,
+def _figures(
+    run: RunDir,
+    probe: Probe,
+    records: dict[int, dict[str, Any]],
+    settings: AnalysisSettings,
+    kind: str,
+    arg: list[int] | int,
+    selection: Selection,
     table: list[dict[str, Any]],
-) -> None:  # fmt: skip
+) -> dict[str, Image.Image]:
+    """Figure 1 per layer and the score/FID curves, by file name (no extension)."""
+    out: dict[str, Image.Image] = {}
     fig_epochs = [e for e in settings.figure_epochs if e in records] or sorted(records)
     real = to_unit_range(probe.images)
     for layer in settings.layers:
         maps = {e: records[e]["maps"][layer]["real"] for e in fig_epochs}
         positions = list(arg) if kind == "fixed" else informative_samples(maps, int(arg))  # type: ignore[arg-type]
         image = figures.figure1(
-            real[positions], {e: m[positions] for e, m in maps.items()},
+            real[positions],
+            {e: m[positions] for e, m in maps.items()},
             title=f"{layer}, {settings.method}, BN {settings.bn_mode}, probe positions {positions}",
-        )  # fmt: skip
-        figures.save_png(image, out / f"figure1_{layer}.png")
+        )
+        out[f"figure1_{layer}"] = image
     epochs = [r["epoch"] for r in table]
     fid = [float("nan") if r["fid"] is None else r["fid"] for r in table]
     image = figures.curves(
-        epochs, {"focus": [r["focus"] for r in table], "coverage": [r["coverage"] for r in table]},
-        fid, {"Grad-CAM choice": selection.fine_winner}, title=str(run.root.name),
-    )  # fmt: skip
-    figures.save_png(image, out / "curves.png")
+        epochs,
+        {"focus": [r["focus"] for r in table], "coverage": [r["coverage"] for r in table]},
+        fid,
+        {"Grad-CAM choice": selection.fine_winner},
+        title=str(run.root.name),
+    )
+    out["curves"] = image
+    return out
 
 
-def _to_tensorboard(run: RunDir, out: Path, result: dict[str, Any]) -> None:
-    import numpy as np
-    from PIL import Image
+def _to_tensorboard(run: RunDir, images: dict[str, Image.Image], result: dict[str, Any]) -> None:
+    """The figures and the selection page in the run's TensorBoard, at the selected epoch."""
     from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(log_dir=str(run.tensorboard))
     try:
         step = result["selected_epoch"]
-        for path in sorted(out.glob("figure1_*.png")) + [out / "curves.png"]:
-            array = np.asarray(Image.open(path).convert("RGB"))
-            writer.add_image(f"analysis/{path.stem}", array, step, dataformats="HWC")
-        writer.add_text("analysis/selection", (out / "selection.md").read_text(), step)
+        for name, image in images.items():
+            array = np.asarray(image.convert("RGB"))
+            writer.add_image(f"analysis/{name}", array, step, dataformats="HWC")
+        writer.add_text("analysis/selection", selection_markdown(result), step)
     finally:
         writer.close()
 
@@ -506,52 +438,3 @@ def load_or_analyze(run_dir: str | Path, settings: AnalysisSettings) -> dict[str
         if same and [r["epoch"] for r in saved.get("epochs", [])] == run.checkpoint_epochs():
             return saved
     return analyze_run(run_dir, settings)
-
-
-def compare_runs(run_dirs: Sequence[str | Path], settings: AnalysisSettings) -> dict[str, Any]:
-    """Side by side: FID/KID of the selected, best and last epochs, and the score curves.
-
-    Writes ``compare.md``, ``compare.json`` and ``compare.png`` into the last run's
-    ``analysis/compare/``.
-    """
-    if len(run_dirs) < 2:
-        raise UserError(f"compare needs at least two run dirs, got {len(run_dirs)}")
-    rows = []
-    series: dict[str, list[float]] = {}
-    for run_dir in run_dirs:
-        result = load_or_analyze(run_dir, settings)
-        exclusion_path = RunDir(run_dir).root / "exclusion.json"
-        excluded = (
-            json.loads(exclusion_path.read_text())["excluded"] if exclusion_path.is_file() else 0
-        )
-        v = result.get("verdict") or {}
-        last = result["epochs"][-1]
-        rows.append({
-            "run_dir": str(run_dir), "excluded": excluded, "selected_epoch": result["selected_epoch"],
-            "selected_fid": v.get("selected_fid"), "best_epoch": v.get("best_epoch"),
-            "best_fid": v.get("best_fid"), "last_fid": v.get("last_fid"), "last_kid": last["kid"],
-            "regret": v.get("regret"),
-        })  # fmt: skip
-        label = Path(run_dir).name
-        series[f"{label} focus"] = [r["focus"] for r in result["epochs"]]
-    out = RunDir(run_dirs[-1]).analysis / "compare"
-    lines = [
-        "# Baseline against curated runs",
-        "",
-        "| run | images excluded | selected epoch | its FID | best epoch | best FID | last FID | last KID | regret |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['run_dir']} | {r['excluded']} | {r['selected_epoch']} | {_fmt(r['selected_fid'], 2)} "
-            f"| {r['best_epoch']} | {_fmt(r['best_fid'], 2)} | {_fmt(r['last_fid'], 2)} "
-            f"| {_fmt(r['last_kid'], 4)} | {_fmt(r['regret'], 2)} |"
-        )
-    atomic_write_text(out / "compare.md", "\n".join(lines) + "\n")
-    atomic_write_text(out / "compare.json", json.dumps(rows, indent=2) + "\n")
-    n = min(len(v) for v in series.values())
-    image = figures.curves(
-        list(range(1, n + 1)), {k: v[:n] for k, v in series.items()}, title="focus"
-    )
-    figures.save_png(image, out / "compare.png")
-    return {"rows": rows, "dir": str(out)}

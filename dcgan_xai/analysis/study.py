@@ -29,35 +29,31 @@ import torch
 from dcgan_xai.analysis import evidence, figures
 from dcgan_xai.analysis.curation import curate_run
 from dcgan_xai.analysis.evidence import Variant
-from dcgan_xai.analysis.report import (
-    datamodule_for_run,
-    ensure_probe,
-    load_module,
-    quality_meter_for,
-    resolve_device,
-    run_config,
-)
+from dcgan_xai.analysis.report import quality_meter_for, resolve_device
 from dcgan_xai.analysis.study_report import fid_figure, study_report
-from dcgan_xai.callbacks.gradcam import explain_epoch
 from dcgan_xai.config import AnalysisSettings, StudySettings
 from dcgan_xai.errors import UserError
+from dcgan_xai.files import atomic_write_text, write_csv
 from dcgan_xai.metrics.quality import score_draws
-from dcgan_xai.models.sampling import generate
+from dcgan_xai.models.sampling import probe_images
 from dcgan_xai.runs import (
     QUALITY_FIELDS,
     SCORE_FIELDS,
     RunDir,
-    atomic_write_text,
+    datamodule_for_run,
+    ensure_probe,
+    load_module,
     parse_quality_row,
     parse_score_row,
     read_csv,
     read_quality,
     read_scores,
     read_table,
+    run_config,
     update_quality,
     update_scores,
-    write_csv,
 )
+from dcgan_xai.xai.epoch import explain_epoch
 from dcgan_xai.xai.gradcam import layer_names
 
 RUN_KEYS = ("experiment", "seed")
@@ -204,11 +200,18 @@ def run_tables(run: RunDir, study: StudySettings, log: Callable[[str], None] = p
         probe = ensure_probe(run, dm)
         for e in sorted({e for e, _, _ in todo}):  # each checkpoint is read once
             model = load_module(run.checkpoint(e))
-            fakes = generate(model.generator, probe.noise)
+            images = probe_images(model.generator, probe, model.device)
             for method, bn_mode in sorted({(m, b) for t, m, b in todo if t == e}):
-                rec = explain_epoch(model.discriminator, model.generator, probe, layers, bn_mode,
-                                    a.pixel_threshold, a.flag_threshold, a.mask_threshold, method,
-                                    fakes)  # fmt: skip
+                rec = explain_epoch(
+                    model.discriminator,
+                    images,
+                    layers,
+                    bn_mode,
+                    method,
+                    a.pixel_threshold,
+                    a.flag_threshold,
+                    a.mask_threshold,
+                )
                 update_scores(run, [{"epoch": e, "method": method, "bn_mode": bn_mode,
                                      "layer": name, **rec["summary"][name],
                                      "d_real": rec["d_real"], "d_fake": rec["d_fake"]}

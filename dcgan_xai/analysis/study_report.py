@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -11,39 +10,8 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from dcgan_xai.analysis import figures
+from dcgan_xai.analysis.markdown import mean_sd, num, pm, table
 from dcgan_xai.config import StudySettings
-
-
-def num(x: Any, digits: int = 1) -> str:
-    """A number for a report: fixed digits; missing or NaN as n/a."""
-    if x is None or x == "":
-        return "n/a"
-    try:
-        value = float(x)
-    except (TypeError, ValueError):
-        return str(x)
-    return "n/a" if math.isnan(value) else f"{value:.{digits}f}"
-
-
-def pm(mean: Any, sd: Any, digits: int = 1) -> str:
-    return f"{num(mean, digits)} ± {num(sd, digits)}"
-
-
-def _mean_sd(values: Sequence[float]) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else math.nan
-    return pm(statistics.fmean(values), sd)
-
-
-def table(
-    headers: Sequence[str], rows: Sequence[Sequence[Any]], align: str | None = None
-) -> list[str]:
-    """A Markdown table; ``align`` is one letter per column, ``l`` or ``r`` (default: r)."""
-    align = align or "r" * len(headers)
-    marks = ["---" if a == "l" else "---:" for a in align]
-    out = ["| " + " | ".join(headers) + " |", "|" + "|".join(marks) + "|"]
-    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return out
-
 
 WORDS = {
     "confirms": "confirms the claim: it beat the last epoch beyond noise in nearly every run",
@@ -98,9 +66,7 @@ def study_report(
         group = [r for r in runs if r["experiment"] == exp]
         last = [r["fid"][max(r["fid"])]["mean"] for r in group]
         best = [r["fid"][r["best_epoch"]]["mean"] for r in group]
-        rows.append(
-            [exp, len(group), _mean_sd(last), _mean_sd(best), num(min(last)), num(max(last))]
-        )
+        rows.append([exp, len(group), mean_sd(last), mean_sd(best), num(min(last)), num(max(last))])
     lines += table(["experiment", "runs", "last-epoch FID", "best FID", "lowest last-epoch FID",
                     "highest"], rows, "lrrrrr")  # fmt: skip
     lines += [

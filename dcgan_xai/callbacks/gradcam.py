@@ -9,10 +9,12 @@ from typing import Any
 import lightning as L
 import torch
 import torchvision
+from torch import nn
 
 from dcgan_xai.data.mnist import to_unit_range
 from dcgan_xai.data.probe import Probe, make_probe
-from dcgan_xai.models.sampling import generate
+from dcgan_xai.errors import UserError
+from dcgan_xai.models.sampling import probe_images
 from dcgan_xai.runs import (
     RunDir,
     load_probe,
@@ -20,71 +22,8 @@ from dcgan_xai.runs import (
     save_probe,
     update_scores,
 )
-from dcgan_xai.xai.gradcam import grad_cam, preserved_state
+from dcgan_xai.xai.epoch import explain_epoch
 from dcgan_xai.xai.overlay import side_by_side
-from dcgan_xai.xai.scores import summarize
-
-
-@torch.no_grad()
-def probe_probability(discriminator: torch.nn.Module, images: torch.Tensor, bn_mode: str) -> float:
-    """Mean D(x) over ``images`` in the given BN mode, with D left unchanged."""
-    with preserved_state(discriminator):
-        discriminator.train(bn_mode == "batch")
-        return torch.sigmoid(discriminator(images).float()).mean().item()
-
-
-def explain_epoch(
-    discriminator: torch.nn.Module,
-    generator: torch.nn.Module,
-    probe: Probe,
-    layers: Sequence[str],
-    bn_mode: str,
-    pixel_threshold: float,
-    flag_threshold: float,
-    mask_threshold: float,
-    method: str = "gradcam",
-    fake_images: torch.Tensor | None = None,
-) -> dict[str, Any]:
-    """Maps and scores of the real probe and of G(fixed noise), for each layer, by ``method``.
-
-    ``fake_images`` (G of the probe's noise, on D's device) saves generating them again when
-    the same epoch is explained several ways.
-
-    Returns:
-        A record: ``maps[layer][real|fake]`` (N, H, W) float16, ``scores[layer][real|fake]``
-        per-image tensors, ``summary[layer]`` flat floats, ``d_real``/``d_fake``,
-        ``fake_images`` (N, 1, H, W) float16, and the settings used.
-    """
-    device = next(discriminator.parameters()).device
-    inputs = {
-        "real": to_unit_range(probe.images.to(device)),
-        "fake": generate(generator, probe.noise.to(device)) if fake_images is None else fake_images,
-    }
-    record: dict[str, Any] = {
-        "layers": list(layers),
-        "method": method,
-        "bn_mode": bn_mode,
-        "pixel_threshold": pixel_threshold,
-        "flag_threshold": flag_threshold,
-        "mask_threshold": mask_threshold,
-        "maps": {name: {} for name in layers},
-        "scores": {name: {} for name in layers},
-        "summary": {name: {} for name in layers},
-        "d_real": probe_probability(discriminator, inputs["real"], bn_mode),
-        "d_fake": probe_probability(discriminator, inputs["fake"], bn_mode),
-        "fake_images": inputs["fake"].half().cpu(),
-    }
-    for kind, images in inputs.items():
-        maps = grad_cam(discriminator, images, list(layers), bn_mode=bn_mode, method=method)
-        assert isinstance(maps, dict)
-        for name, layer_maps in maps.items():
-            per_image, summary = summarize(
-                layer_maps, images, pixel_threshold, flag_threshold, mask_threshold
-            )
-            record["maps"][name][kind] = layer_maps.half().cpu()
-            record["scores"][name][kind] = {k: v.cpu() for k, v in per_image.items()}
-            record["summary"][name].update({f"{kind}_{k}": v for k, v in summary.items()})
-    return record
 
 
 def panel(images: torch.Tensor, maps: torch.Tensor, pairs_per_row: int = 8) -> torch.Tensor:
@@ -93,8 +32,48 @@ def panel(images: torch.Tensor, maps: torch.Tensor, pairs_per_row: int = 8) -> t
     return torchvision.utils.make_grid(tiles, nrow=2 * pairs_per_row, padding=2, pad_value=1.0)
 
 
+def gan_parts(pl_module: L.LightningModule) -> tuple[nn.Module, nn.Module]:
+    """The module's discriminator and generator (see :class:`GradCamCallback`)."""
+    parts = [getattr(pl_module, name, None) for name in ("discriminator", "generator")]
+    if not all(isinstance(part, nn.Module) for part in parts):
+        raise UserError(
+            f"GradCamCallback needs a LightningModule with nn.Module attributes `discriminator` "
+            f"and `generator`; {type(pl_module).__name__} lacks one"
+        )
+    return parts[0], parts[1]  # type: ignore[return-value]
+
+
+def noise_shape(pl_module: L.LightningModule) -> tuple[int, ...]:
+    """The shape of one noise sample the module's generator takes (see :class:`GradCamCallback`)."""
+    shape = getattr(pl_module, "noise_shape", None)
+    if shape is not None:
+        return tuple(int(n) for n in shape)
+    hparams = getattr(pl_module, "hparams", {})
+    if "nz" in hparams:
+        return (int(hparams["nz"]), 1, 1)
+    if "latent_dim" in hparams:
+        return (int(hparams["latent_dim"]),)
+    raise UserError(
+        f"GradCamCallback cannot tell the noise shape of {type(pl_module).__name__}: give it a "
+        "`noise_shape` attribute or an `nz` (DCGAN: noise (nz, 1, 1)) or `latent_dim` hparam"
+    )
+
+
 class GradCamCallback(L.Callback):
     """At every ``every_n_epochs``-th train-epoch end, explain D on the probe.
+
+    Works with any Lightning GAN whose LightningModule has:
+
+    - ``discriminator``: an ``nn.Module`` mapping images (N, C, H, W) in [-1, 1] to logits
+      (N,) or (N, 1, ...); the layers it can explain are its named children (or the names in
+      its ``block_names`` attribute);
+    - ``generator``: an ``nn.Module`` mapping noise (N, *noise_shape) to images in [-1, 1];
+    - the noise shape: a ``noise_shape`` attribute, or an ``nz`` hparam (noise (nz, 1, 1), a
+      DCGAN's) or a ``latent_dim`` hparam (noise (latent_dim,)).
+
+    The real probe comes from ``real_images``/``real_labels`` when given, else from the data
+    module's ``test_set`` (``images`` uint8 (N, C, H, W) and ``labels``), as in
+    :class:`dcgan_xai.data.mnist.MNISTDataModule`.
 
     For every method and BN mode it writes a row per layer in ``gradcam/scores.csv``. The first
     method with the first BN mode is the primary explanation: its maps go to
@@ -116,6 +95,9 @@ class GradCamCallback(L.Callback):
         flag_threshold: coverage above which an image is flagged.
         mask_threshold: digit-mask threshold in [0, 1] scale.
         log_images: log overlay panels to the logger.
+        real_images: uint8 (N, C, H, W) images to draw the real probe from (default: the data
+            module's test split).
+        real_labels: their labels (N,), for a probe stratified by class (default: one class).
     """
 
     def __init__(
@@ -131,6 +113,8 @@ class GradCamCallback(L.Callback):
         flag_threshold: float = 0.7,
         mask_threshold: float = 0.5,
         log_images: bool = True,
+        real_images: torch.Tensor | None = None,
+        real_labels: torch.Tensor | None = None,
     ):
         self.run = RunDir(run_dir)
         self.layers = list(layers)
@@ -140,6 +124,7 @@ class GradCamCallback(L.Callback):
         self.pixel_threshold, self.flag_threshold = pixel_threshold, flag_threshold
         self.mask_threshold, self.log_images = mask_threshold, log_images
         self.probe: Probe | None = None
+        self.real_images, self.real_labels = real_images, real_labels
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
@@ -147,9 +132,9 @@ class GradCamCallback(L.Callback):
         if self.run.probe.is_file():
             self.probe = load_probe(self.run)
         else:
-            test = trainer.datamodule.test_set  # type: ignore[attr-defined]
+            images, labels = self._real_images(trainer)
             self.probe = make_probe(
-                test.images, test.labels, self.probe_size, self.seed, pl_module.hparams["nz"]
+                images, labels, self.probe_size, self.seed, noise_shape(pl_module)
             )
             save_probe(self.run, self.probe)
         done = trainer.current_epoch  # epochs already trained (non-zero on resume)
@@ -158,26 +143,38 @@ class GradCamCallback(L.Callback):
             if epoch > done:
                 self.run.gradcam_file(epoch).unlink()
 
+    def _real_images(self, trainer: L.Trainer) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = self.real_images, self.real_labels
+        if images is None:
+            test = getattr(getattr(trainer, "datamodule", None), "test_set", None)
+            if test is None:
+                raise UserError(
+                    "GradCamCallback needs real probe images: pass real_images=..., or fit "
+                    "with a data module whose test_set has `images` and `labels`"
+                )
+            images, labels = test.images, test.labels
+        if labels is None:
+            labels = torch.zeros(len(images), dtype=torch.long)
+        return images, labels
+
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch = trainer.current_epoch + 1
         if not trainer.is_global_zero or epoch % self.every_n_epochs or self.probe is None:
             return
         rows, metrics, primary = [], {}, None
-        device = next(pl_module.discriminator.parameters()).device  # type: ignore[union-attr]
-        fakes = generate(pl_module.generator, self.probe.noise.to(device))  # type: ignore[arg-type]
+        discriminator, generator = gan_parts(pl_module)
+        images = probe_images(generator, self.probe, next(discriminator.parameters()).device)
         for method in self.methods:
             for bn_mode in self.bn_modes:
                 record = explain_epoch(
-                    pl_module.discriminator,  # type: ignore[arg-type]
-                    pl_module.generator,  # type: ignore[arg-type]
-                    self.probe,
+                    discriminator,
+                    images,
                     self.layers,
                     bn_mode,
+                    method,
                     self.pixel_threshold,
                     self.flag_threshold,
                     self.mask_threshold,
-                    method,
-                    fakes,
                 )
                 prefix = "gradcam" if primary is None else f"gradcam/{method}/{bn_mode}"
                 primary = primary or record

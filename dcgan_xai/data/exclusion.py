@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
-from dcgan_xai.data.idx import md5sum
 from dcgan_xai.errors import UserError
+from dcgan_xai.files import file_digest
 
 MANIFEST_FIELDS = ["index", "label", "coverage", "focus", "flagged"]
 
@@ -23,8 +23,8 @@ def fingerprint(files: Mapping[str, Path], split: str = "train") -> dict[str, An
     return {
         "split": split,
         "size": size,
-        "images_md5": md5sum(images),
-        "labels_md5": md5sum(labels),
+        "images_md5": file_digest(images),
+        "labels_md5": file_digest(labels),
     }
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import struct
 from pathlib import Path
@@ -13,15 +12,6 @@ import torch
 from dcgan_xai.errors import UserError
 
 _DTYPES = {0x08: np.uint8}
-
-
-def md5sum(path: str | os.PathLike[str], algorithm: str = "md5") -> str:
-    """The hex digest of a file (MD5 unless ``algorithm`` names another of hashlib's)."""
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_idx(path: str | os.PathLike[str]) -> torch.Tensor:

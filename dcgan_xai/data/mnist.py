@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from dcgan_xai.data.idx import md5sum, read_idx
+from dcgan_xai.data.idx import read_idx
 from dcgan_xai.data.sources import MD5, SOURCES, ensure_mnist
 from dcgan_xai.errors import UserError
-from dcgan_xai.runs import atomic_write_bytes
+from dcgan_xai.files import atomic_write_bytes, file_digest
 
 RESIZE_METHOD = "bilinear-aa"
 
@@ -81,7 +81,7 @@ def load_split(files: Mapping[str, Path], split: str, size: int, cache_dir: Path
     with a warning: the split is resized in memory.
     """
     raw = files[f"{split}-images"]
-    key = f"{split}-{size}-{RESIZE_METHOD}-{md5sum(raw)[:12]}.pt"
+    key = f"{split}-{size}-{RESIZE_METHOD}-{file_digest(raw)[:12]}.pt"
     cache = cache_dir / key
     labels = read_idx(files[f"{split}-labels"]).long()
     images = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -17,7 +18,7 @@ class Probe:
         images: uint8 (N, 1, H, W) real test images.
         labels: int64 (N,).
         indices: int64 (N,) their indices in the test split.
-        noise: float (N, nz, 1, 1) fixed noise for the fakes.
+        noise: float (N, *noise_shape) fixed noise for the fakes ((N, nz, 1, 1) for a DCGAN).
     """
 
     images: torch.Tensor
@@ -33,8 +34,16 @@ class Probe:
         return cls(**{k: data[k] for k in ("images", "labels", "indices", "noise")})
 
 
-def make_probe(images: torch.Tensor, labels: torch.Tensor, size: int, seed: int, nz: int) -> Probe:
+def make_probe(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    size: int,
+    seed: int,
+    nz: int | Sequence[int],
+) -> Probe:
     """Choose ``size`` images stratified by label (seeded) and draw ``size`` noise vectors.
+
+    ``nz``: the noise of one sample, a length (shape ``(nz, 1, 1)``, a DCGAN's) or a shape.
 
     Each class gets ``size // classes`` images; the remainder goes to classes chosen by the
     seed. Images are ordered by class, then by their seeded draw.
@@ -60,5 +69,6 @@ def make_probe(images: torch.Tensor, labels: torch.Tensor, size: int, seed: int,
         rows = torch.cat(
             [rows, extra[torch.randperm(extra.numel(), generator=gen)[: size - rows.numel()]]]
         )
-    noise = torch.randn(size, nz, 1, 1, generator=gen)
+    shape = (nz, 1, 1) if isinstance(nz, int) else tuple(nz)
+    noise = torch.randn(size, *shape, generator=gen)
     return Probe(images[rows].clone(), labels[rows].clone(), rows.clone(), noise)

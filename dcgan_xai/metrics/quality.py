@@ -13,11 +13,10 @@ from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
-from dcgan_xai.data.idx import md5sum
 from dcgan_xai.data.mnist import Split, to_unit_range
 from dcgan_xai.errors import UserError
+from dcgan_xai.files import atomic_torch_save, file_digest, safe_torch_load
 from dcgan_xai.models.sampling import generate
-from dcgan_xai.runs import atomic_torch_save, safe_torch_load
 
 
 class MNISTClassifier(nn.Module):
@@ -210,7 +209,7 @@ def reference_meter(
     reference = (f"all {n_test} test images" if real.shape[0] == n_test
                  else f"{real.shape[0]} random test images (seed {seed})")  # fmt: skip
     record = {"samples": samples, "reference": reference, "classifier_accuracy": accuracy,
-              "classifier_md5": md5sum(path)}  # fmt: skip
+              "classifier_md5": file_digest(path)}  # fmt: skip
     return QualityMeter(classifier, real, batch_size, seed=seed), record
 
 

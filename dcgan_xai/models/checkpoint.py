@@ -9,7 +9,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from dcgan_xai.runs import atomic_torch_save
+from dcgan_xai.files import atomic_torch_save
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

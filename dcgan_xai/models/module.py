@@ -15,7 +15,7 @@ from dcgan_xai.data.mnist import to_unit_range
 from dcgan_xai.errors import Diverged
 from dcgan_xai.models.networks import Generator, build_discriminator, dcgan_init
 from dcgan_xai.models.sampling import generate
-from dcgan_xai.xai.gradcam import preserved_state
+from dcgan_xai.state import preserved_state
 
 LOSS_LIMIT = 1e4  # a BCE-with-logits loss this large needs logits this large: the nets diverged
 

@@ -1,6 +1,6 @@
 """Pure Grad-CAM and scoring functions: tensors in, tensors out, no Lightning."""
 
-from dcgan_xai.xai.gradcam import BN_MODES, METHODS, grad_cam, preserved_state
+from dcgan_xai.xai.gradcam import BN_MODES, METHODS, grad_cam
 from dcgan_xai.xai.overlay import jet, overlay
 from dcgan_xai.xai.scores import coverage, digit_mask, focus, is_degenerate
 
@@ -14,5 +14,4 @@ __all__ = [
     "is_degenerate",
     "jet",
     "overlay",
-    "preserved_state",
 ]

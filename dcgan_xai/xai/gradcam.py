@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Sequence
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
-from captum.attr import LayerGradCam, LayerGradientXActivation
 from torch import nn
 
 from dcgan_xai.errors import UserError
+from dcgan_xai.state import preserved_state
 
 BN_MODES = ("batch", "eval")
 # How a block is explained. ``gradcam``: Grad-CAM of the block's output (after its LeakyReLU),
@@ -19,37 +19,6 @@ BN_MODES = ("batch", "eval")
 # ``hirescam``: gradient x activation of the block's output summed over channels (HiResCAM),
 # which keeps the position-dependent part of the logit that Grad-CAM's spatial mean drops.
 METHODS = ("gradcam", "gradcam_pre", "gradcam_conv", "hirescam")
-
-
-@contextmanager
-def preserved_state(module: nn.Module) -> Iterator[None]:
-    """Restore, on exit, everything a forward/backward pass could change on ``module``.
-
-    That is: each submodule's train/eval mode, every buffer (BatchNorm running statistics),
-    every parameter's ``.grad`` and ``requires_grad``, and the CPU and CUDA RNG states.
-    """
-    modes = [(m, m.training) for m in module.modules()]
-    buffers = [(b, b.detach().clone()) for b in module.buffers()]
-    params = [
-        (p, p.requires_grad, None if p.grad is None else p.grad.clone())
-        for p in module.parameters()
-    ]
-    cpu_rng = torch.get_rng_state()
-    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-    try:
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
-        with torch.no_grad():
-            for b, saved in buffers:
-                b.copy_(saved)
-        for p, requires_grad, grad in params:
-            p.requires_grad_(requires_grad)
-            p.grad = grad
-        torch.set_rng_state(cpu_rng)
-        if cuda_rng is not None:
-            torch.cuda.set_rng_state_all(cuda_rng)
 
 
 def layer_names(discriminator: nn.Module) -> list[str]:
@@ -116,6 +85,9 @@ def grad_cam(
     Returns:
         Maps (N, H, W) in [0, 1] for one layer, or a dict of them keyed by layer name.
     """
+    # Captum is loaded when maps are made, so reading configs and runs does not import it
+    from captum.attr import LayerGradCam, LayerGradientXActivation
+
     if bn_mode not in BN_MODES:
         raise UserError(f"bn_mode={bn_mode!r} is not allowed; allowed: {', '.join(BN_MODES)}")
     if images.ndim != 4:
