@@ -58,12 +58,14 @@ def main() -> None:
         sys.exit(f"{args.sweep} holds runs of {sorted(groups)}; both {args.a} and {args.b} needed")
     a, b = groups[args.a], groups[args.b]
     epochs = sorted(set.intersection(*(set(f) for f in [*a.values(), *b.values()])))
-    rows, outside = [], []
+    rows, outside, unknown = [], [], []
     for e in epochs:
         ma, sa = mean_se([a[s][e].mean for s in sorted(a)])
         mb, sb = mean_se([b[s][e].mean for s in sorted(b)])
         se = math.hypot(sa, sb)
-        if abs(mb - ma) > 2 * se:
+        if math.isnan(se):  # fewer than 2 seeds of a path: no spread to judge by
+            unknown.append(e)
+        elif abs(mb - ma) > 2 * se:
             outside.append(e)
         cells = [f"{a[s][e].mean:.1f} ± {a[s][e].sd:.1f}" for s in sorted(a)]
         cells += [f"{b[s][e].mean:.1f} ± {b[s][e].sd:.1f}" for s in sorted(b)]
@@ -74,10 +76,10 @@ def main() -> None:
     print("\n".join(table(headers, rows)))
     last = epochs[-1] if epochs else None
     agree = last is not None and last not in outside and len(outside) <= 1
+    verdict = "undecided (fewer than 2 seeds)" if unknown else "agree" if agree else "differ"
     print(
         f"\nepochs {epochs[0]}-{last}; difference outside 2 SE at epochs {outside or 'none'}; "
-        f"verdict: {'agree' if agree else 'differ'} (rule: last epoch within 2 SE and at most "
-        "one other epoch outside)"
+        f"verdict: {verdict} (rule: last epoch within 2 SE and at most one other epoch outside)"
     )
 
 

@@ -193,9 +193,13 @@ def read_scores(run: RunDir) -> list[dict[str, Any]]:
 
 
 def _merge_rows(
-    path: Path, fields: Sequence[str], keys: Sequence[str], old: list[dict[str, Any]],
-    rows: list[dict[str, Any]], keep_through: int | None,
-) -> None:  # fmt: skip
+    path: Path,
+    fields: Sequence[str],
+    keys: Sequence[str],
+    old: list[dict[str, Any]],
+    rows: list[dict[str, Any]],
+    keep_through: int | None,
+) -> None:
     if keep_through is not None:
         old = [r for r in old if r["epoch"] <= keep_through]
     merged = {tuple(r[k] for k in keys): r for r in old}
@@ -212,8 +216,17 @@ def update_scores(run: RunDir, rows: list[dict[str, Any]], keep_through: int | N
 
 
 QUALITY_KEYS = ("epoch", "draw")
-QUALITY_FIELDS = (*QUALITY_KEYS, "noise_seed", "samples", "fid", "kid", "kid_std", "reference",
-                  "classifier_accuracy", "classifier_md5")  # fmt: skip
+QUALITY_FIELDS = (
+    *QUALITY_KEYS,
+    "noise_seed",
+    "samples",
+    "fid",
+    "kid",
+    "kid_std",
+    "reference",
+    "classifier_accuracy",
+    "classifier_md5",
+)
 
 
 def parse_quality_row(raw: dict[str, str]) -> dict[str, Any]:
@@ -357,9 +370,15 @@ def datamodule_for_run(run: RunDir, trained: bool = False) -> MNISTDataModule:
         files = ensure_mnist(data.root, sources, checksums)
         exclude = load_exclusion(data.exclude, fingerprint(files))
     dm = MNISTDataModule(
-        data.root, data.image_size, seed=cfg.seed, limit=data.get("limit") if trained else None,
-        exclude=exclude, sources=sources, checksums=checksums, cache_dir=data.get("cache_dir"),
-    )  # fmt: skip
+        data.root,
+        data.image_size,
+        seed=cfg.seed,
+        limit=data.get("limit") if trained else None,
+        exclude=exclude,
+        sources=sources,
+        checksums=checksums,
+        cache_dir=data.get("cache_dir"),
+    )
     dm.setup()
     return dm
 

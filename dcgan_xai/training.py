@@ -105,8 +105,10 @@ def validate(cfg: DictConfig) -> None:
                     f"unknown Grad-CAM layer {layer!r} in callbacks.gradcam.layers; "
                     f"valid layers of model.arch={cfg.model.arch}: {', '.join(valid)}"
                 )
-        for key, values, allowed in (("bn_modes", gc.bn_modes, BN_MODES),
-                                     ("methods", gc.methods, METHODS)):  # fmt: skip
+        for key, values, allowed in (
+            ("bn_modes", gc.bn_modes, BN_MODES),
+            ("methods", gc.methods, METHODS),
+        ):
             bad = [v for v in values if v not in allowed] or ([] if values else ["(empty)"])
             if bad:
                 raise UserError(
@@ -231,9 +233,16 @@ def check_resumable(path: Path, ckpt: dict[str, Any], model: DCGAN) -> None:
 
 
 # Keys a resumed run may change: they cannot change its results.
-RESUME_MAY_CHANGE = ("resume", "trainer.max_epochs", "trainer.enable_progress_bar",
-                     "trainer.log_every_n_steps", "callbacks.gradcam.log_images", "data.root",
-                     "data.sources", "data.cache_dir")  # fmt: skip
+RESUME_MAY_CHANGE = (
+    "resume",
+    "trainer.max_epochs",
+    "trainer.enable_progress_bar",
+    "trainer.log_every_n_steps",
+    "callbacks.gradcam.log_images",
+    "data.root",
+    "data.sources",
+    "data.cache_dir",
+)
 
 
 def _flat(cfg: Any, prefix: str = "") -> dict[str, Any]:
@@ -249,8 +258,11 @@ def check_same_config(recorded: DictConfig, cfg: DictConfig) -> None:
     """Refuse a resume whose settings differ from the run's, but for :data:`RESUME_MAY_CHANGE`."""
     old = _flat(OmegaConf.to_container(recorded, resolve=True))
     new = _flat(OmegaConf.to_container(cfg, resolve=True))
-    diff = sorted(k for k in old.keys() | new.keys()
-                  if k not in RESUME_MAY_CHANGE and old.get(k) != new.get(k))  # fmt: skip
+    diff = sorted(
+        k
+        for k in old.keys() | new.keys()
+        if k not in RESUME_MAY_CHANGE and old.get(k) != new.get(k)
+    )
     if diff:
         shown = "; ".join(f"{k}={new.get(k)!r} (the run's: {old.get(k)!r})" for k in diff[:4])
         raise UserError(

@@ -181,9 +181,17 @@ def curate_run(
     assert dm.train_set is not None and dm.full_train_size is not None
     start = time.perf_counter()
     scores = score_split(
-        model.discriminator, dm.train_set, layer, bn_mode, pixel_threshold, mask_threshold,
-        batch_size, device, progress, method,
-    )  # fmt: skip
+        model.discriminator,
+        dm.train_set,
+        layer,
+        bn_mode,
+        pixel_threshold,
+        mask_threshold,
+        batch_size,
+        device,
+        progress,
+        method,
+    )
     seconds = time.perf_counter() - start
     if flag_share is not None:
         flagged, threshold = flag_top_share(scores["coverage"], flag_share, seed)
@@ -197,17 +205,33 @@ def curate_run(
         "scored": len(dm.train_set),
         "total": dm.full_train_size,
     }
-    settings = {"layer": layer, "method": method, "bn_mode": bn_mode, "threshold": threshold,
-                "flag_share": flag_share, "pixel_threshold": pixel_threshold,
-                "mask_threshold": mask_threshold, "batch_size": batch_size, "seed": seed,
-                "device": str(device)}  # fmt: skip
+    settings = {
+        "layer": layer,
+        "method": method,
+        "bn_mode": bn_mode,
+        "threshold": threshold,
+        "flag_share": flag_share,
+        "pixel_threshold": pixel_threshold,
+        "mask_threshold": mask_threshold,
+        "batch_size": batch_size,
+        "seed": seed,
+        "device": str(device),
+    }
     out = run.curation(name)
     assert dm.full_train_labels is not None
     labels = dm.full_train_labels
-    summary = _write_manifest(out, scores, flagged, labels, {
-        **common, "settings": settings, "seconds": seconds,
-        "images_per_second": len(dm.train_set) / seconds if seconds > 0 else None,
-    })  # fmt: skip
+    summary = _write_manifest(
+        out,
+        scores,
+        flagged,
+        labels,
+        {
+            **common,
+            "settings": settings,
+            "seconds": seconds,
+            "images_per_second": len(dm.train_set) / seconds if seconds > 0 else None,
+        },
+    )
     hist = figures.histogram(scores["coverage"], threshold, f"{name}: {summary['flagged']} flagged")
     figures.save_png(hist, out / "coverage_hist.png")
     top = scores["coverage"].argsort(descending=True, stable=True)[:16]
@@ -221,18 +245,29 @@ def curate_run(
     if control:
         arm = matched_control(scores["label"], flagged, seed)
         control_dir = run.curation(f"{name}-control")
-        _write_manifest(control_dir, scores, arm, labels, {
-            **common, "settings": {**settings, "control_of": name}, "seconds": 0.0,
-            "images_per_second": None,
-        })  # fmt: skip
+        _write_manifest(
+            control_dir,
+            scores,
+            arm,
+            labels,
+            {
+                **common,
+                "settings": {**settings, "control_of": name},
+                "seconds": 0.0,
+                "images_per_second": None,
+            },
+        )
         summary["control_dir"] = str(control_dir)
     return summary
 
 
 def _write_manifest(
-    out: Path, scores: dict[str, torch.Tensor], flagged: torch.Tensor, labels: torch.Tensor,
+    out: Path,
+    scores: dict[str, torch.Tensor],
+    flagged: torch.Tensor,
+    labels: torch.Tensor,
     summary: dict[str, Any],
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """``manifest.csv`` with one row per train image (unscored images: NaN, never flagged) and
     ``summary.json``; returns the summary."""
     total = labels.numel()
@@ -242,14 +277,29 @@ def _write_manifest(
     idx = scores["index"]
     coverage[idx], focus_values[idx], flags[idx] = scores["coverage"], scores["focus"], flagged
     rows = (
-        {"index": i, "label": int(lab), "coverage": f"{c:.6f}", "focus": f"{f:.6f}",
-         "flagged": bool(fl)}
-        for i, (lab, c, f, fl) in enumerate(zip(labels.tolist(), coverage.tolist(),
-                                                focus_values.tolist(), flags.tolist(), strict=True))
-    )  # fmt: skip
+        {
+            "index": i,
+            "label": int(lab),
+            "coverage": f"{c:.6f}",
+            "focus": f"{f:.6f}",
+            "flagged": bool(fl),
+        }
+        for i, (lab, c, f, fl) in enumerate(
+            zip(
+                labels.tolist(),
+                coverage.tolist(),
+                focus_values.tolist(),
+                flags.tolist(),
+                strict=True,
+            )
+        )
+    )
     write_csv(out / "manifest.csv", MANIFEST_FIELDS, rows)
     per_digit = torch.bincount(scores["label"][flagged], minlength=10).tolist()
-    summary = {"flagged": int(flagged.sum()),
-               "flagged_per_digit": {str(d): n for d, n in enumerate(per_digit)}, **summary}  # fmt: skip
+    summary = {
+        "flagged": int(flagged.sum()),
+        "flagged_per_digit": {str(d): n for d, n in enumerate(per_digit)},
+        **summary,
+    }
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary

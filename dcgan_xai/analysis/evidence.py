@@ -192,9 +192,13 @@ def baselines(
 
 
 def run_outcomes(
-    run: Mapping[str, Any], fid: Mapping[int, Fid], score_rows: Sequence[Mapping[str, Any]],
-    variants: Sequence[Variant], k: int, window: float,
-) -> list[dict[str, Any]]:  # fmt: skip
+    run: Mapping[str, Any],
+    fid: Mapping[int, Fid],
+    score_rows: Sequence[Mapping[str, Any]],
+    variants: Sequence[Variant],
+    k: int,
+    window: float,
+) -> list[dict[str, Any]]:
     """One row per variant for one run: the chosen epoch, its FID ± SD, gain over the last epoch
     and over the window's median, and the outcome."""
     epochs = sorted(fid)
@@ -205,14 +209,27 @@ def run_outcomes(
     for v in variants:
         series = {e: s for e, s in score_series(score_rows, v).items() if e in fid}
         chosen = choose(series, v.selection, k) if series else None
-        row: dict[str, Any] = {**run, "variant": v.name, "epoch": chosen, "fid": math.nan,
-                               "fid_sd": math.nan, "gain": math.nan, "gain_sd": math.nan,
-                               "outcome": "no choice", "gain_vs_median": math.nan}  # fmt: skip
+        row: dict[str, Any] = {
+            **run,
+            "variant": v.name,
+            "epoch": chosen,
+            "fid": math.nan,
+            "fid_sd": math.nan,
+            "gain": math.nan,
+            "gain_sd": math.nan,
+            "outcome": "no choice",
+            "gain_vs_median": math.nan,
+        }
         if chosen is not None:
             c = compare(fid, chosen, last)
-            row.update(fid=fid[chosen].mean, fid_sd=fid[chosen].sd, gain=c["gain"],
-                       gain_sd=c["sd"], outcome=c["outcome"],
-                       gain_vs_median=median - fid[chosen].mean)  # fmt: skip
+            row.update(
+                fid=fid[chosen].mean,
+                fid_sd=fid[chosen].sd,
+                gain=c["gain"],
+                gain_sd=c["sd"],
+                outcome=c["outcome"],
+                gain_vs_median=median - fid[chosen].mean,
+            )
         rows.append(row)
     return rows
 
@@ -251,22 +268,34 @@ def decide(rows: Sequence[Mapping[str, Any]], planned: Sequence[str]) -> list[di
             t.ppf(0.95, len(gains) - 1) * sd / math.sqrt(len(gains)) if len(gains) > 1 else math.nan
         )
         p_raw[name] = sign_test_p(wins, n)
-        out.append({
-            "variant": name, "planned": name in planned, "runs": n, "wins": wins,
-            "ties": sum(r["outcome"] in ("tie", "same") for r in group),
-            "losses": sum(r["outcome"] == "loss" for r in group),
-            "no_choice": sum(r["outcome"] == "no choice" for r in group),
-            "mean_gain": mean, "gain_sd_over_runs": sd, "ci90_low": mean - half,
-            "ci90_high": mean + half, "noise_sd": noise, "sign_p": p_raw[name],
-        })  # fmt: skip
+        out.append(
+            {
+                "variant": name,
+                "planned": name in planned,
+                "runs": n,
+                "wins": wins,
+                "ties": sum(r["outcome"] in ("tie", "same") for r in group),
+                "losses": sum(r["outcome"] == "loss" for r in group),
+                "no_choice": sum(r["outcome"] == "no choice" for r in group),
+                "mean_gain": mean,
+                "gain_sd_over_runs": sd,
+                "ci90_low": mean - half,
+                "ci90_high": mean + half,
+                "noise_sd": noise,
+                "sign_p": p_raw[name],
+            }
+        )
     adjusted = holm({k: v for k, v in p_raw.items() if k in planned})
     for row in out:
         row["holm_p"] = adjusted.get(row["variant"], math.nan)
         n, noise = row["runs"], row["noise_sd"]
         if not row["planned"]:
             row["decision"] = "exploratory"
-        elif (row["wins"] >= math.ceil(7 / 8 * n) and row["holm_p"] < 0.05
-              and row["mean_gain"] > 2 * noise):  # fmt: skip
+        elif (
+            row["wins"] >= math.ceil(7 / 8 * n)
+            and row["holm_p"] < 0.05
+            and row["mean_gain"] > 2 * noise
+        ):
             row["decision"] = "confirms"
         elif n - row["wins"] >= n / 2 and row["ci90_high"] < 2 * noise:
             row["decision"] = "refutes"

@@ -65,8 +65,9 @@ def run_name(experiment: str, seed: int) -> str:
 
 def variants(study: StudySettings, layers: Sequence[str]) -> list[Variant]:
     """Every combination the study scores; the planned ones first."""
-    combos = itertools.product(study.methods, layers, study.bn_modes, study.probes, study.scores,
-                               study.selections)  # fmt: skip
+    combos = itertools.product(
+        study.methods, layers, study.bn_modes, study.probes, study.scores, study.selections
+    )
     every = [Variant(*c) for c in combos]
     planned = [Variant.parse(p) for p in study.planned]
     return planned + [v for v in every if v not in planned]
@@ -75,17 +76,29 @@ def variants(study: StudySettings, layers: Sequence[str]) -> list[Variant]:
 # ---------------------------------------------------------------- training
 
 
-def _train_command(study: StudySettings, experiment: str, seed: int, run_dir: Path,
-                   extra: Sequence[str] = ()) -> list[str]:  # fmt: skip
-    return [sys.executable, "-m", "dcgan_xai.train", f"+experiment={experiment}", f"seed={seed}",
-            *study.train_overrides, *extra, f"hydra.run.dir={run_dir}", "resume=true",
-            "trainer.enable_progress_bar=false"]  # fmt: skip
+def _train_command(
+    study: StudySettings, experiment: str, seed: int, run_dir: Path, extra: Sequence[str] = ()
+) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "dcgan_xai.train",
+        f"+experiment={experiment}",
+        f"seed={seed}",
+        *study.train_overrides,
+        *extra,
+        f"hydra.run.dir={run_dir}",
+        "resume=true",
+        "trainer.enable_progress_bar=false",
+    ]
 
 
 def train_runs(
-    study: StudySettings, jobs: Sequence[tuple[str, int, Path, Sequence[str]]], logs: Path,
+    study: StudySettings,
+    jobs: Sequence[tuple[str, int, Path, Sequence[str]]],
+    logs: Path,
     log: Callable[[str], None],
-) -> dict[str, str]:  # fmt: skip
+) -> dict[str, str]:
     """Train ``jobs`` (experiment, seed, run dir, extra overrides), ``study.parallel`` at a time.
 
     Each training's output goes to ``logs/<run>.log``. A training still running after
@@ -113,8 +126,9 @@ def train_runs(
             with open(log_path, "wb") as out:
                 proc = subprocess.Popen(
                     _train_command(study, experiment, seed, run_dir, extra),
-                    stdout=out, stderr=subprocess.STDOUT,
-                )  # fmt: skip
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
             running[proc] = (run_dir, time.monotonic(), log_path)
             log(f"{run_dir.name}: training (log {log_path})")
         time.sleep(0.5)
@@ -138,8 +152,10 @@ def train_runs(
                 status[str(run_dir)] = f"failed (exit {rc}): {(lines or ['no output'])[-1][:300]}"
             del running[proc]
             epochs = RunDir(run_dir).checkpoint_epochs()
-            log(f"{run_dir.name}: {status[str(run_dir)]} after {elapsed:.0f} s, "
-                f"{len(epochs)} epochs checkpointed")  # fmt: skip
+            log(
+                f"{run_dir.name}: {status[str(run_dir)]} after {elapsed:.0f} s, "
+                f"{len(epochs)} epochs checkpointed"
+            )
     return status
 
 
@@ -154,8 +170,9 @@ def _finished(run: RunDir) -> bool:
 # ---------------------------------------------------------------- per-run tables
 
 
-def run_tables(run: RunDir, study: StudySettings, log: Callable[[str], None] = print
-               ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:  # fmt: skip
+def run_tables(
+    run: RunDir, study: StudySettings, log: Callable[[str], None] = print
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """A run's quality rows and score rows for every checkpointed epoch.
 
     Rows the run's callbacks wrote with the study's settings are read; the rest are computed
@@ -169,8 +186,11 @@ def run_tables(run: RunDir, study: StudySettings, log: Callable[[str], None] = p
 
     def usable(r: dict[str, Any]) -> bool:
         """A row made with the study's sample count, draws and fixed-noise seed."""
-        return (r["samples"] == a.fid_samples and r["draw"] <= a.fid_draws
-                and (r["draw"] > 0 or r["noise_seed"] == a.fid_seed))  # fmt: skip
+        return (
+            r["samples"] == a.fid_samples
+            and r["draw"] <= a.fid_draws
+            and (r["draw"] > 0 or r["noise_seed"] == a.fid_seed)
+        )
 
     have = {(r["epoch"], r["draw"]) for r in read_quality(run) if usable(r)}
     missing = [e for e in epochs if any((e, d) not in have for d in range(a.fid_draws + 1))]
@@ -212,10 +232,21 @@ def run_tables(run: RunDir, study: StudySettings, log: Callable[[str], None] = p
                     a.flag_threshold,
                     a.mask_threshold,
                 )
-                update_scores(run, [{"epoch": e, "method": method, "bn_mode": bn_mode,
-                                     "layer": name, **rec["summary"][name],
-                                     "d_real": rec["d_real"], "d_fake": rec["d_fake"]}
-                                    for name in layers])  # fmt: skip
+                update_scores(
+                    run,
+                    [
+                        {
+                            "epoch": e,
+                            "method": method,
+                            "bn_mode": bn_mode,
+                            "layer": name,
+                            **rec["summary"][name],
+                            "d_real": rec["d_real"],
+                            "d_fake": rec["d_fake"],
+                        }
+                        for name in layers
+                    ],
+                )
     scores = [r for r in read_scores(run) if (r["epoch"], r["method"], r["bn_mode"]) in wanted]
     return quality, scores
 
@@ -243,22 +274,31 @@ def evaluate(
         d_real = {e: d_real.get(e, math.nan) for e in fid}
         key = {"experiment": experiment, "seed": seed}
         best = min(fid, key=lambda e: (fid[e].mean, e))
-        per_run.append({
-            **key, "epochs": len(fid), "fid": {e: vars(f) for e, f in fid.items()},
-            "best_epoch": best, "plateau": evidence.plateau(fid, study.window),
-            "baselines": evidence.baselines(fid, d_real, study.window),
-        })  # fmt: skip
+        per_run.append(
+            {
+                **key,
+                "epochs": len(fid),
+                "fid": {e: vars(f) for e, f in fid.items()},
+                "best_epoch": best,
+                "plateau": evidence.plateau(fid, study.window),
+                "baselines": evidence.baselines(fid, d_real, study.window),
+            }
+        )
         outcomes += evidence.run_outcomes(key, fid, s, all_variants, study.analysis.k, study.window)
     decisions = evidence.decide(outcomes, study.planned)
     by_experiment = {
         exp: evidence.decide(
             [o for o in outcomes if o["experiment"] == exp and o["variant"] in study.planned],
             study.planned,
-        )  # fmt: skip
+        )
         for exp in sorted({r[0] for r in runs})
     }
-    return {"runs": per_run, "outcomes": outcomes, "decisions": decisions,
-            "by_experiment": by_experiment}  # fmt: skip
+    return {
+        "runs": per_run,
+        "outcomes": outcomes,
+        "decisions": decisions,
+        "by_experiment": by_experiment,
+    }
 
 
 def score_overview(
@@ -274,12 +314,19 @@ def score_overview(
         values = [float(r[key]) for r in rows if not math.isnan(float(r[key]))]
         return sum(values) / len(values) if values else math.nan
 
-    return [{"method": m, "bn_mode": b, "layer": layer,
-             "degenerate": mean(rows, "real_degenerate"), "focus": mean(rows, "real_focus_mean"),
-             "focus_nondeg": mean(rows, "real_focus_nondeg"),
-             "focus_chance": mean(rows, "real_focus_chance"),
-             "coverage": mean(rows, "real_coverage_mean")}
-            for (m, b, layer), rows in sorted(groups.items())]  # fmt: skip
+    return [
+        {
+            "method": m,
+            "bn_mode": b,
+            "layer": layer,
+            "degenerate": mean(rows, "real_degenerate"),
+            "focus": mean(rows, "real_focus_mean"),
+            "focus_nondeg": mean(rows, "real_focus_nondeg"),
+            "focus_chance": mean(rows, "real_focus_chance"),
+            "coverage": mean(rows, "real_coverage_mean"),
+        }
+        for (m, b, layer), rows in sorted(groups.items())
+    ]
 
 
 # ---------------------------------------------------------------- the study
@@ -300,8 +347,11 @@ def run_study(study: StudySettings, log: Callable[[str], None] = print) -> dict[
         return _report_from_tables(study, root)
     start = time.monotonic()
     runs_dir = root / "runs"
-    jobs = [(exp, seed, runs_dir / run_name(exp, seed), ()) for exp in study.experiments
-            for seed in study.seeds]  # fmt: skip
+    jobs = [
+        (exp, seed, runs_dir / run_name(exp, seed), ())
+        for exp in study.experiments
+        for seed in study.seeds
+    ]
     status = train_runs(study, jobs, root / "logs", log)
     quality: list[dict[str, Any]] = []
     scores: list[dict[str, Any]] = []
@@ -329,9 +379,12 @@ def run_study(study: StudySettings, log: Callable[[str], None] = print) -> dict[
     write_csv(root / "scores.csv", [*RUN_KEYS, *SCORE_FIELDS], scores)
     if curation:
         write_csv(root / "curation.csv", list(curation[0]), curation)
-    meta = {"device": _device_name(resolve_device(study.analysis.device)),
-            "wall_s": round(time.monotonic() - start), "status": status,
-            "settings": asdict(study)}  # fmt: skip
+    meta = {
+        "device": _device_name(resolve_device(study.analysis.device)),
+        "wall_s": round(time.monotonic() - start),
+        "status": status,
+        "settings": asdict(study),
+    }
     atomic_write_text(root / "study.json", json.dumps(meta, indent=2) + "\n")
     return _report_from_tables(study, root)
 
@@ -370,8 +423,14 @@ def _report_from_tables(study: StudySettings, root: Path) -> dict[str, Any]:
     return {"dir": str(root), **result, "meta": meta}
 
 
-def _curation(study: StudySettings, experiment: str, seed: int, run: RunDir,
-              fid: Mapping[int, evidence.Fid], log: Callable[[str], None]) -> list[dict[str, Any]]:  # fmt: skip
+def _curation(
+    study: StudySettings,
+    experiment: str,
+    seed: int,
+    run: RunDir,
+    fid: Mapping[int, evidence.Fid],
+    log: Callable[[str], None],
+) -> list[dict[str, Any]]:
     """Per rule: retrain without the images flagged at the last epoch, and without as many
     random images per digit (the control arm); final FIDs (fresh-set mean ± SD) of all three."""
     rows = []
@@ -382,14 +441,26 @@ def _curation(study: StudySettings, experiment: str, seed: int, run: RunDir,
     if study.curation_share is not None:
         options.append((f"share{study.curation_share}", {"flag_share": study.curation_share}))
     for label, kwargs in options:
-        summary = curate_run(run.root, epoch=last, layer=study.curation_layer,
-                             method=study.curation_method, name=f"study-{label}", progress=False,
-                             control=True, seed=seed, **kwargs)  # fmt: skip
+        summary = curate_run(
+            run.root,
+            epoch=last,
+            layer=study.curation_layer,
+            method=study.curation_method,
+            name=f"study-{label}",
+            progress=False,
+            control=True,
+            seed=seed,
+            **kwargs,
+        )
         row: dict[str, Any] = {
-            "experiment": experiment, "seed": seed, "rule": label,
-            "threshold": summary["settings"]["threshold"], "flagged": summary["flagged"],
-            "base_final_fid": fid[last].mean, "base_final_sd": fid[last].sd,
-        }  # fmt: skip
+            "experiment": experiment,
+            "seed": seed,
+            "rule": label,
+            "threshold": summary["settings"]["threshold"],
+            "flagged": summary["flagged"],
+            "base_final_fid": fid[last].mean,
+            "base_final_sd": fid[last].sd,
+        }
         arms = {"curated": summary["dir"], "control": summary["control_dir"]}
         for arm in arms:
             row.update(
@@ -398,18 +469,32 @@ def _curation(study: StudySettings, experiment: str, seed: int, run: RunDir,
         if not 0 < summary["flagged"] < summary["scored"]:
             rows.append(row)
             continue
-        jobs = [(experiment, seed, run.root.parent / f"{run.root.name}_{label}_{arm}",
-                 [f"data.exclude={path}/manifest.csv"]) for arm, path in arms.items()]  # fmt: skip
-        log(f"{run.root.name}: retraining without {summary['flagged']} images ({label}), and "
-            "without as many random ones")  # fmt: skip
+        jobs = [
+            (
+                experiment,
+                seed,
+                run.root.parent / f"{run.root.name}_{label}_{arm}",
+                [f"data.exclude={path}/manifest.csv"],
+            )
+            for arm, path in arms.items()
+        ]
+        log(
+            f"{run.root.name}: retraining without {summary['flagged']} images ({label}), and "
+            "without as many random ones"
+        )
         status = train_runs(study, jobs, run.root.parent.parent / "logs", log)
         for arm, (_, _, arm_dir, _) in zip(arms, jobs, strict=True):
             if RunDir(arm_dir).checkpoint_epochs():
                 q, _ = run_tables(RunDir(arm_dir), study, log)
                 arm_fid = evidence.fid_by_epoch(q)
                 final = arm_fid[max(arm_fid)]
-                row.update({f"{arm}_final_fid": final.mean, f"{arm}_final_sd": final.sd,
-                            f"{arm}_run": str(arm_dir)})  # fmt: skip
+                row.update(
+                    {
+                        f"{arm}_final_fid": final.mean,
+                        f"{arm}_final_sd": final.sd,
+                        f"{arm}_run": str(arm_dir),
+                    }
+                )
             else:
                 row[f"{arm}_run"] = status.get(str(arm_dir), "")
         rows.append(row)

@@ -22,10 +22,13 @@ WORDS = {
 
 
 def study_report(
-    study: StudySettings, result: Mapping[str, Any], meta: Mapping[str, Any],
-    protocol: Mapping[str, Any], overview: Sequence[Mapping[str, Any]],
+    study: StudySettings,
+    result: Mapping[str, Any],
+    meta: Mapping[str, Any],
+    protocol: Mapping[str, Any],
+    overview: Sequence[Mapping[str, Any]],
     curation: Sequence[Mapping[str, Any]],
-) -> str:  # fmt: skip
+) -> str:
     runs = result["runs"]
     planned = [d for d in result["decisions"] if d["planned"]]
     n = len(runs)
@@ -57,9 +60,12 @@ def study_report(
         f"epoch): positive means the rule's pick was better.",
     ]
     if stopped:
-        lines += ["", f"{stopped} of {n} runs were stopped by the time limit before their planned "
-                  f"epochs; they reached {'-'.join(str(e) for e in (reached[0], reached[-1]) if e) if len(reached) > 1 else reached[0]} "
-                  f"epochs, and every rule was applied to the epochs reached."]  # fmt: skip
+        lines += [
+            "",
+            f"{stopped} of {n} runs were stopped by the time limit before their planned "
+            f"epochs; they reached {'-'.join(str(e) for e in (reached[0], reached[-1]) if e) if len(reached) > 1 else reached[0]} "
+            f"epochs, and every rule was applied to the epochs reached.",
+        ]
     lines += ["", "Recipes (mean ± SD over seeds of each run's FID):", ""]
     rows = []
     for exp in sorted({r["experiment"] for r in runs}):
@@ -67,8 +73,11 @@ def study_report(
         last = [r["fid"][max(r["fid"])]["mean"] for r in group]
         best = [r["fid"][r["best_epoch"]]["mean"] for r in group]
         rows.append([exp, len(group), mean_sd(last), mean_sd(best), num(min(last)), num(max(last))])
-    lines += table(["experiment", "runs", "last-epoch FID", "best FID", "lowest last-epoch FID",
-                    "highest"], rows, "lrrrrr")  # fmt: skip
+    lines += table(
+        ["experiment", "runs", "last-epoch FID", "best FID", "lowest last-epoch FID", "highest"],
+        rows,
+        "lrrrrr",
+    )
     lines += [
         "",
         "## Setup",
@@ -100,72 +109,214 @@ def study_report(
         state = next(
             (v for k, v in status.items() if k.endswith(f"{r['experiment']}_seed_{r['seed']}")), ""
         )
-        rows.append([
-            r["experiment"], r["seed"], f"{r['epochs']}{' (' + state + ')' if state and state != 'finished' else ''}",
-            f"{pm(fid[r['best_epoch']]['mean'], fid[r['best_epoch']]['sd'])} ({r['best_epoch']})",
-            pm(fid[last]["mean"], fid[last]["sd"]), f"{p['window'][0]}-{p['window'][1]}",
-            num(p["rho"], 2), num(p["change"]), num(p["swing"]), num(p["noise"]),
-            "yes" if p["min_at_last"] else "no", "**yes**" if p["plateau"] else "no",
-        ])  # fmt: skip
+        rows.append(
+            [
+                r["experiment"],
+                r["seed"],
+                f"{r['epochs']}{' (' + state + ')' if state and state != 'finished' else ''}",
+                f"{pm(fid[r['best_epoch']]['mean'], fid[r['best_epoch']]['sd'])} ({r['best_epoch']})",
+                pm(fid[last]["mean"], fid[last]["sd"]),
+                f"{p['window'][0]}-{p['window'][1]}",
+                num(p["rho"], 2),
+                num(p["change"]),
+                num(p["swing"]),
+                num(p["noise"]),
+                "yes" if p["min_at_last"] else "no",
+                "**yes**" if p["plateau"] else "no",
+            ]
+        )
     lines += table(
-        ["experiment", "seed", "epochs", "best FID (epoch)", "last FID", "window",
-         "Spearman(FID, epoch)", "fitted change", "swing", "noise SD", "min at last", "plateau"],
-        rows, "lrlrrlrrrrll",
-    )  # fmt: skip
+        [
+            "experiment",
+            "seed",
+            "epochs",
+            "best FID (epoch)",
+            "last FID",
+            "window",
+            "Spearman(FID, epoch)",
+            "fitted change",
+            "swing",
+            "noise SD",
+            "min at last",
+            "plateau",
+        ],
+        rows,
+        "lrlrrlrrrrll",
+    )
     lines += ["", "## 2. Baselines: FID of each simple rule's pick", ""]
-    rows = [[r["experiment"], r["seed"]] + [num(r["baselines"][k]) for k in
-            ("best", "last", "d_real_half", "random_window", "median_window")] for r in runs]  # fmt: skip
-    lines += table(["experiment", "seed", "best (oracle)", "last epoch", "D(x) closest to 0.5",
-                    "random epoch of the window (expected)", "median of the window"], rows, "lrrrrrr")  # fmt: skip
+    rows = [
+        [r["experiment"], r["seed"]]
+        + [
+            num(r["baselines"][k])
+            for k in ("best", "last", "d_real_half", "random_window", "median_window")
+        ]
+        for r in runs
+    ]
+    lines += table(
+        [
+            "experiment",
+            "seed",
+            "best (oracle)",
+            "last epoch",
+            "D(x) closest to 0.5",
+            "random epoch of the window (expected)",
+            "median of the window",
+        ],
+        rows,
+        "lrrrrrr",
+    )
     lines += ["", "## 3. The planned variants, run by run", ""]
     rows = []
     for o in result["outcomes"]:
         if o["variant"] in study.planned:
-            rows.append([f"`{o['variant']}`", o["experiment"], o["seed"], o["epoch"] or "none",
-                         pm(o["fid"], o["fid_sd"]), pm(o["gain"], o["gain_sd"]), o["outcome"],
-                         num(o["gain_vs_median"])])  # fmt: skip
-    lines += table(["variant", "experiment", "seed", "chosen epoch", "its FID", "gain over last",
-                    "outcome", "gain over the window's median"], rows, "llrrrrlr")  # fmt: skip
+            rows.append(
+                [
+                    f"`{o['variant']}`",
+                    o["experiment"],
+                    o["seed"],
+                    o["epoch"] or "none",
+                    pm(o["fid"], o["fid_sd"]),
+                    pm(o["gain"], o["gain_sd"]),
+                    o["outcome"],
+                    num(o["gain_vs_median"]),
+                ]
+            )
+    lines += table(
+        [
+            "variant",
+            "experiment",
+            "seed",
+            "chosen epoch",
+            "its FID",
+            "gain over last",
+            "outcome",
+            "gain over the window's median",
+        ],
+        rows,
+        "llrrrrlr",
+    )
     lines += ["", "Per experiment (the same rules within each recipe):", ""]
     rows = []
     for exp, decisions in result["by_experiment"].items():
         for d in decisions:
-            rows.append([exp, f"`{d['variant']}`", d["runs"], f"{d['wins']}/{d['ties']}/{d['losses']}/{d['no_choice']}",
-                         pm(d["mean_gain"], d["gain_sd_over_runs"]), d["decision"]])  # fmt: skip
-    lines += table(["experiment", "variant", "runs", "win/tie/loss/no choice", "mean gain ± SD",
-                    "decision"], rows, "llrrrl")  # fmt: skip
+            rows.append(
+                [
+                    exp,
+                    f"`{d['variant']}`",
+                    d["runs"],
+                    f"{d['wins']}/{d['ties']}/{d['losses']}/{d['no_choice']}",
+                    pm(d["mean_gain"], d["gain_sd_over_runs"]),
+                    d["decision"],
+                ]
+            )
+    lines += table(
+        ["experiment", "variant", "runs", "win/tie/loss/no choice", "mean gain ± SD", "decision"],
+        rows,
+        "llrrrl",
+    )
     explo = [d for d in result["decisions"] if not d["planned"]]
-    lines += ["", f"## 4. Exploratory variants ({len(explo)}; no verdict, best mean gain first, top 15)",
-              "", "Chosen after looking at many: a good row here is a hypothesis for the next plan, "
-              "not a result.", ""]  # fmt: skip
-    rows = [[f"`{d['variant']}`", d["runs"], f"{d['wins']}/{d['ties']}/{d['losses']}/{d['no_choice']}",
-             pm(d["mean_gain"], d["gain_sd_over_runs"])] for d in explo[:15]]  # fmt: skip
+    lines += [
+        "",
+        f"## 4. Exploratory variants ({len(explo)}; no verdict, best mean gain first, top 15)",
+        "",
+        "Chosen after looking at many: a good row here is a hypothesis for the next plan, "
+        "not a result.",
+        "",
+    ]
+    rows = [
+        [
+            f"`{d['variant']}`",
+            d["runs"],
+            f"{d['wins']}/{d['ties']}/{d['losses']}/{d['no_choice']}",
+            pm(d["mean_gain"], d["gain_sd_over_runs"]),
+        ]
+        for d in explo[:15]
+    ]
     lines += table(["variant", "runs", "win/tie/loss/no choice", "mean gain ± SD"], rows, "lrrr")
-    lines += ["", "## 5. The explanations themselves (real probe, mean over runs and epochs)", "",
-              "Focus of a uniform map is its chance level; degenerate maps are all zero and "
-              "score focus 0.", ""]  # fmt: skip
-    rows = [[o["method"], o["bn_mode"], o["layer"], f"{float(o['degenerate']):.0%}", num(o["focus"], 3),
-             num(o["focus_nondeg"], 3), num(o["focus_chance"], 3), num(o["coverage"], 3)]
-            for o in overview]  # fmt: skip
-    lines += table(["method", "BN", "layer", "degenerate", "focus", "focus (non-degenerate)",
-                    "chance", "coverage"], rows, "lllrrrrr")  # fmt: skip
+    lines += [
+        "",
+        "## 5. The explanations themselves (real probe, mean over runs and epochs)",
+        "",
+        "Focus of a uniform map is its chance level; degenerate maps are all zero and "
+        "score focus 0.",
+        "",
+    ]
+    rows = [
+        [
+            o["method"],
+            o["bn_mode"],
+            o["layer"],
+            f"{float(o['degenerate']):.0%}",
+            num(o["focus"], 3),
+            num(o["focus_nondeg"], 3),
+            num(o["focus_chance"], 3),
+            num(o["coverage"], 3),
+        ]
+        for o in overview
+    ]
+    lines += table(
+        [
+            "method",
+            "BN",
+            "layer",
+            "degenerate",
+            "focus",
+            "focus (non-degenerate)",
+            "chance",
+            "coverage",
+        ],
+        rows,
+        "lllrrrrr",
+    )
     if curation:
-        lines += ["", "## 6. Curation: curated against a random-removal control (one retrain per arm "
-                  "and seed: n = 1 each)", "",
-                  "Only a difference beyond 2 SD with the same sign in every seed counts.", ""]  # fmt: skip
-        rows = [[c["experiment"], c["seed"], c["rule"], num(c["threshold"], 3), c["flagged"],
-                 pm(c["base_final_fid"], c["base_final_sd"]),
-                 pm(c["curated_final_fid"], c["curated_final_sd"]),
-                 pm(c["control_final_fid"], c["control_final_sd"]),
-                 _curation_outcome(c)] for c in curation]  # fmt: skip
-        lines += table(["experiment", "seed", "rule", "threshold", "flagged", "final FID base",
-                        "curated", "control", "curated vs control"], rows, "lrlrrrrrl")  # fmt: skip
-    lines += ["", "## Files", "",
-              "`quality.csv` (FID/KID per run, epoch and generated set), `scores.csv` (explanation "
-              "scores per run, epoch, method, BN mode and layer), `outcomes.csv` (every variant in "
-              "every run), `decisions.csv`, `study.json` (device, wall time, settings), "
-              "`fid_by_run.png`. Rebuild this report from them with "
-              f"`python -m dcgan_xai.study +study={study.name} report_only=true`.", ""]  # fmt: skip
+        lines += [
+            "",
+            "## 6. Curation: curated against a random-removal control (one retrain per arm "
+            "and seed: n = 1 each)",
+            "",
+            "Only a difference beyond 2 SD with the same sign in every seed counts.",
+            "",
+        ]
+        rows = [
+            [
+                c["experiment"],
+                c["seed"],
+                c["rule"],
+                num(c["threshold"], 3),
+                c["flagged"],
+                pm(c["base_final_fid"], c["base_final_sd"]),
+                pm(c["curated_final_fid"], c["curated_final_sd"]),
+                pm(c["control_final_fid"], c["control_final_sd"]),
+                _curation_outcome(c),
+            ]
+            for c in curation
+        ]
+        lines += table(
+            [
+                "experiment",
+                "seed",
+                "rule",
+                "threshold",
+                "flagged",
+                "final FID base",
+                "curated",
+                "control",
+                "curated vs control",
+            ],
+            rows,
+            "lrlrrrrrl",
+        )
+    lines += [
+        "",
+        "## Files",
+        "",
+        "`quality.csv` (FID/KID per run, epoch and generated set), `scores.csv` (explanation "
+        "scores per run, epoch, method, BN mode and layer), `outcomes.csv` (every variant in "
+        "every run), `decisions.csv`, `study.json` (device, wall time, settings), "
+        "`fid_by_run.png`. Rebuild this report from them with "
+        f"`python -m dcgan_xai.study +study={study.name} report_only=true`.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -187,19 +338,35 @@ def fid_figure(result: Mapping[str, Any], study: StudySettings) -> Image.Image:
     exps = sorted({r["experiment"] for r in runs})
     fig = Figure(figsize=(6 * len(exps), 4))
     axes = fig.subplots(1, len(exps), squeeze=False)
-    picks = {(o["experiment"], o["seed"]): o["epoch"] for o in result["outcomes"]
-             if study.planned and o["variant"] == study.planned[0]}  # fmt: skip
+    picks = {
+        (o["experiment"], o["seed"]): o["epoch"]
+        for o in result["outcomes"]
+        if study.planned and o["variant"] == study.planned[0]
+    }
     for ax, exp in zip(axes[0], exps, strict=True):
         for r in (r for r in runs if r["experiment"] == exp):
             epochs = sorted(r["fid"])
             mean = [r["fid"][e]["mean"] for e in epochs]
             sd = [0 if math.isnan(r["fid"][e]["sd"]) else r["fid"][e]["sd"] for e in epochs]
-            line = ax.errorbar(epochs, mean, yerr=[2 * s for s in sd], marker="o", ms=2,
-                               capsize=2, label=f"seed {r['seed']}")  # fmt: skip
+            line = ax.errorbar(
+                epochs,
+                mean,
+                yerr=[2 * s for s in sd],
+                marker="o",
+                ms=2,
+                capsize=2,
+                label=f"seed {r['seed']}",
+            )
             pick = picks.get((exp, r["seed"]))
             if pick:
-                ax.plot([pick], [r["fid"][pick]["mean"]], marker="*", ms=14,
-                        color=line[0].get_color(), markeredgecolor="black")  # fmt: skip
+                ax.plot(
+                    [pick],
+                    [r["fid"][pick]["mean"]],
+                    marker="*",
+                    ms=14,
+                    color=line[0].get_color(),
+                    markeredgecolor="black",
+                )
             lo, hi = r["plateau"]["window"]
             ax.axvspan(lo - 0.5, hi + 0.5, color="grey", alpha=0.04)
         ax.set_yscale("log")

@@ -180,9 +180,17 @@ class GradCamCallback(L.Callback):
                 primary = primary or record
                 for name in self.layers:
                     summary = record["summary"][name]
-                    rows.append({"epoch": epoch, "method": method, "bn_mode": bn_mode,
-                                 "layer": name, **summary, "d_real": record["d_real"],
-                                 "d_fake": record["d_fake"]})  # fmt: skip
+                    rows.append(
+                        {
+                            "epoch": epoch,
+                            "method": method,
+                            "bn_mode": bn_mode,
+                            "layer": name,
+                            **summary,
+                            "d_real": record["d_real"],
+                            "d_fake": record["d_fake"],
+                        }
+                    )
                     metrics.update({f"{prefix}/{name}/{k}": v for k, v in summary.items()})
         assert primary is not None
         primary["epoch"] = epoch

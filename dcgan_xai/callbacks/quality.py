@@ -62,19 +62,29 @@ class QualityCallback(L.Callback):
         if not trainer.is_global_zero:
             return
         dm: MNISTDataModule = trainer.datamodule  # type: ignore[attr-defined]
-        full = MNISTDataModule(dm.root, dm.image_size, sources=dm.sources, checksums=dm.checksums,
-                               cache_dir=dm.cache_dir)  # fmt: skip
-        path = classifier_path(dm.root, dm.image_size, self.classifier_epochs,
-                               dm.checksums["test-images"])  # fmt: skip
+        full = MNISTDataModule(
+            dm.root,
+            dm.image_size,
+            sources=dm.sources,
+            checksums=dm.checksums,
+            cache_dir=dm.cache_dir,
+        )
+        path = classifier_path(
+            dm.root, dm.image_size, self.classifier_epochs, dm.checksums["test-images"]
+        )
         if not path.is_file():
             full.setup()
         else:
             full.test_set = dm.test_set
         assert full.test_set is not None
         classifier, accuracy = load_or_train_classifier(
-            path, full.train_set, full.test_set, epochs=self.classifier_epochs,  # type: ignore[arg-type]
-            min_accuracy=self.min_accuracy, device=pl_module.device,
-        )  # fmt: skip
+            path,
+            full.train_set,  # type: ignore[arg-type]
+            full.test_set,
+            epochs=self.classifier_epochs,
+            min_accuracy=self.min_accuracy,
+            device=pl_module.device,
+        )
         self.meter, self.record = reference_meter(
             classifier,
             accuracy,
@@ -91,9 +101,15 @@ class QualityCallback(L.Callback):
         if not trainer.is_global_zero or epoch % self.every_n_epochs or self.meter is None:
             return
         rows = score_draws(
-            self.meter, pl_module.generator, pl_module.hparams["nz"],  # type: ignore[arg-type]
-            self.samples, self.seed, epoch, self.fresh_draws, self.batch_size,
-        )  # fmt: skip
+            self.meter,
+            pl_module.generator,  # type: ignore[arg-type]
+            pl_module.hparams["nz"],
+            self.samples,
+            self.seed,
+            epoch,
+            self.fresh_draws,
+            self.batch_size,
+        )
         update_quality(self.run, [{"epoch": epoch, **r, **self.record} for r in rows])
         if trainer.logger is not None:
             fresh = [r["fid"] for r in rows[1:]]

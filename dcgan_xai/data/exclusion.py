@@ -81,13 +81,15 @@ def _parse_manifest(path: Path) -> list[dict[str, Any]]:
                 flagged = raw["flagged"].strip().lower()
                 if flagged not in ("true", "false", "1", "0"):
                     raise ValueError(raw["flagged"])
-                rows.append({
-                    "index": int(raw["index"]),
-                    "label": int(raw["label"]),
-                    "coverage": float(raw["coverage"]),
-                    "focus": float(raw["focus"]),
-                    "flagged": flagged in ("true", "1"),
-                })  # fmt: skip
+                rows.append(
+                    {
+                        "index": int(raw["index"]),
+                        "label": int(raw["label"]),
+                        "coverage": float(raw["coverage"]),
+                        "focus": float(raw["focus"]),
+                        "flagged": flagged in ("true", "1"),
+                    }
+                )
             except (ValueError, TypeError, AttributeError) as err:
                 raise UserError(
                     f"malformed curation manifest {path}: bad value on line {line}: {err}"

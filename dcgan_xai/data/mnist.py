@@ -89,8 +89,11 @@ def load_split(files: Mapping[str, Path], split: str, size: int, cache_dir: Path
         try:
             saved = torch.load(cache, weights_only=True)
             images, digest = saved["images"], saved["md5"]
-            ok = (images.dtype == torch.uint8 and tuple(images.shape) == (labels.numel(), 1, size, size)
-                  and _digest(images) == digest)  # fmt: skip
+            ok = (
+                images.dtype == torch.uint8
+                and tuple(images.shape) == (labels.numel(), 1, size, size)
+                and _digest(images) == digest
+            )
         except Exception:
             ok = False
         if not ok:
@@ -113,8 +116,9 @@ def load_split(files: Mapping[str, Path], split: str, size: int, cache_dir: Path
         except OSError as err:
             warnings.warn(
                 f"cannot write the resize cache {cache} ({err.strerror or err}); resizing in memory "
-                "on every start (set data.cache_dir to a writable folder)", stacklevel=2,
-            )  # fmt: skip
+                "on every start (set data.cache_dir to a writable folder)",
+                stacklevel=2,
+            )
     return Split(images, labels, torch.arange(labels.numel()))
 
 
@@ -277,7 +281,13 @@ class MNISTDataModule(L.LightningDataModule):
         rank = trainer.global_rank if trainer is not None else 0
         world = trainer.world_size if trainer is not None else 1
         sampler = IndexBatchSampler(
-            len(self.train_set), self.batch_size, self.seed, True, rank, world,
-            keys=self.train_set.indices, key_space=self.full_train_size,
-        )  # fmt: skip
+            len(self.train_set),
+            self.batch_size,
+            self.seed,
+            True,
+            rank,
+            world,
+            keys=self.train_set.indices,
+            key_space=self.full_train_size,
+        )
         return DataLoader(self.train_set, sampler=sampler, batch_size=None, num_workers=0)

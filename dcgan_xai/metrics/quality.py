@@ -78,9 +78,13 @@ def accuracy(model: nn.Module, split: Split, batch_size: int = 1000) -> float:
 
 
 def train_classifier(
-    train: Split, test: Split, seed: int = 0, epochs: int = 3, batch_size: int = 128,
+    train: Split,
+    test: Split,
+    seed: int = 0,
+    epochs: int = 3,
+    batch_size: int = 128,
     device: str | torch.device = "cpu",
-) -> tuple[MNISTClassifier, float]:  # fmt: skip
+) -> tuple[MNISTClassifier, float]:
     """Train :class:`MNISTClassifier` (Adam, one-cycle schedule); return it and its test accuracy."""
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
@@ -110,9 +114,14 @@ def classifier_path(root: str | Path, image_size: int, epochs: int, test_md5: st
 
 
 def load_or_train_classifier(
-    path: Path, train: Split, test: Split, seed: int = 0, epochs: int = 3,
-    min_accuracy: float = 0.99, device: str | torch.device = "cpu",
-) -> tuple[MNISTClassifier, float]:  # fmt: skip
+    path: Path,
+    train: Split,
+    test: Split,
+    seed: int = 0,
+    epochs: int = 3,
+    min_accuracy: float = 0.99,
+    device: str | torch.device = "cpu",
+) -> tuple[MNISTClassifier, float]:
     """The cached classifier at ``path`` (trained and saved first if missing).
 
     Raises:
@@ -128,10 +137,15 @@ def load_or_train_classifier(
         model, acc = train_classifier(train, test, seed, epochs, device=device)
         model = model.cpu()
         atomic_torch_save(
-            {"state_dict": model.state_dict(), "accuracy": acc, "seed": seed, "epochs": epochs,
-             "seconds": time.perf_counter() - start},
+            {
+                "state_dict": model.state_dict(),
+                "accuracy": acc,
+                "seed": seed,
+                "epochs": epochs,
+                "seconds": time.perf_counter() - start,
+            },
             path,
-        )  # fmt: skip
+        )
     if acc < min_accuracy:
         raise UserError(
             f"the MNIST classifier at {path} reaches {acc:.4f} test accuracy, below the "
@@ -199,17 +213,29 @@ def reference_images(images: torch.Tensor, n: int, seed: int) -> torch.Tensor:
 
 
 def reference_meter(
-    classifier: MNISTClassifier, accuracy: float, path: str | Path, test_images: torch.Tensor,
-    samples: int, seed: int, batch_size: int = 500,
-) -> tuple[QualityMeter, dict[str, Any]]:  # fmt: skip
+    classifier: MNISTClassifier,
+    accuracy: float,
+    path: str | Path,
+    test_images: torch.Tensor,
+    samples: int,
+    seed: int,
+    batch_size: int = 500,
+) -> tuple[QualityMeter, dict[str, Any]]:
     """A meter against :func:`reference_images` of the test images, and the record that goes
     with every FID it gives: sample count, reference set, the classifier's accuracy and MD5."""
     real = reference_images(test_images, samples, seed)
     n_test = test_images.shape[0]
-    reference = (f"all {n_test} test images" if real.shape[0] == n_test
-                 else f"{real.shape[0]} random test images (seed {seed})")  # fmt: skip
-    record = {"samples": samples, "reference": reference, "classifier_accuracy": accuracy,
-              "classifier_md5": file_digest(path)}  # fmt: skip
+    reference = (
+        f"all {n_test} test images"
+        if real.shape[0] == n_test
+        else f"{real.shape[0]} random test images (seed {seed})"
+    )
+    record = {
+        "samples": samples,
+        "reference": reference,
+        "classifier_accuracy": accuracy,
+        "classifier_md5": file_digest(path),
+    }
     return QualityMeter(classifier, real, batch_size, seed=seed), record
 
 
@@ -220,9 +246,16 @@ def noise_seed(seed: int, epoch: int, draw: int) -> int:
 
 
 def score_draws(
-    meter: QualityMeter, generator: nn.Module, nz: int, n: int, seed: int, epoch: int,
-    draws: int, batch_size: int = 500, first_draw: int = 0,
-) -> list[dict[str, float]]:  # fmt: skip
+    meter: QualityMeter,
+    generator: nn.Module,
+    nz: int,
+    n: int,
+    seed: int,
+    epoch: int,
+    draws: int,
+    batch_size: int = 500,
+    first_draw: int = 0,
+) -> list[dict[str, float]]:
     """FID and KID of ``n`` images of G for draw 0 (fixed noise) and ``draws`` fresh sets
     (draws ``first_draw`` to ``draws``: 1 skips the fixed set).
 

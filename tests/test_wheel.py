@@ -1,0 +1,58 @@
+"""A built wheel holds everything a run needs: installed outside the checkout, it trains."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import data_overrides
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_a_built_wheel_trains_the_smoke_experiment_outside_the_checkout(tmp_path, mnist_fixture):
+    root, sums = mnist_fixture
+    wheels = tmp_path / "wheels"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(wheels), str(REPO)],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    (wheel,) = wheels.glob("dcgan_xai-*.whl")
+    env_dir = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(env_dir)], check=True, timeout=300)
+    python = env_dir / "bin" / "python"
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
+    # the dependencies (torch, lightning, ...) are read from this environment's site-packages,
+    # as a path (its .pth files, among them this checkout's editable install, are not run)
+    Path(purelib, "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "--no-deps", "--no-index", "-q", str(wheel)],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    where = subprocess.run(
+        [str(python), "-c", "import dcgan_xai; print(dcgan_xai.__file__)"],
+        cwd=elsewhere, check=True, capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
+    assert where.startswith(purelib), where  # the wheel's copy, not the checkout's
+    for experiment in ("experiment=smoke", "+experiment=smoke"):
+        run_dir = elsewhere / experiment.lstrip("+")
+        proc = subprocess.run(
+            [str(python), "-m", "dcgan_xai.train", experiment, *data_overrides(root, sums),
+             f"hydra.run.dir={run_dir}"],
+            cwd=elsewhere, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert sorted(p.name for p in (run_dir / "checkpoints").glob("epoch=*.ckpt")) == [
+            "epoch=001.ckpt", "epoch=002.ckpt",
+        ]  # fmt: skip
