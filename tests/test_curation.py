@@ -8,6 +8,7 @@ import torch
 
 from dcgan_xai.analysis.curation import curate_run, flag_images
 from dcgan_xai.data.exclusion import read_manifest
+from dcgan_xai.data.mnist import to_unit_range
 from dcgan_xai.data.sources import FILES
 from dcgan_xai.errors import UserError
 from dcgan_xai.files import file_digest
@@ -285,3 +286,23 @@ def test_curate_batch_size_and_oversize_manifests_are_refused(smoke_run, curated
         UserError, match=r"is 25 MB; a manifest of MNIST's train split is about 3 MB"
     ):
         read_manifest(manifest)
+
+
+def test_the_flagged_examples_show_the_maps_that_were_scored(smoke_run):
+    from dcgan_xai.analysis.curation import score_split
+    from dcgan_xai.runs import datamodule_for_run, load_module
+    from dcgan_xai.xai.gradcam import grad_cam
+
+    run = RunDir(smoke_run["run_dir"])
+    split = datamodule_for_run(run, trained=True).train_set
+    d = load_module(run.checkpoint(2)).discriminator
+    scores = score_split(d, split, "block1", batch_size=40, progress=False, keep_top=5)
+    top = scores["coverage"].argsort(descending=True, stable=True)[:5]
+    assert torch.equal(scores["top_positions"], top) and scores["top_maps"].amax() > 0
+    for slot, position in enumerate(top.tolist()):  # each map as computed in its own batch
+        start = position // 40 * 40
+        batch = to_unit_range(split.images[start : start + 40])
+        maps = grad_cam(d, batch, "block1", bn_mode="batch")
+        assert torch.equal(scores["top_maps"][slot], maps[position - start])
+    alone = grad_cam(d, to_unit_range(split.images[top]), "block1", bn_mode="batch")
+    assert not torch.equal(alone, scores["top_maps"])  # a batch of its own gives other maps

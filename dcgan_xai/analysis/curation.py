@@ -35,6 +35,7 @@ def score_split(
     device: str | torch.device = "cpu",
     progress: bool = True,
     method: str = "gradcam",
+    keep_top: int = 0,
 ) -> dict[str, torch.Tensor]:
     """Coverage and focus of every image's Grad-CAM map, in batches.
 
@@ -42,10 +43,14 @@ def score_split(
     on ``batch_size``; batches follow the split's order.
 
     Returns:
-        ``index``, ``label``, ``coverage``, ``focus``: (N,) tensors on the CPU.
+        ``index``, ``label``, ``coverage``, ``focus``: (N,) tensors on the CPU; with
+        ``keep_top`` = k also ``top_positions`` (k,), the split positions of the k highest
+        coverages (the earliest first among ties), and ``top_maps`` (k, H, W), their maps as
+        they were scored (in their own batch).
     """
     discriminator = discriminator.to(device)
     cov, foc = [], []
+    top_pos, top_cov, top_maps = torch.zeros(0, dtype=torch.long), torch.zeros(0), None
     rows = torch.arange(len(split)).split(batch_size)
     for batch in tqdm(rows, desc=f"Grad-CAM {layer}", unit="batch", disable=not progress):
         images = to_unit_range(split.images[batch].to(device))
@@ -53,12 +58,20 @@ def score_split(
         assert isinstance(maps, torch.Tensor)
         cov.append(coverage(maps, pixel_threshold).cpu())
         foc.append(focus(maps, images, mask_threshold).cpu())
-    return {
+        if keep_top:  # the running top k; earlier positions come first, so ties keep them
+            all_maps = maps.cpu() if top_maps is None else torch.cat([top_maps, maps.cpu()])
+            pos, c = torch.cat([top_pos, batch]), torch.cat([top_cov, cov[-1]])
+            keep = c.argsort(descending=True, stable=True)[:keep_top]
+            top_pos, top_cov, top_maps = pos[keep], c[keep], all_maps[keep]
+    out = {
         "index": split.indices.clone(),
         "label": split.labels.clone(),
         "coverage": torch.cat(cov),
         "focus": torch.cat(foc),
     }
+    if top_maps is not None:
+        out.update(top_positions=top_pos, top_maps=top_maps)
+    return out
 
 
 def flag_images(coverage_values: torch.Tensor, threshold: float = 0.7) -> torch.Tensor:
@@ -191,6 +204,7 @@ def curate_run(
         device,
         progress,
         method,
+        keep_top=16,
     )
     seconds = time.perf_counter() - start
     if flag_share is not None:
@@ -234,12 +248,11 @@ def curate_run(
     )
     hist = figures.histogram(scores["coverage"], threshold, f"{name}: {summary['flagged']} flagged")
     figures.save_png(hist, out / "coverage_hist.png")
-    top = scores["coverage"].argsort(descending=True, stable=True)[:16]
+    top = scores["top_positions"]  # the maps shown are the ones scored, in their own batch
     images = to_unit_range(dm.train_set.images[top])
-    maps = grad_cam(model.discriminator.cpu(), images, layer, bn_mode=bn_mode, method=method)
-    assert isinstance(maps, torch.Tensor)
     figures.save_png(
-        figures.tiles_image(side_by_side(images, maps), nrow=8), out / "flagged_examples.png"
+        figures.tiles_image(side_by_side(images, scores["top_maps"]), nrow=8),
+        out / "flagged_examples.png",
     )
     summary["dir"] = str(out)
     if control:
