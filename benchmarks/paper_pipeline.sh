@@ -26,5 +26,5 @@ step curate $PY -m dcgan_xai.curate run_dir="$OUT/baseline" epoch=selected name=
 step retrain $PY -m dcgan_xai.train +experiment="$EXP" hydra.run.dir="$OUT/curated" trainer.enable_progress_bar=false \
   data.exclude="$OUT/baseline/curation/pipeline/manifest.csv" "$@"
 step analyze2 $PY -m dcgan_xai.analyze run_dir="$OUT/curated"
-step compare $PY -m dcgan_xai.analyze "compare=[$OUT/baseline,$OUT/curated]"
+step compare $PY -m dcgan_xai.aggregate "compare=[$OUT/baseline,$OUT/curated]" out_dir="$OUT/compare"
 printf '%-10s %7s s\n' total "$(since "$start")" | tee -a "$OUT.times"
