@@ -129,3 +129,19 @@ def test_run_outcomes_report_gain_over_last_and_median():
     argmax = Variant("gradcam", "block3", "batch", "real", "focus", "argmax")
     (o,) = run_outcomes({"seed": 0}, fid, rows, [argmax], 5, 0.5)
     assert (o["epoch"], o["gain"], o["outcome"], o["gain_vs_median"]) == (2, 10.0, "win", 15.0)
+
+
+def test_mechanism_check_detrends_and_gives_a_permutation_p_value():
+    from dcgan_xai.analysis.evidence import mechanism
+
+    epochs = range(1, 41)
+    wiggle = [((e * 7) % 5) - 2.0 for e in epochs]  # no trend of its own
+    fid = {e: Fid(100 - e + w, 1.0, 2, 100 - e + w) for e, w in zip(epochs, wiggle, strict=True)}
+    # a score that rises over time (as FID falls) but whose wiggles are unrelated to FID's
+    unrelated = {e: 0.01 * e + 0.1 * (((e * 3) % 7) - 3) for e in epochs}
+    tracking = {e: 0.01 * e - 0.1 * w for e, w in zip(epochs, wiggle, strict=True)}
+    m = mechanism(fid, tracking, 0.5, permutations=2000)
+    assert m["rho"] < -0.9 and m["p"] < 0.01 and m["epochs"] == 20
+    m = mechanism(fid, unrelated, 0.5, permutations=2000)
+    assert abs(m["rho"]) < 0.5 and m["p"] > 0.05  # the shared trend alone gives no signal
+    assert math.isnan(mechanism(fid, {e: 1.0 for e in epochs}, 0.5)["rho"])

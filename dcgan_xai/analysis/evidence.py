@@ -27,7 +27,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from scipy.stats import binom, spearmanr, t
+import numpy as np
+from scipy.stats import binom, rankdata, spearmanr, t
 
 from dcgan_xai.analysis.selection import argmax_epoch, select_epoch
 
@@ -220,6 +221,8 @@ def run_outcomes(
             "outcome": "no choice",
             "gain_vs_median": math.nan,
         }
+        m = mechanism(fid, series, window)
+        row.update(mechanism_rho=m["rho"], mechanism_p=m["p"])
         if chosen is not None:
             c = compare(fid, chosen, last)
             row.update(
@@ -232,6 +235,43 @@ def run_outcomes(
             )
         rows.append(row)
     return rows
+
+
+def mechanism(
+    fid: Mapping[int, Fid],
+    series: Mapping[int, float],
+    window: float,
+    permutations: int = 10000,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Within one run's window: does the score track FID beyond their common trend?
+
+    Both FID and the score are detrended (residuals of a straight line over epoch); ``rho`` is
+    Spearman of the residuals (negative: a higher score goes with a lower FID), ``p`` the
+    two-sided permutation p-value of ``rho`` (score residuals shuffled ``permutations`` times).
+    NaN where the window holds fewer than 4 scored epochs or a constant series.
+    """
+    win = [e for e in window_epochs(sorted(fid), window) if not math.isnan(series.get(e, math.nan))]
+    nan = {"rho": math.nan, "p": math.nan, "epochs": float(len(win))}
+    if len(win) < 4:
+        return nan
+
+    def residuals(values: list[float]) -> np.ndarray:
+        slope, intercept = np.polyfit(win, values, 1)
+        return np.asarray(values) - (slope * np.asarray(win) + intercept)
+
+    f = residuals([fid[e].mean for e in win])
+    s = residuals([series[e] for e in win])
+    if np.allclose(f, 0.0, atol=1e-9) or np.allclose(s, 0.0, atol=1e-9):
+        return nan
+    rs, rf = rankdata(s), rankdata(f)  # Spearman: Pearson of ranks
+    rs, rf = rs - rs.mean(), rf - rf.mean()
+    scale = np.sqrt((rs**2).sum() * (rf**2).sum())
+    rho = float(rs @ rf / scale)
+    shuffled = np.random.default_rng(seed).permuted(np.tile(rs, (permutations, 1)), axis=1)
+    null = shuffled @ rf / scale
+    p = float((np.sum(np.abs(null) >= abs(rho) - 1e-12) + 1) / (permutations + 1))
+    return {"rho": rho, "p": p, "epochs": float(len(win))}
 
 
 def sign_test_p(wins: int, n: int) -> float:

@@ -179,6 +179,7 @@ def study_report(
                     pm(o["gain"], o["gain_sd"]),
                     o["outcome"],
                     num(o["gain_vs_median"]),
+                    f"{num(o.get('mechanism_rho'), 2)} (p {num(o.get('mechanism_p'), 3)})",
                 ]
             )
     lines += table(
@@ -191,9 +192,10 @@ def study_report(
             "gain over last",
             "outcome",
             "gain over the window's median",
+            "score vs FID in the window, detrended: Spearman (permutation p)",
         ],
         rows,
-        "llrrrrlr",
+        "llrrrrlrr",
     )
     lines += ["", "Per experiment (the same rules within each recipe):", ""]
     rows = []
