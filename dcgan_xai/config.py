@@ -189,7 +189,7 @@ class CurateConfig:
     layer: str = "block3"
     method: str = "gradcam"
     bn_mode: str = "batch"
-    threshold: float = 0.7
+    flag_threshold: float = 0.7
     flag_share: float | None = None
     pixel_threshold: float = 0.5
     mask_threshold: float = 0.5

@@ -19,7 +19,7 @@ def run(cfg: DictConfig) -> str:
     s = curate_run(**args)  # type: ignore[arg-type]
     return (
         f"flagged {s['flagged']} of {s['total']} training images (coverage > "
-        f"{s['settings']['threshold']}) in {s['seconds']:.1f} s; manifest: {s['dir']}/manifest.csv"
+        f"{s['settings']['flag_threshold']}) in {s['seconds']:.1f} s; manifest: {s['dir']}/manifest.csv"
     )
 
 

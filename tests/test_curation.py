@@ -27,7 +27,9 @@ def test_flag_rule_at_the_threshold_edges():
     assert torch.allclose(cov, torch.tensor([0.70, 0.71, 0.69]))
     assert flag_images(cov, 0.7).tolist() == [False, True, False]
     assert flag_images(cov, 0.0).tolist() == [True, True, True]
-    with pytest.raises(UserError, match=r"threshold=1.5 is not allowed; it must be in \[0, 1\]"):
+    with pytest.raises(
+        UserError, match=r"flag_threshold=1.5 is not allowed; it must be in \[0, 1\]"
+    ):
         flag_images(cov, 1.5)
 
 
@@ -35,10 +37,12 @@ def test_flag_rule_at_the_threshold_edges():
 def curated(smoke_run, mnist_fixture):
     root, _ = mnist_fixture
     before = {name: file_digest(root / name) for name in FILES.values()}
-    first = curate_run(smoke_run["run_dir"], epoch=2, threshold=0.7, batch_size=64, progress=False)
+    first = curate_run(
+        smoke_run["run_dir"], epoch=2, flag_threshold=0.7, batch_size=64, progress=False
+    )
     rows, _ = read_manifest(f"{first['dir']}/manifest.csv")
     median = float(torch.tensor([r["coverage"] for r in rows]).nanmedian())  # unscored: NaN
-    half = curate_run(smoke_run["run_dir"], epoch=2, threshold=median, batch_size=64, name="half",
+    half = curate_run(smoke_run["run_dir"], epoch=2, flag_threshold=median, batch_size=64, name="half",
                       progress=False)  # fmt: skip
     return first, half, before
 
@@ -50,7 +54,7 @@ def test_manifest_round_trips_and_summary_records_everything(curated, smoke_run)
     assert [r["index"] for r in rows] == list(range(300))
     assert summary["flagged"] == sum(r["flagged"] for r in rows)
     assert all(r["flagged"] == (r["coverage"] > 0.7) for r in rows)
-    assert summary["settings"]["threshold"] == 0.7 and summary["settings"]["layer"] == "block3"
+    assert summary["settings"]["flag_threshold"] == 0.7 and summary["settings"]["layer"] == "block3"
     assert len(summary["checkpoint_sha256"]) == 64
     assert summary["fingerprint"]["split"] == "train" and summary["fingerprint"]["size"] == 300
     assert sum(summary["flagged_per_digit"].values()) == summary["flagged"]

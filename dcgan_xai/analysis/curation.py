@@ -74,11 +74,11 @@ def score_split(
     return out
 
 
-def flag_images(coverage_values: torch.Tensor, threshold: float = 0.7) -> torch.Tensor:
-    """True where an image's map covers more than ``threshold`` of it."""
-    if not 0.0 <= threshold <= 1.0:
-        raise UserError(f"threshold={threshold} is not allowed; it must be in [0, 1]")
-    return coverage_values > threshold
+def flag_images(coverage_values: torch.Tensor, flag_threshold: float = 0.7) -> torch.Tensor:
+    """True where an image's map covers more than ``flag_threshold`` of it."""
+    if not 0.0 <= flag_threshold <= 1.0:
+        raise UserError(f"flag_threshold={flag_threshold} is not allowed; it must be in [0, 1]")
+    return coverage_values > flag_threshold
 
 
 def flag_top_share(
@@ -152,7 +152,7 @@ def curate_run(
     layer: str = "block3",
     method: str = "gradcam",
     bn_mode: str = "batch",
-    threshold: float = 0.7,
+    flag_threshold: float = 0.7,
     flag_share: float | None = None,
     pixel_threshold: float = 0.5,
     mask_threshold: float = 0.5,
@@ -176,7 +176,7 @@ def curate_run(
     Returns:
         The content of ``summary.json`` (with ``dir``, and ``control_dir`` if written).
     """
-    checks = [("threshold", threshold), ("pixel_threshold", pixel_threshold)]
+    checks = [("flag_threshold", flag_threshold), ("pixel_threshold", pixel_threshold)]
     if flag_share is not None:
         checks.append(("flag_share", flag_share))
     for key, value in checks:
@@ -208,10 +208,10 @@ def curate_run(
     )
     seconds = time.perf_counter() - start
     if flag_share is not None:
-        flagged, threshold = flag_top_share(scores["coverage"], flag_share, seed)
+        flagged, flag_threshold = flag_top_share(scores["coverage"], flag_share, seed)
     else:
-        flagged = flag_images(scores["coverage"], threshold)
-    name = name or f"{path.stem.replace('=', '')}-{layer}-{method}-{bn_mode}-t{threshold:.4g}"
+        flagged = flag_images(scores["coverage"], flag_threshold)
+    name = name or f"{path.stem.replace('=', '')}-{layer}-{method}-{bn_mode}-t{flag_threshold:.4g}"
     common = {
         "checkpoint": str(path.resolve()),
         "checkpoint_sha256": file_digest(path, "sha256"),
@@ -223,7 +223,7 @@ def curate_run(
         "layer": layer,
         "method": method,
         "bn_mode": bn_mode,
-        "threshold": threshold,
+        "flag_threshold": flag_threshold,
         "flag_share": flag_share,
         "pixel_threshold": pixel_threshold,
         "mask_threshold": mask_threshold,
@@ -246,7 +246,9 @@ def curate_run(
             "images_per_second": len(dm.train_set) / seconds if seconds > 0 else None,
         },
     )
-    hist = figures.histogram(scores["coverage"], threshold, f"{name}: {summary['flagged']} flagged")
+    hist = figures.histogram(
+        scores["coverage"], flag_threshold, f"{name}: {summary['flagged']} flagged"
+    )
     figures.save_png(hist, out / "coverage_hist.png")
     top = scores["top_positions"]  # the maps shown are the ones scored, in their own batch
     images = to_unit_range(dm.train_set.images[top])

@@ -436,7 +436,7 @@ def _curation(
     rows = []
     last = max(fid)
     options: list[tuple[str, dict[str, Any]]] = [
-        (f"t{t}", {"threshold": t}) for t in study.curation_thresholds
+        (f"t{t}", {"flag_threshold": t}) for t in study.curation_thresholds
     ]
     if study.curation_share is not None:
         options.append((f"share{study.curation_share}", {"flag_share": study.curation_share}))
@@ -456,7 +456,7 @@ def _curation(
             "experiment": experiment,
             "seed": seed,
             "rule": label,
-            "threshold": summary["settings"]["threshold"],
+            "threshold": summary["settings"]["flag_threshold"],
             "flagged": summary["flagged"],
             "base_final_fid": fid[last].mean,
             "base_final_sd": fid[last].sd,
