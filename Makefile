@@ -21,10 +21,10 @@ dev: $(VENV)/.dev
 # The paper's run on a GPU; the CPU-sized demo where no GPU is present.
 train: $(VENV)/.base
 	@if $(PY) -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then \
-		$(PY) -m dcgan_xai.train +experiment=mnist64 $(ARGS); \
+		$(PY) -m dcgan_xai.train experiment=mnist64 $(ARGS); \
 	else \
-		echo "No GPU found: running the CPU-sized demo +experiment=mnist64_cpu_noise (the paper recipe at this size: +experiment=mnist64_cpu; the full run is: $(PY) -m dcgan_xai.train +experiment=mnist64 trainer.accelerator=cpu)"; \
-		$(PY) -m dcgan_xai.train +experiment=mnist64_cpu_noise $(ARGS); \
+		echo "No GPU found: running the CPU-sized demo experiment=mnist64_cpu_noise (the paper recipe at this size: experiment=mnist64_cpu; the full run is: $(PY) -m dcgan_xai.train experiment=mnist64 trainer.accelerator=cpu)"; \
+		$(PY) -m dcgan_xai.train experiment=mnist64_cpu_noise $(ARGS); \
 	fi
 
 test: $(VENV)/.dev

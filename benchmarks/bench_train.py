@@ -33,7 +33,7 @@ from dcgan_xai.training import (
     with_numeric_path,
 )
 
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
+CONF = str(Path(__file__).resolve().parents[1] / "dcgan_xai" / "conf")
 
 
 class Throughput(L.Callback):
@@ -61,7 +61,7 @@ class Throughput(L.Callback):
 def bench_config(args, experiment: str, extra: list[str], *more: str) -> DictConfig:
     """The training config one benchmark step uses: one epoch of warm-up + timed steps."""
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return compose("train", overrides=[f"+experiment={experiment}", *extra, f"data.root={args.data}",
+        return compose("train", overrides=[f"experiment={experiment}", *extra, f"data.root={args.data}",
                                            f"data.batch_size={args.batch}", "trainer.max_epochs=1",
                                            f"trainer.limit_train_batches={args.warmup + args.steps}",
                                            "trainer.enable_progress_bar=false", *more])  # fmt: skip
@@ -107,7 +107,7 @@ def main() -> None:
     for label, experiment, extra in configs:
         with tempfile.TemporaryDirectory(prefix="bench_train_") as out:
             ours, path = project_rate(args, Path(out), experiment, extra)
-        command = " ".join([f"+experiment={experiment}", *extra])
+        command = " ".join([f"experiment={experiment}", *extra])
         print(
             f"{label}: dcgan_xai train {command} ({path}; Lightning, callbacks on): "
             f"{ours:,.0f} images/s; ratio to the reference {ours / ref:.2f}x "

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU set in one call of about 9 minutes: the full-size study (conf/study/claim_gpu.yaml), the
+# The GPU set in one call of about 9 minutes: the full-size study (dcgan_xai/conf/study/claim_gpu.yaml), the
 # README's main command, and the speed figures, each step with its own time limit so that one
 # failure leaves the others' results.
 #
@@ -124,7 +124,7 @@ fi
 if [ "$ONLY" = all ]; then
 # 3. The README's main command, alone on the GPU for a while (stopped at the limit: the epochs it
 #    finished are checkpointed; the log gives its seconds per epoch).
-step main_command "$MAIN_LIMIT" $PY -m dcgan_xai.train +experiment=mnist64 hydra.run.dir="$WORK/main_command" \
+step main_command "$MAIN_LIMIT" $PY -m dcgan_xai.train experiment=mnist64 hydra.run.dir="$WORK/main_command" \
   trainer.enable_progress_bar=false "${MAIN_ARGS[@]}"
 ls -l --time-style=+%T "$WORK/main_command/checkpoints" 2>&1 | tee -a "$SUMMARY"
 

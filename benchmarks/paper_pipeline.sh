@@ -20,10 +20,10 @@ step() {
 }
 mkdir -p "$(dirname "$OUT")"
 : >"$OUT.times"
-step train $PY -m dcgan_xai.train +experiment="$EXP" hydra.run.dir="$OUT/baseline" trainer.enable_progress_bar=false "$@"
+step train $PY -m dcgan_xai.train experiment="$EXP" hydra.run.dir="$OUT/baseline" trainer.enable_progress_bar=false "$@"
 step analyze $PY -m dcgan_xai.analyze run_dir="$OUT/baseline"
 step curate $PY -m dcgan_xai.curate run_dir="$OUT/baseline" epoch=selected name=pipeline progress=false
-step retrain $PY -m dcgan_xai.train +experiment="$EXP" hydra.run.dir="$OUT/curated" trainer.enable_progress_bar=false \
+step retrain $PY -m dcgan_xai.train experiment="$EXP" hydra.run.dir="$OUT/curated" trainer.enable_progress_bar=false \
   data.exclude="$OUT/baseline/curation/pipeline/manifest.csv" "$@"
 step analyze2 $PY -m dcgan_xai.analyze run_dir="$OUT/curated"
 step compare $PY -m dcgan_xai.aggregate "compare=[$OUT/baseline,$OUT/curated]" out_dir="$OUT/compare"

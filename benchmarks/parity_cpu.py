@@ -1,6 +1,6 @@
 """FID parity of two numeric paths: per epoch, FID of runs trained one way against the other.
 
-    python -m dcgan_xai.train -m +experiment=mnist64_cpu_noise seed=0,1,2 \\
+    python -m dcgan_xai.train -m experiment=mnist64_cpu_noise seed=0,1,2 \\
         trainer.precision=32-true,bf16-mixed callbacks.quality.enabled=true \\
         callbacks.quality.samples=5000 callbacks.quality.fresh_draws=2 \\
         trainer.enable_progress_bar=false hydra.sweep.dir=outputs/parity/sweep

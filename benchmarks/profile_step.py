@@ -101,7 +101,7 @@ def main() -> None:
             run = RunDir(Path(out))
             trainer = build_trainer(cfg, run, [*build_callbacks(cfg, run), meter])
             trainer.fit(build_model(cfg), datamodule=build_datamodule(cfg))
-        summarize(f"{label}: dcgan_xai +experiment={experiment} {' '.join(extra)}", meter.prof,
+        summarize(f"{label}: dcgan_xai experiment={experiment} {' '.join(extra)}", meter.prof,
                   meter.wall, args.steps, device)  # fmt: skip
 
 

@@ -26,7 +26,7 @@ def run(cfg: DictConfig) -> str:
     return f"aggregated {len(result['jobs'])} jobs: {result['dir']}/summary.md"
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="aggregate")
+@hydra.main(version_base="1.3", config_path="conf", config_name="aggregate")
 def main(cfg: DictConfig) -> None:
     print(report_user_errors(lambda: run(cfg)))
 

@@ -23,7 +23,7 @@ def run(cfg: DictConfig) -> str:
     return f"{line} Report: {cfg.run_dir}/analysis/selection.md"
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="analyze")
+@hydra.main(version_base="1.3", config_path="conf", config_name="analyze")
 def main(cfg: DictConfig) -> None:
     print(report_user_errors(lambda: run(cfg)))
 

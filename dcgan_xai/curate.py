@@ -23,7 +23,7 @@ def run(cfg: DictConfig) -> str:
     )
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="curate")
+@hydra.main(version_base="1.3", config_path="conf", config_name="curate")
 def main(cfg: DictConfig) -> None:
     print(report_user_errors(lambda: run(cfg)))
 

@@ -42,7 +42,7 @@ def report_user_errors(fn: Callable[[], Any]) -> Any:
 
 
 def check_overrides(config_name: str, args: list[str] | None = None) -> None:
-    """Compose ``conf/<config_name>.yaml`` with the command line's overrides, as Hydra will.
+    """Compose ``dcgan_xai/conf/<config_name>.yaml`` with the command line's overrides, as Hydra will.
 
     A bad key, value or type is reported as one line on stderr with exit code 2, instead of
     Hydra's several lines. Sweeps and flags (``-m``, ``--cfg``, ...) are left to Hydra, and so
@@ -57,7 +57,7 @@ def check_overrides(config_name: str, args: list[str] | None = None) -> None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    conf = str(Path(__file__).resolve().parents[1] / "conf")
+    conf = str(Path(__file__).resolve().parent / "conf")
     try:
         with initialize_config_dir(config_dir=conf, version_base="1.3"):
             compose(config_name=config_name, overrides=args, return_hydra_config=True)

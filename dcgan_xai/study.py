@@ -17,7 +17,7 @@ def run(cfg: DictConfig) -> str:
     return f"{'; '.join(planned)}; report: {result['dir']}/REPORT.md"
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="study")
+@hydra.main(version_base="1.3", config_path="conf", config_name="study")
 def main(cfg: DictConfig) -> None:
     print(report_user_errors(lambda: run(cfg)))
 

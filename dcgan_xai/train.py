@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 
 import hydra
@@ -16,7 +17,7 @@ from dcgan_xai.training import train
 STARTED = time.time()  # before Hydra creates or writes anything
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> None:
     run_dir = HydraConfig.get().runtime.output_dir
     try:
@@ -32,6 +33,13 @@ def main(cfg: DictConfig) -> None:
     )
 
 
+def experiment_without_plus(args: list[str]) -> list[str]:
+    """``+experiment=X`` (the form older docs and scripts use) as ``experiment=X``: the primary
+    config names the experiment group, so Hydra would refuse to append a second value."""
+    return [a.removeprefix("+") if a.startswith("+experiment=") else a for a in args]
+
+
 if __name__ == "__main__":
+    sys.argv[1:] = experiment_without_plus(sys.argv[1:])
     check_overrides("train")
     main()

@@ -281,7 +281,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     """Train a DCGAN as ``cfg`` says, writing everything into ``run_dir``.
 
     Args:
-        cfg: a composed ``train`` config (see ``conf/train.yaml``).
+        cfg: a composed ``train`` config (see ``dcgan_xai/conf/train.yaml``).
         run_dir: the run directory; with ``cfg.resume`` an existing run continues from
             its ``last.ckpt``.
 

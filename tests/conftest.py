@@ -14,7 +14,7 @@ from dcgan_xai.data.idx import write_idx
 from dcgan_xai.data.sources import FILES
 from dcgan_xai.files import file_digest
 
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "dcgan_xai" / "conf")
 
 
 def fake_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -52,13 +52,13 @@ def mnist_fixture(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[
 
 
 def compose_train(root: Path, checksums: dict[str, str], *overrides: str) -> DictConfig:
-    """The ``train`` config with ``+experiment=smoke`` pointed at a fixture."""
+    """The ``train`` config with ``experiment=smoke`` pointed at a fixture."""
     sums = ",".join(f"{k}:{v}" for k, v in checksums.items())
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return compose(
             config_name="train",
             overrides=[
-                "+experiment=smoke",
+                "experiment=smoke",
                 f"data.root={root}",
                 "data.sources=[local]",
                 f"data.checksums={{{sums}}}",

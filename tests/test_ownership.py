@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def cli(root, *overrides, timeout=300, **kwargs):
-    cmd = [sys.executable, "-m", "dcgan_xai.train", "+experiment=smoke", f"data.root={root}",
+    cmd = [sys.executable, "-m", "dcgan_xai.train", "experiment=smoke", f"data.root={root}",
            *overrides]  # fmt: skip
     return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=timeout, **kwargs)
 
@@ -131,7 +131,7 @@ def test_sigterm_stops_with_exit_code_3_and_the_run_resumes(tmp_path, mnist_fixt
     run = RunDir(tmp_path / "r")
     args = [f"hydra.run.dir={run.root}", *data_overrides(root, sums)[1:]]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dcgan_xai.train", "+experiment=smoke", f"data.root={root}", *args,
+        [sys.executable, "-m", "dcgan_xai.train", "experiment=smoke", f"data.root={root}", *args,
          "trainer.max_epochs=20"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip

@@ -122,7 +122,7 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path, mnist_fixture):
     root, _ = mnist_fixture
 
     def cli(override: str, run: str) -> subprocess.CompletedProcess:
-        cmd = [sys.executable, "-m", "dcgan_xai.train", "+experiment=smoke", f"data.root={root}",
+        cmd = [sys.executable, "-m", "dcgan_xai.train", "experiment=smoke", f"data.root={root}",
                override, f"hydra.run.dir={tmp_path / run}"]  # fmt: skip
         return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=120)
 
@@ -197,7 +197,7 @@ def test_finiteness_read_every_n_steps_names_the_range_of_steps(smoke_cfg, tmp_p
 def test_sigkill_after_a_checkpoint_then_resume_matches_an_uninterrupted_run(tmp_path, precision):
     root = tmp_path / "mnist"
     sums = write_fixture(root, n_train=600)
-    common = ["+experiment=smoke", f"data.root={root}", "data.sources=[local]",
+    common = ["experiment=smoke", f"data.root={root}", "data.sources=[local]",
               "data.checksums={" + ",".join(f"{k}:{v}" for k, v in sums.items()) + "}",
               "data.limit=null", "data.batch_size=4", "model.ngf=32", "model.ndf=32",
               "trainer.max_epochs=3", f"trainer.precision={precision}"]  # fmt: skip

@@ -46,7 +46,7 @@ def test_two_job_sweep_through_the_submitit_launcher(slurm, mnist_fixture, tmp_p
     sweep = tmp_path / "sweep"
     proc = subprocess.run(
         [sys.executable, "-m", "dcgan_xai.train", "-m", "hydra/launcher=slurm_cpu",
-         "+experiment=smoke", "seed=0,1", "resume=true", *fixture_overrides(root, sums),
+         "experiment=smoke", "seed=0,1", "resume=true", *fixture_overrides(root, sums),
          f"hydra.sweep.dir={sweep}"],
         cwd=REPO, env=slurm, capture_output=True, text=True, timeout=900,
     )  # fmt: skip

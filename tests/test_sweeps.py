@@ -22,7 +22,7 @@ def sweep(mnist_fixture, tmp_path_factory):
     root, sums = mnist_fixture
     sweep_dir = tmp_path_factory.mktemp("sweep")
     proc = subprocess.run(
-        [sys.executable, "-m", "dcgan_xai.train", "-m", "+experiment=smoke", "seed=0,1",
+        [sys.executable, "-m", "dcgan_xai.train", "-m", "experiment=smoke", "seed=0,1",
          *fixture_overrides(root, sums), f"hydra.sweep.dir={sweep_dir}"],
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
@@ -74,7 +74,7 @@ def test_ddp_on_two_cpu_processes_writes_artifacts_once(mnist_fixture, tmp_path)
     root, sums = mnist_fixture
     run_dir = tmp_path / "ddp"
     proc = subprocess.run(
-        [sys.executable, "-m", "dcgan_xai.train", "+experiment=smoke", *fixture_overrides(root, sums),
+        [sys.executable, "-m", "dcgan_xai.train", "experiment=smoke", *fixture_overrides(root, sums),
          "trainer.devices=2", "trainer.strategy=ddp", f"hydra.run.dir={run_dir}"],
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )  # fmt: skip

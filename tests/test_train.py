@@ -59,7 +59,7 @@ def test_wrong_type_is_refused_naming_the_key(smoke_cfg):
 def test_cli_reports_a_bad_value_in_one_line(tmp_path, mnist_fixture):
     root, _ = mnist_fixture
     proc = subprocess.run(
-        [sys.executable, "-m", "dcgan_xai.train", "+experiment=smoke", f"data.root={root}",
+        [sys.executable, "-m", "dcgan_xai.train", "experiment=smoke", f"data.root={root}",
          "data.image_size=32", f"hydra.run.dir={tmp_path / 'run'}"],
         capture_output=True, text=True, cwd=REPO, timeout=120,
     )  # fmt: skip
@@ -133,36 +133,39 @@ def test_instance_noise_is_reproducible_logged_and_changes_training(smoke_run, s
 
 
 @pytest.mark.parametrize(
-    "experiment", sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
+    "experiment",
+    sorted(p.stem for p in (REPO / "dcgan_xai" / "conf" / "experiment").glob("*.yaml")),
 )
 def test_every_experiment_composes_and_validates(experiment):
     from hydra import compose, initialize_config_dir
 
     from dcgan_xai.training import validate
 
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=[f"+experiment={experiment}"])
+    with initialize_config_dir(config_dir=str(REPO / "dcgan_xai" / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"experiment={experiment}"])
     validate(cfg)
     if experiment.endswith("noise"):
         assert cfg.model.instance_noise > 0
         assert cfg.model.instance_noise_decay_epochs == cfg.trainer.max_epochs
 
 
-@pytest.mark.parametrize("study", sorted(p.stem for p in (REPO / "conf" / "study").glob("*.yaml")))
+@pytest.mark.parametrize(
+    "study", sorted(p.stem for p in (REPO / "dcgan_xai" / "conf" / "study").glob("*.yaml"))
+)
 def test_every_study_composes_and_validates(study):
     from hydra import compose, initialize_config_dir
 
     from dcgan_xai.config import StudySettings
 
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(REPO / "dcgan_xai" / "conf"), version_base="1.3"):
         cfg = compose("study", overrides=[f"+study={study}"])
     settings = StudySettings.from_config(cfg)
     settings.check()
     assert settings.name == study
     for experiment in settings.experiments:
-        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        with initialize_config_dir(config_dir=str(REPO / "dcgan_xai" / "conf"), version_base="1.3"):
             cfg = compose(
-                "train", overrides=[f"+experiment={experiment}", *settings.train_overrides]
+                "train", overrides=[f"experiment={experiment}", *settings.train_overrides]
             )
         validate(cfg)
 

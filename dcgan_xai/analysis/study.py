@@ -83,7 +83,7 @@ def _train_command(
         sys.executable,
         "-m",
         "dcgan_xai.train",
-        f"+experiment={experiment}",
+        f"experiment={experiment}",
         f"seed={seed}",
         *study.train_overrides,
         *extra,
