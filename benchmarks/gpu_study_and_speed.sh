@@ -99,7 +99,7 @@ EOF
 #    its first epoch (the fast path failing on this GPU), the study runs again on the plain path.
 t_study=$(date +%s)
 OMP_NUM_THREADS=2 step study "$STUDY_LIMIT" $PY -m dcgan_xai.study +study=claim_gpu out_dir="$WORK/studies" "${STUDY_ARGS[@]}" "$@"
-pkill -f "dcgan_xai.train" 2>/dev/null
+pkill -f -- "hydra.run.dir=$WORK/" 2>/dev/null  # only this script's trainings
 S="$WORK/studies/claim_gpu"
 left=$((STUDY_LIMIT - ($(date +%s) - t_study)))
 if [ "$left" -gt 120 ] && ! ls "$S"/runs/*/checkpoints/epoch=001.ckpt >/dev/null 2>&1; then
@@ -109,7 +109,7 @@ if [ "$left" -gt 120 ] && ! ls "$S"/runs/*/checkpoints/epoch=001.ckpt >/dev/null
   rm -rf "$S"
   OMP_NUM_THREADS=2 step study "$left" $PY -m dcgan_xai.study +study=claim_gpu out_dir="$WORK/studies" \
     train_timeout_s=$((left - 50)) 'train_overrides=["model.finite_check_every=50","callbacks.quality.enabled=true","callbacks.gradcam.layers=[block1,block2,block3]","callbacks.gradcam.methods=[gradcam,gradcam_pre,gradcam_conv,hirescam]","callbacks.gradcam.bn_modes=[batch,eval]"]' "$@"
-  pkill -f "dcgan_xai.train" 2>/dev/null
+  pkill -f -- "hydra.run.dir=$WORK/" 2>/dev/null
 fi
 cp "$S/REPORT.md" "$OUT/study_REPORT.md" 2>/dev/null
 cp "$S/quality.csv" "$OUT/study_quality.csv" 2>/dev/null
