@@ -45,8 +45,8 @@ def test_a_built_wheel_trains_the_smoke_experiment_outside_the_checkout(tmp_path
         cwd=elsewhere, check=True, capture_output=True, text=True,
     ).stdout.strip()  # fmt: skip
     assert where.startswith(purelib), where  # the wheel's copy, not the checkout's
-    for experiment in ("experiment=smoke", "+experiment=smoke"):
-        run_dir = elsewhere / experiment.lstrip("+")
+    for form, experiment in (("plain", "experiment=smoke"), ("plus", "+experiment=smoke")):
+        run_dir = elsewhere / form
         proc = subprocess.run(
             [str(python), "-m", "dcgan_xai.train", experiment, *data_overrides(root, sums),
              f"hydra.run.dir={run_dir}"],
