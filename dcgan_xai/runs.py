@@ -207,6 +207,22 @@ def _merge_rows(
     write_csv(path, fields, [merged[k] for k in sorted(merged)])
 
 
+def score_rows(epoch: int, record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ``scores.csv`` rows of one explanation record (one per layer)."""
+    return [
+        {
+            "epoch": epoch,
+            "method": record["method"],
+            "bn_mode": record["bn_mode"],
+            "layer": name,
+            **record["summary"][name],
+            "d_real": record["d_real"],
+            "d_fake": record["d_fake"],
+        }
+        for name in record["layers"]
+    ]
+
+
 def update_scores(run: RunDir, rows: list[dict[str, Any]], keep_through: int | None = None) -> None:
     """Merge ``rows`` into ``scores.csv``: one row per (epoch, method, BN mode, layer), newest wins.
 

@@ -59,8 +59,10 @@ def score_split(
         cov.append(coverage(maps, pixel_threshold).cpu())
         foc.append(focus(maps, images, mask_threshold).cpu())
         if keep_top:  # the running top k; earlier positions come first, so ties keep them
-            all_maps = maps.cpu() if top_maps is None else torch.cat([top_maps, maps.cpu()])
-            pos, c = torch.cat([top_pos, batch]), torch.cat([top_cov, cov[-1]])
+            best = cov[-1].argsort(descending=True, stable=True)[:keep_top]  # this batch's top k
+            new_maps = maps[best.to(maps.device)].cpu()  # only k maps leave the device
+            all_maps = new_maps if top_maps is None else torch.cat([top_maps, new_maps])
+            pos, c = torch.cat([top_pos, batch[best]]), torch.cat([top_cov, cov[-1][best]])
             keep = c.argsort(descending=True, stable=True)[:keep_top]
             top_pos, top_cov, top_maps = pos[keep], c[keep], all_maps[keep]
     out = {

@@ -50,6 +50,7 @@ from dcgan_xai.runs import (
     read_scores,
     read_table,
     run_config,
+    score_rows,
     update_quality,
     update_scores,
 )
@@ -232,21 +233,7 @@ def run_tables(
                     a.flag_threshold,
                     a.mask_threshold,
                 )
-                update_scores(
-                    run,
-                    [
-                        {
-                            "epoch": e,
-                            "method": method,
-                            "bn_mode": bn_mode,
-                            "layer": name,
-                            **rec["summary"][name],
-                            "d_real": rec["d_real"],
-                            "d_fake": rec["d_fake"],
-                        }
-                        for name in layers
-                    ],
-                )
+                update_scores(run, score_rows(e, rec))
     scores = [r for r in read_scores(run) if (r["epoch"], r["method"], r["bn_mode"]) in wanted]
     return quality, scores
 

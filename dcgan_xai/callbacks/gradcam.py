@@ -20,6 +20,7 @@ from dcgan_xai.runs import (
     load_probe,
     save_gradcam_epoch,
     save_probe,
+    score_rows,
     update_scores,
 )
 from dcgan_xai.xai.epoch import explain_epoch
@@ -178,19 +179,9 @@ class GradCamCallback(L.Callback):
                 )
                 prefix = "gradcam" if primary is None else f"gradcam/{method}/{bn_mode}"
                 primary = primary or record
+                rows += score_rows(epoch, record)
                 for name in self.layers:
                     summary = record["summary"][name]
-                    rows.append(
-                        {
-                            "epoch": epoch,
-                            "method": method,
-                            "bn_mode": bn_mode,
-                            "layer": name,
-                            **summary,
-                            "d_real": record["d_real"],
-                            "d_fake": record["d_fake"],
-                        }
-                    )
                     metrics.update({f"{prefix}/{name}/{k}": v for k, v in summary.items()})
         assert primary is not None
         primary["epoch"] = epoch
