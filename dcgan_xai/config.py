@@ -48,6 +48,8 @@ class ModelConfig:
     compile: bool = False
     instance_noise: float = 0.0
     instance_noise_decay_epochs: float = 0.0
+    lr_milestones: list[int] = field(default_factory=list)
+    lr_gamma: float = 0.1
     finite_check_every: int = 1
 
 

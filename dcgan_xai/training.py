@@ -19,6 +19,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from dcgan_xai.callbacks.gradcam import GradCamCallback
+from dcgan_xai.config import TrainConfig
 from dcgan_xai.callbacks.quality import QualityCallback
 from dcgan_xai.data.exclusion import fingerprint, load_exclusion
 from dcgan_xai.data.mnist import MNISTDataModule
@@ -69,6 +70,14 @@ def validate(cfg: DictConfig) -> None:
         ("nz", m.nz, m.nz >= 1, ">= 1"),
         ("ngf", m.ngf, m.ngf >= 1, ">= 1"),
         ("ndf", m.ndf, m.ndf >= 1, ">= 1"),
+        ("lr_gamma", m.lr_gamma, 0 < m.lr_gamma < float("inf"), "a finite number > 0"),
+        (
+            "lr_milestones",
+            list(m.lr_milestones),
+            list(m.lr_milestones) == sorted(set(m.lr_milestones))
+            and all(e >= 1 for e in m.lr_milestones),
+            "increasing epochs >= 1",
+        ),
     ):
         if not ok:
             raise UserError(f"model.{name}={value} is not allowed; it must be {rule}")
@@ -258,6 +267,9 @@ def check_same_config(recorded: DictConfig, cfg: DictConfig) -> None:
     """Refuse a resume whose settings differ from the run's, but for :data:`RESUME_MAY_CHANGE`."""
     old = _flat(OmegaConf.to_container(recorded, resolve=True))
     new = _flat(OmegaConf.to_container(cfg, resolve=True))
+    # a setting added to the schema after the run was made: the run trained at its default
+    default = _flat(OmegaConf.to_container(OmegaConf.structured(TrainConfig)))
+    old.update({k: default[k] for k in new.keys() - old.keys() if k in default})
     diff = sorted(
         k
         for k in old.keys() | new.keys()

@@ -23,6 +23,15 @@ from dcgan_xai.files import atomic_write_text
 from dcgan_xai.runs import RunDir, read_quality
 
 
+def _steps(cfg) -> str:
+    """The learning-rate steps, in 1-based epochs, if the run has any."""
+    milestones = list(cfg.model.get("lr_milestones") or [])
+    if not milestones:
+        return ""
+    starts = ", ".join(str(m + 1) for m in milestones)
+    return f" (times {cfg.model.lr_gamma} from epoch {starts} on)"
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("run_dir", type=Path)
@@ -41,7 +50,7 @@ def main() -> None:
         f"# Plateau pilot: {run.root.name}",
         "",
         f"Experiment: `{cfg.model.arch}` nets ngf={cfg.model.ngf} ndf={cfg.model.ndf}, "
-        f"lr {cfg.model.lr}, instance noise {cfg.model.instance_noise} over "
+        f"lr {cfg.model.lr}{_steps(cfg)}, instance noise {cfg.model.instance_noise} over "
         f"{cfg.model.instance_noise_decay_epochs} epochs, {cfg.data.limit} images, batch "
         f"{cfg.data.batch_size}, {cfg.trainer.max_epochs} epochs, seed {cfg.seed}, precision "
         f"{cfg.trainer.precision}. n = 1 run. FID per epoch: {fid[max(fid)].n} fresh sets of "

@@ -72,6 +72,19 @@ def test_resume_is_strict(smoke_run, smoke_cfg, tmp_path):
     assert "max_epochs: 2" in (tmp_path / "r" / "config.yaml").read_text()
 
 
+def test_resume_of_a_run_made_before_a_setting_existed(smoke_run, smoke_cfg, tmp_path):
+    """A setting added to the schema later is the run's default, not a changed setting; a
+    value other than the default is refused."""
+    shutil.copytree(smoke_run["run_dir"], tmp_path / "r")
+    config = tmp_path / "r" / "config.yaml"
+    lines = config.read_text().splitlines(keepends=True)
+    config.write_text("".join(x for x in lines if "lr_milestones" not in x))
+    same = "callbacks.gradcam.layers=[block1,block3]"
+    with pytest.raises(UserError, match=r"model.lr_milestones=\[1\] \(the run's: \[\]\)"):
+        train(smoke_cfg(same, "resume=true", "model.lr_milestones=[1]"), tmp_path / "r")
+    train(smoke_cfg(same, "resume=true", "trainer.max_epochs=3"), tmp_path / "r")
+
+
 def test_resume_without_last_ckpt_or_with_a_damaged_one_uses_the_newest_good_epoch(
     smoke_run, smoke_cfg, tmp_path
 ):

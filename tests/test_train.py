@@ -132,6 +132,45 @@ def test_instance_noise_is_reproducible_logged_and_changes_training(smoke_run, s
     )
 
 
+def test_learning_rate_steps_like_multisteplr():
+    import torch
+
+    from dcgan_xai.models.module import learning_rate
+
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.4)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[2, 5], gamma=0.5)
+    for epoch in range(8):
+        assert learning_rate(0.4, [2, 5], 0.5, epoch) == pytest.approx(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert learning_rate(0.4, [], 0.5, 7) == 0.4
+
+
+def test_learning_rate_milestone_is_trained_logged_and_resumed(smoke_cfg, tmp_path):
+    import torch
+
+    steps = ("model.lr_milestones=[1]", "model.lr_gamma=0.25", "callbacks=none")
+    run = RunDir(train(smoke_cfg(*steps), tmp_path / "a")["run_dir"])
+    lr = float(smoke_cfg().model.lr)
+    assert scalar_values(run.tensorboard, "train/lr") == pytest.approx([lr, lr / 4])
+    states = torch.load(run.checkpoint(2), weights_only=False)["optimizer_states"]
+    assert [s["param_groups"][0]["lr"] for s in states] == pytest.approx([lr / 4, lr / 4])
+    # one epoch, then resumed for the second: the weights of the uninterrupted run
+    b = tmp_path / "b"
+    train(smoke_cfg(*steps, "trainer.max_epochs=1"), b)
+    train(smoke_cfg(*steps, "resume=true"), b)
+    assert same_weights(RunDir(b).checkpoint(2), run.checkpoint(2))
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["model.lr_milestones=[3,2]", "model.lr_milestones=[0]", "model.lr_gamma=0"],
+)
+def test_learning_rate_steps_are_checked(smoke_cfg, bad):
+    with pytest.raises(UserError, match=bad.split("=")[0].replace(".", r"\.") + ".*not allowed"):
+        validate(smoke_cfg(bad))
+
+
 @pytest.mark.parametrize(
     "experiment",
     sorted(p.stem for p in (REPO / "dcgan_xai" / "conf" / "experiment").glob("*.yaml")),

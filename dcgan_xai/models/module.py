@@ -65,6 +65,15 @@ def instance_noise_std(std: float, decay_epochs: float, progress: float) -> floa
     return std * max(0.0, 1.0 - progress / decay_epochs)
 
 
+def learning_rate(lr: float, milestones: list[int], gamma: float, epoch: int) -> float:
+    """The learning rate of (0-based) ``epoch``: ``lr`` times ``gamma`` for every milestone
+    at or before it, as ``torch.optim.lr_scheduler.MultiStepLR`` steps it once an epoch.
+
+    A pure function of the epoch, so a resumed run trains at the rate an uninterrupted one would.
+    """
+    return lr * gamma ** sum(1 for m in milestones if m <= epoch)
+
+
 class DCGAN(L.LightningModule):
     """A DCGAN on 64x64 images.
 
@@ -89,6 +98,10 @@ class DCGAN(L.LightningModule):
             reproducible and resumable. Grad-CAM, FID and the probe scores see clean images.
         instance_noise_decay_epochs: the noise falls linearly to 0 over this many epochs
             (0: constant).
+        lr_milestones: epochs (counted from 0, as ``MultiStepLR`` counts them) from which the
+            learning rate of both nets is multiplied by ``lr_gamma`` once more; empty: the
+            paper's constant rate.
+        lr_gamma: the factor applied at each milestone.
         finite_check_every: check the losses for NaN/inf every this many steps and at each
             epoch's last step. 1 checks every step, which makes the host wait for the GPU at
             every step; with N > 1 the check is accumulated on the device and read every N
@@ -113,6 +126,8 @@ class DCGAN(L.LightningModule):
         compile: bool = False,
         instance_noise: float = 0.0,
         instance_noise_decay_epochs: float = 0.0,
+        lr_milestones: list[int] | tuple[int, ...] = (),
+        lr_gamma: float = 0.1,
         finite_check_every: int = 1,
     ):
         super().__init__()
@@ -224,6 +239,15 @@ class DCGAN(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self._finite, self._checked_after = None, -1
+        milestones = list(self.hparams.get("lr_milestones") or ())
+        if milestones:
+            lr = learning_rate(
+                self.hparams["lr"], milestones, self.hparams["lr_gamma"], self.current_epoch
+            )
+            for opt in self.optimizers():  # type: ignore[union-attr]
+                for group in opt.param_groups:
+                    group["lr"] = lr
+            self.log("train/lr", lr, on_step=False, on_epoch=True)
 
     def _check_finite(self, losses: torch.Tensor, batch_idx: int) -> None:
         """Stop on a NaN/inf loss, or one above :data:`LOSS_LIMIT` (a BCE loss that large means
