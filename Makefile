@@ -11,7 +11,7 @@ $(VENV)/.base: pyproject.toml
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.base
-	$(PY) -m pip install -q -e '.[dev,slurm]'
+	$(PY) -m pip install -q -e '.[dev,slurm,parallel]'
 	touch $@
 
 install: $(VENV)/.base

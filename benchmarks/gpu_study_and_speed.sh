@@ -5,7 +5,7 @@
 #
 # On a GPU machine without internet access: put the four raw MNIST files in data/mnist and the
 # wheels that machine lacks in .whl/ (scripts/device_wheels.sh fetches captum, hydra-core,
-# omegaconf and antlr4 for Python 3.12), then
+# omegaconf, antlr4, hydra-joblib-launcher and joblib for Python 3.12), then
 #     OUT=<results dir> bash benchmarks/gpu_study_and_speed.sh
 # DRY_RUN=1 runs every step on the same code path at smoke size, on the CPU, in a few minutes:
 # run it before spending GPU time. ONLY=speed runs the speed steps alone (about 3 minutes);
@@ -18,7 +18,7 @@
 # study_REPORT.md, study_quality.csv and study_scores.csv (the study's raw tables: rebuild the
 # report anywhere with `python -m dcgan_xai.study +study=claim_gpu report_only=true` after copying
 # them to studies/claim_gpu/quality.csv, scores.csv), study.json, fid_by_run.png, and logs.tar.gz
-# (every step's log, the study's outcome and decision tables, per-run logs).
+# (every step's log, the study's outcome and decision tables, each job's status).
 set -uo pipefail
 OUT=${OUT:-outputs/gpu_study_and_speed}
 WORK=${WORK:-/tmp/dcgan_xai_gpu}
@@ -55,7 +55,8 @@ step() {
 }
 
 if [ "$DRY_RUN" = 1 ]; then
-  STUDY_ARGS=("experiments=[smoke]" "seeds=[0,1]" parallel=2 analysis.fid_samples=200
+  JOBS=2
+  STUDY_ARGS=("experiments=[smoke]" "seeds=[0,1]" analysis.fid_samples=200
     train_timeout_s=240 analysis.classifier_epochs=3
     'train_overrides=["trainer.max_epochs=3","data.on_device=true","model.channels_last=true","trainer.precision=bf16-mixed","model.finite_check_every=50","callbacks.quality.enabled=true","callbacks.quality.samples=200","callbacks.quality.fresh_draws=2","callbacks.gradcam.layers=[block1,block2,block3]","callbacks.gradcam.methods=[gradcam,gradcam_pre,gradcam_conv,hirescam]","callbacks.gradcam.bn_modes=[batch,eval]"]')
   STUDY_LIMIT=300
@@ -67,6 +68,7 @@ if [ "$DRY_RUN" = 1 ]; then
   BENCH_GRADCAM=(--images 512 --fid-samples 200 --train-steps 2)
   PROFILE=(--steps 2 --warmup 1 --batch 16 --config plain=smoke --config fast=smoke,model.channels_last=true,trainer.precision=bf16-mixed)
 else
+  JOBS=8
   if [ "$ONLY" = study ]; then TRAIN_S=${TRAIN_S:-480} STUDY_LIMIT=${STUDY_LIMIT:-530}; fi
   STUDY_ARGS=(train_timeout_s=${TRAIN_S:-260})
   STUDY_LIMIT=${STUDY_LIMIT:-300}
@@ -95,21 +97,22 @@ _, acc = load_or_train_classifier(path, dm.train_set, dm.test_set, epochs=3, dev
 print(f"classifier {path}: test accuracy {acc:.4f}")
 EOF
 
-# 2. The study: 8 trainings at once, then the tables and the report. If no training got through
-#    its first epoch (the fast path failing on this GPU), the study runs again on the plain path.
+# 2. The study: a Hydra multirun, one job per run, all 8 at once as processes on the one GPU
+#    (joblib launcher), then the tables and the report. If no training got through its first
+#    epoch (the fast path failing on this GPU), the study runs again on the plain path. (timeout
+#    signals its whole process group, the launcher's worker processes with it.)
+STUDY=($PY -m dcgan_xai.study -m +study=claim_gpu hydra/launcher=joblib hydra.launcher.n_jobs=$JOBS out_dir="$WORK/studies")
 t_study=$(date +%s)
-OMP_NUM_THREADS=2 step study "$STUDY_LIMIT" $PY -m dcgan_xai.study +study=claim_gpu out_dir="$WORK/studies" "${STUDY_ARGS[@]}" "$@"
-pkill -f -- "hydra.run.dir=$WORK/" 2>/dev/null  # only this script's trainings
+OMP_NUM_THREADS=2 step study "$STUDY_LIMIT" "${STUDY[@]}" "${STUDY_ARGS[@]}" "$@"
 S="$WORK/studies/claim_gpu"
 left=$((STUDY_LIMIT - ($(date +%s) - t_study)))
 if [ "$left" -gt 120 ] && ! ls "$S"/runs/*/checkpoints/epoch=001.ckpt >/dev/null 2>&1; then
   echo "== no run finished an epoch on the fast path: the plain path, $left s" | tee -a "$SUMMARY"
   cp "$LOGS/study.log" "$LOGS/study_fast_path_failed.log"
-  cp -r "$S/logs" "$LOGS/study_fast_path_runs" 2>/dev/null
+  cp -r "$S/jobs" "$LOGS/study_fast_path_jobs" 2>/dev/null
   rm -rf "$S"
-  OMP_NUM_THREADS=2 step study "$left" $PY -m dcgan_xai.study +study=claim_gpu out_dir="$WORK/studies" \
+  OMP_NUM_THREADS=2 step study "$left" "${STUDY[@]}" \
     train_timeout_s=$((left - 50)) 'train_overrides=["model.finite_check_every=50","callbacks.quality.enabled=true","callbacks.gradcam.layers=[block1,block2,block3]","callbacks.gradcam.methods=[gradcam,gradcam_pre,gradcam_conv,hirescam]","callbacks.gradcam.bn_modes=[batch,eval]"]' "$@"
-  pkill -f -- "hydra.run.dir=$WORK/" 2>/dev/null
 fi
 cp "$S/REPORT.md" "$OUT/study_REPORT.md" 2>/dev/null
 cp "$S/quality.csv" "$OUT/study_quality.csv" 2>/dev/null
@@ -117,7 +120,7 @@ cp "$S/scores.csv" "$OUT/study_scores.csv" 2>/dev/null
 cp "$S/study.json" "$OUT/study.json" 2>/dev/null
 cp "$S/fid_by_run.png" "$OUT/fid_by_run.png" 2>/dev/null
 cp "$S/outcomes.csv" "$S/decisions.csv" "$LOGS/" 2>/dev/null
-cp -r "$S/logs" "$LOGS/study_runs" 2>/dev/null
+cp -r "$S/jobs" "$LOGS/study_jobs" 2>/dev/null
 
 fi
 

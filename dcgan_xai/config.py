@@ -7,13 +7,14 @@ OmegaConf with an error naming the key.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from dcgan_xai.data.sources import MD5, SOURCES
-from dcgan_xai.errors import UserError
+from dcgan_xai.errors import UserError, hydra_error_line
 from dcgan_xai.xai.gradcam import BN_MODES, METHODS
 
 SCORES = ("focus", "coverage")
@@ -209,6 +210,15 @@ PAPER_VARIANT = "gradcam/block3/batch/real/focus/coarse"
 
 
 @dataclass
+class StudyJob:
+    """One job of the study's multirun (``conf/study.yaml`` sweeps these); unset: the whole
+    study. (Not ``experiment=``: that selects the training config group.)"""
+
+    experiment: str | None = None
+    seed: int | None = None
+
+
+@dataclass
 class StudySettings:
     """What the study runs and compares, and how it decides. Recorded in the report."""
 
@@ -217,8 +227,9 @@ class StudySettings:
     experiments: list[str] = field(default_factory=lambda: ["mnist64"])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
     train_overrides: list[str] = field(default_factory=list)
-    parallel: int = 1
-    train_timeout_s: float | None = None
+    job: StudyJob = field(default_factory=lambda: StudyJob())
+    train: bool = True  # false: analyse the runs as far as they got, training none
+    train_timeout_s: float | None = None  # per job: trainings stop this long after it starts
     report_only: bool = False
     methods: list[str] = field(default_factory=lambda: ["gradcam"])
     bn_modes: list[str] = field(default_factory=lambda: ["batch", "eval"])
@@ -236,11 +247,21 @@ class StudySettings:
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> StudySettings:
-        """The settings in a composed ``study`` config."""
+        """The settings in a composed ``study`` config (its ``hydra`` node, if any, left out)."""
         values = OmegaConf.to_container(cfg, resolve=True)
         assert isinstance(values, dict)
-        analysis = AnalysisSettings(**values.pop("analysis"))  # type: ignore[arg-type]
-        return cls(**values, analysis=analysis)  # type: ignore[arg-type]
+        values.pop("hydra", None)
+        return cls.from_dict(values)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> StudySettings:
+        """The settings in a dict (as ``study.json`` records them); keys of earlier versions
+        that no longer exist are left out."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in values.items() if k in known}
+        analysis = AnalysisSettings(**values.pop("analysis", {}))
+        job = StudyJob(**values.pop("job", {}))
+        return cls(**values, analysis=analysis, job=job)
 
     def check(self) -> None:
         self.analysis.check()
@@ -258,8 +279,21 @@ class StudySettings:
             raise UserError("seeds is empty; give at least one seed")
         if not self.experiments:
             raise UserError("experiments is empty; give at least one experiment")
-        if self.parallel < 1:
-            raise UserError(f"parallel={self.parallel} is not allowed; it must be >= 1")
+        job = self.job
+        if (job.experiment is None) != (job.seed is None):
+            raise UserError(
+                f"job.experiment={job.experiment} job.seed={job.seed}: a study job needs both (one "
+                "run of the multirun), or neither (the whole study)"
+            )
+        if job.experiment is not None and job.experiment not in self.experiments:
+            raise UserError(
+                f"job.experiment={job.experiment} is not one of the study's experiments; "
+                f"allowed: {', '.join(self.experiments)}"
+            )
+        if self.train_timeout_s is not None and self.train_timeout_s <= 0:
+            raise UserError(
+                f"train_timeout_s={self.train_timeout_s} is not allowed; it must be > 0"
+            )
         if not 0.0 < self.window <= 1.0:
             raise UserError(f"window={self.window} is not allowed; it must be in (0, 1]")
         for name in self.planned:
@@ -279,6 +313,32 @@ class StudySettings:
                 )
 
 
+def compose_config(config_name: str, overrides: list[str]) -> DictConfig:
+    """``dcgan_xai/conf/<config_name>.yaml`` composed with ``overrides``, as its command would.
+
+    Inside a running Hydra app (a study job) the app's config search path is used, so configs a
+    user added with ``hydra.searchpath`` are found. A bad override is a :class:`UserError`.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        if GlobalHydra.instance().is_initialized():
+            return compose(config_name, overrides=overrides)
+        conf = str(Path(__file__).resolve().parent / "conf")
+        with initialize_config_dir(config_dir=conf, version_base="1.3"):
+            return compose(config_name, overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as err:
+        raise UserError(hydra_error_line(err)) from err
+
+
+def _csv(values: Any) -> str:
+    """A list as a sweep's comma-separated values (``${csv:${seeds}}``)."""
+    return ",".join(str(v) for v in values)
+
+
 def register_configs() -> None:
     """Register the schemas; the primary configs name them first in their defaults."""
     cs = ConfigStore.instance()
@@ -287,6 +347,7 @@ def register_configs() -> None:
     cs.store(name="curate_schema", node=CurateConfig)
     cs.store(name="aggregate_schema", node=AggregateConfig)
     cs.store(name="study_schema", node=StudySettings)
+    OmegaConf.register_new_resolver("csv", _csv, replace=True)
 
 
 register_configs()

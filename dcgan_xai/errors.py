@@ -62,13 +62,19 @@ def check_overrides(config_name: str, args: list[str] | None = None) -> None:
         with initialize_config_dir(config_dir=conf, version_base="1.3"):
             compose(config_name=config_name, overrides=args, return_hydra_config=True)
     except (HydraException, OmegaConfBaseException) as err:
-        parts = [str(err)] + ([str(err.__cause__)] if err.__cause__ is not None else [])
-        skip = ("full_key:", "object_type=", "reference_type=", "Set the environment variable")
-        lines = []
-        for line in (line.strip() for part in parts for line in part.splitlines()):
-            if line.startswith("Config search path"):
-                break
-            if line and not line.startswith(skip):
-                lines.append(line)
-        print("error: " + " ".join(lines), file=sys.stderr)
+        print(f"error: {hydra_error_line(err)}", file=sys.stderr)
         sys.exit(2)
+
+
+def hydra_error_line(err: BaseException) -> str:
+    """A Hydra or OmegaConf composition error as one line: its message and cause, without the
+    config search path, the full key and type details and the hint about HYDRA_FULL_ERROR."""
+    parts = [str(err)] + ([str(err.__cause__)] if err.__cause__ is not None else [])
+    skip = ("full_key:", "object_type=", "reference_type=", "Set the environment variable")
+    lines = []
+    for line in (line.strip() for part in parts for line in part.splitlines()):
+        if line.startswith("Config search path"):
+            break
+        if line and not line.startswith(skip):
+            lines.append(line)
+    return " ".join(lines)

@@ -19,8 +19,9 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from dcgan_xai.callbacks.gradcam import GradCamCallback
-from dcgan_xai.config import TrainConfig
+from dcgan_xai.callbacks.progress import EpochLine, TimeLimit, TimeLimitReached
 from dcgan_xai.callbacks.quality import QualityCallback
+from dcgan_xai.config import TrainConfig
 from dcgan_xai.data.exclusion import fingerprint, load_exclusion
 from dcgan_xai.data.mnist import MNISTDataModule
 from dcgan_xai.data.sources import ensure_mnist
@@ -155,7 +156,7 @@ def build_model(cfg: DictConfig) -> DCGAN:
 
 
 def build_callbacks(cfg: DictConfig, run: RunDir) -> list[L.Callback]:
-    callbacks: list[L.Callback] = []
+    callbacks: list[L.Callback] = [EpochLine(run.root.name)]
     gc, q = cfg.callbacks.gradcam, cfg.callbacks.quality
     if gc.enabled:
         callbacks.append(GradCamCallback(run.root, **fields(gc, "enabled"), seed=cfg.seed))
@@ -289,25 +290,30 @@ def check_same_config(recorded: DictConfig, cfg: DictConfig) -> None:
         )
 
 
-def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
+def train(
+    cfg: DictConfig, run_dir: str | Path, time_limit_s: float | None = None
+) -> dict[str, Any]:
     """Train a DCGAN as ``cfg`` says, writing everything into ``run_dir``.
 
     Args:
         cfg: a composed ``train`` config (see ``dcgan_xai/conf/train.yaml``).
         run_dir: the run directory; with ``cfg.resume`` an existing run continues from
             its ``last.ckpt``.
+        time_limit_s: stop after this many seconds of fit, keeping the epochs finished by then
+            (a later ``resume=true`` continues); ``stopped`` in the result says so.
 
     Returns:
         ``run_dir``, ``tensorboard`` (log dir), ``epochs`` trained, ``seconds`` of fit,
-        and the last epoch's ``metrics`` as floats.
+        ``stopped`` (``None``, or why training ended before ``trainer.max_epochs``) and the
+        last epoch's ``metrics`` as floats.
     """
     run = RunDir(run_dir)
     validate(cfg)
     with owned(run):
-        return _train_owned(cfg, run)
+        return _train_owned(cfg, run, time_limit_s)
 
 
-def _train_owned(cfg: DictConfig, run: RunDir) -> dict[str, Any]:
+def _train_owned(cfg: DictConfig, run: RunDir, time_limit_s: float | None) -> dict[str, Any]:
     if not os.access(run.root, os.W_OK):
         raise UserError(f"run dir {run.root} is not writable; choose another hydra.run.dir")
     if is_first_process():
@@ -340,14 +346,21 @@ def _train_owned(cfg: DictConfig, run: RunDir) -> dict[str, Any]:
     model = build_model(cfg)
     if found is not None:
         check_resumable(*found, model)
-    trainer = build_trainer(cfg, run, build_callbacks(cfg, run))
+    callbacks = build_callbacks(cfg, run)
+    if time_limit_s is not None:
+        callbacks.append(TimeLimit(time.monotonic() + time_limit_s))
+    trainer = build_trainer(cfg, run, callbacks)
     if trainer.is_global_zero:
         atomic_write_text(run.root / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         if exclusion is not None:
             atomic_write_text(run.root / "exclusion.json", json.dumps(exclusion, indent=2) + "\n")
     start = time.perf_counter()
+    stopped = None
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=str(found[0]) if found else None)
+    except TimeLimitReached as err:
+        stopped = f"{err} after {time_limit_s:g} s"
+        rank_zero_info(f"{run.root.name}: {stopped}; resume=true continues it")
     except SIGTERMException as err:
         raise Interrupted(
             f"interrupted by SIGTERM after {len(run.checkpoint_epochs())} checkpointed epochs "
@@ -359,7 +372,8 @@ def _train_owned(cfg: DictConfig, run: RunDir) -> dict[str, Any]:
     return {
         "run_dir": str(run.root),
         "tensorboard": str(run.tensorboard),
-        "epochs": trainer.current_epoch,
+        "epochs": len(run.checkpoint_epochs()),
+        "stopped": stopped,
         "train_images": len(datamodule.train_set) if datamodule.train_set is not None else 0,
         "seconds": seconds,
         "metrics": metrics,

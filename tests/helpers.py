@@ -7,6 +7,8 @@ from pathlib import Path
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 def event_tags(log_dir: str | Path) -> dict[str, list[str]]:
     ea = EventAccumulator(str(log_dir), size_guidance={"images": 0, "scalars": 0})

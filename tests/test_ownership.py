@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,9 +15,7 @@ from dcgan_xai.errors import UserError
 from dcgan_xai.models.checkpoint import AtomicCheckpointIO
 from dcgan_xai.runs import RunDir, read_csv
 from dcgan_xai.training import train
-from tests.helpers import data_overrides, same_weights
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO, data_overrides, same_weights
 
 
 def cli(root, *overrides, timeout=300, **kwargs):

@@ -3,7 +3,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import lightning as L
 import pytest
@@ -16,9 +15,7 @@ from dcgan_xai.models.module import NonFiniteLossError
 from dcgan_xai.runs import RunDir, load_gradcam_epoch, load_module, read_csv
 from dcgan_xai.training import build_callbacks, build_datamodule, build_model, build_trainer, train
 from tests.conftest import compose_train, write_fixture
-from tests.helpers import same_weights
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO, same_weights
 
 
 @pytest.mark.parametrize(

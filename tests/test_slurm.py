@@ -5,14 +5,13 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from dcgan_xai.runs import RunDir, read_scores
+from tests.helpers import REPO
 from tests.test_sweeps import fixture_overrides
 
-REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "slurm_local.sh"
 
 pytestmark = pytest.mark.slow

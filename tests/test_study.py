@@ -1,12 +1,16 @@
 import json
 import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict
 
 import pytest
 
-from dcgan_xai.config import AnalysisSettings, StudySettings
+from dcgan_xai.config import AnalysisSettings, StudyJob, StudySettings
 from dcgan_xai.errors import UserError
-from dcgan_xai.runs import read_csv
-from tests.helpers import data_overrides
+from dcgan_xai.runs import RunDir, read_csv
+from tests.helpers import REPO, data_overrides
 
 PLANNED = ["gradcam/block3/batch/real/focus/coarse", "hirescam/block3/batch/real/focus/coarse"]
 
@@ -16,7 +20,9 @@ PLANNED = ["gradcam/block3/batch/real/focus/coarse", "hirescam/block3/batch/real
     [
         ({"scores": ["sharpness"]}, "scores='sharpness' is not allowed"),
         ({"methods": ["gradcam++"]}, r"methods='gradcam\+\+' is not allowed; allowed: gradcam, "),
-        ({"parallel": 0}, "parallel=0 is not allowed; it must be >= 1"),
+        ({"train_timeout_s": 0}, "train_timeout_s=0 is not allowed; it must be > 0"),
+        ({"job": StudyJob("smoke")}, "a study job needs both"),
+        ({"job": StudyJob("mnist64_noise", 0)}, r"job.experiment=mnist64_noise is not one of the study's experiments; allowed: mnist64"),
         ({"window": 0.0}, r"window=0.0 is not allowed; it must be in \(0, 1\]"),
         ({"experiments": []}, "experiments is empty"),
         ({"planned": ["gradcam/block3/focus"]}, "planned variant 'gradcam/block3/focus' is not allowed"),
@@ -25,6 +31,18 @@ PLANNED = ["gradcam/block3/batch/real/focus/coarse", "hirescam/block3/batch/real
 def test_bad_study_settings(kwargs, message):
     with pytest.raises(UserError, match=message):
         StudySettings(**kwargs).check()
+
+
+def test_a_job_past_its_time_limit_trains_nothing(tmp_path):
+    from dcgan_xai.analysis.study import train_run
+
+    study = StudySettings(experiments=["smoke"], seeds=[0])
+    status = train_run(study, "smoke", 0, tmp_path / "r", deadline=time.monotonic() - 1, log=print)
+    assert status == "stopped at the time limit after 0 epochs"
+    assert not (tmp_path / "r").exists()
+    study.train = False
+    status = train_run(study, "smoke", 0, tmp_path / "r", log=print)
+    assert status == "not trained (train=false): 0 epochs checkpointed"
 
 
 @pytest.mark.slow
@@ -36,7 +54,7 @@ def test_cpu_sized_study_writes_its_report_and_rebuilds_it_from_its_tables(mnist
     # seed 0's callbacks write every table; seed 1 trains without them, so its tables come
     # from its checkpoints
     study = StudySettings(
-        name="cpu", out_dir=str(tmp_path), experiments=["smoke"], seeds=[0, 1], parallel=2,
+        name="cpu", out_dir=str(tmp_path), experiments=["smoke"], seeds=[0, 1],
         train_overrides=[*data, "trainer.max_epochs=3", "callbacks.quality.samples=100",
                          "callbacks.quality.classifier_epochs=10", "callbacks.quality.min_accuracy=0.9",
                          "callbacks.gradcam.methods=[gradcam,hirescam]",
@@ -46,13 +64,14 @@ def test_cpu_sized_study_writes_its_report_and_rebuilds_it_from_its_tables(mnist
         analysis=AnalysisSettings(fid_samples=100, classifier_epochs=10, min_accuracy=0.9, k=2,
                                   device="cpu"),
     )  # fmt: skip
-    from dcgan_xai.analysis.study import train_runs
+    from dcgan_xai.analysis.study import train_run
 
     runs = tmp_path / "cpu" / "runs"
-    status = train_runs(study, [("smoke", 0, runs / "smoke_seed_0", ["callbacks.quality.enabled=true"]),
-                                ("smoke", 1, runs / "smoke_seed_1", ["callbacks=none"])],
-                        tmp_path / "cpu" / "logs", lambda _: None)  # fmt: skip
-    assert set(status.values()) == {"finished"}
+    for seed, extra in ((0, ["callbacks.quality.enabled=true"]), (1, ["callbacks=none"])):
+        assert (
+            train_run(study, "smoke", seed, runs / f"smoke_seed_{seed}", extra, log=print)
+            == "finished"
+        )
     assert (runs / "smoke_seed_0" / "quality" / "scores.csv").is_file()
     assert not (runs / "smoke_seed_1" / "quality").exists()
 
@@ -73,9 +92,16 @@ def test_cpu_sized_study_writes_its_report_and_rebuilds_it_from_its_tables(mnist
     n_variants = 2 * 3 * 2 * 2 * 4 * 2
     assert len(read_csv(out / "outcomes.csv")) == 2 * n_variants
     assert (out / "fid_by_run.png").is_file()
-    assert json.loads((out / "study.json").read_text())["status"] == {
-        str(runs / "smoke_seed_0"): "found finished", str(runs / "smoke_seed_1"): "found finished"
-    }  # fmt: skip
+    meta = json.loads((out / "study.json").read_text())
+    assert meta["status"] == {
+        str(runs / "smoke_seed_0"): "finished",
+        str(runs / "smoke_seed_1"): "finished",
+    }
+    assert [x["how"] for x in meta["sittings"]] == ["one process, one run at a time"]
+    run_study(study, log=lambda _: None)  # a second sitting: its wall time adds to the first
+    sittings = json.loads((out / "study.json").read_text())["sittings"]
+    assert len(sittings) == 2 and "in 2 sittings" in (out / "REPORT.md").read_text()
+    report = (out / "REPORT.md").read_text()
 
     # the tables alone rebuild the same decisions elsewhere
     copy = tmp_path / "elsewhere" / "cpu"
@@ -95,7 +121,7 @@ def test_study_curation_arm_retrains_curated_and_control(mnist_fixture, tmp_path
     root, sums = mnist_fixture
     data = data_overrides(root, sums)
     study = StudySettings(
-        name="cur", out_dir=str(tmp_path), experiments=["smoke"], seeds=[0], parallel=2,
+        name="cur", out_dir=str(tmp_path), experiments=["smoke"], seeds=[0],
         train_overrides=[*data, "callbacks=none"], curation_thresholds=[], curation_share=0.25,
         curation_method="hirescam", scores=["focus"], bn_modes=["batch"], probes=["real"],
         analysis=AnalysisSettings(fid_samples=100, fid_draws=2, classifier_epochs=10,
@@ -105,7 +131,43 @@ def test_study_curation_arm_retrains_curated_and_control(mnist_fixture, tmp_path
     (row,) = read_csv(tmp_path / "cur" / "curation.csv")
     assert row["rule"] == "share0.25" and int(row["flagged"]) == 64  # a quarter of 256 trained
     for arm in ("curated", "control"):
-        assert row[f"{arm}_run"].endswith(f"smoke_seed_0_share0.25_{arm}")
+        assert row[f"{arm}_dir"].endswith(f"smoke_seed_0_share0.25_{arm}")
         assert float(row[f"{arm}_final_fid"]) > 0
     report = (tmp_path / "cur" / "REPORT.md").read_text()
     assert "## 6. Curation: curated against a random-removal control" in report
+
+
+def test_settings_of_an_earlier_version_load_without_their_removed_keys():
+    recorded = {**asdict(StudySettings(name="old")), "parallel": 8}
+    recorded.pop("job")
+    assert StudySettings.from_dict(recorded) == StudySettings(name="old")
+
+
+@pytest.mark.slow
+def test_study_multirun_trains_one_job_per_seed_then_reports(mnist_fixture, tmp_path):
+    """``-m``: one Hydra job per seed, here both at once as processes (the joblib launcher, as on
+    the GPU; Slurm the same way), each with a line per epoch; the report is written after the
+    last job has returned."""
+    root, sums = mnist_fixture
+    train = [*data_overrides(root, sums), "trainer.max_epochs=2", "callbacks=none"]
+    args = ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "name=sweep", f"out_dir={tmp_path}", "experiments=[smoke]", "seeds=[0,1]",
+            "curate=false", "analysis.fid_samples=100", "analysis.classifier_epochs=10",
+            "analysis.min_accuracy=0.9", "analysis.device=cpu",
+            "train_overrides=[" + ",".join(f'"{o}"' for o in train) + "]"]  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "dcgan_xai.study", *args],
+        capture_output=True, text=True, timeout=900, cwd=REPO,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = tmp_path / "sweep"
+    for seed in (0, 1):
+        assert f"smoke_seed_{seed} epoch 2/2 in" in done.stdout + done.stderr
+        assert RunDir(out / "runs" / f"smoke_seed_{seed}").checkpoint_epochs() == [1, 2]
+        assert json.loads((out / "jobs" / f"smoke_seed_{seed}.json").read_text()) == {
+            str(out / "runs" / f"smoke_seed_{seed}"): "finished"
+        }
+    assert (out / "multirun.yaml").is_file()
+    meta = json.loads((out / "study.json").read_text())
+    assert meta["sittings"][0]["how"] == "Hydra multirun, JoblibLauncher"
+    assert len(read_csv(out / "quality.csv")) == 2 * 2 * 3  # runs x epochs x (fixed + 2 fresh)
+    assert "report: " in done.stdout and (out / "REPORT.md").is_file()

@@ -8,8 +8,7 @@ import pytest
 from dcgan_xai.analysis.aggregate import aggregate_sweep
 from dcgan_xai.config import AnalysisSettings
 from dcgan_xai.runs import RunDir, read_csv, read_scores
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO
 
 
 def fixture_overrides(root: Path, sums: dict[str, str]) -> list[str]:

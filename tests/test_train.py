@@ -1,6 +1,7 @@
+import logging
+import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from hydra.errors import ConfigCompositionException
@@ -9,9 +10,7 @@ from omegaconf.errors import ConfigAttributeError, ValidationError
 from dcgan_xai.errors import UserError
 from dcgan_xai.runs import RunDir, read_csv
 from dcgan_xai.training import train, validate
-from tests.helpers import event_tags, same_weights, scalar_values
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO, event_tags, same_weights, scalar_values
 
 
 def test_smoke_run_writes_checkpoints_and_panels(smoke_run):
@@ -130,6 +129,28 @@ def test_instance_noise_is_reproducible_logged_and_changes_training(smoke_run, s
         "train/instance_noise"
         not in event_tags(RunDir(smoke_run["run_dir"]).tensorboard)["scalars"]
     )
+
+
+def test_time_limit_stops_without_a_partial_epoch_and_resume_finishes(
+    smoke_run, smoke_cfg, tmp_path
+):
+    same = "callbacks.gradcam.layers=[block1,block3]"
+    run = RunDir(tmp_path / "r")
+    result = train(smoke_cfg(same), run.root, time_limit_s=0)  # stops at the first step
+    assert result["stopped"] == "time limit reached at epoch 1 after 0 s"
+    assert result["epochs"] == 0 and run.checkpoint_epochs() == []
+    assert not (run.gradcam / "epoch_001.pt").exists()
+    done = train(smoke_cfg(same, "resume=true"), run.root, time_limit_s=600)
+    assert done["stopped"] is None and done["epochs"] == 2
+    assert same_weights(run.checkpoint(2), RunDir(smoke_run["run_dir"]).checkpoint(2))
+
+
+def test_a_line_per_epoch_without_the_progress_bar(smoke_cfg, tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    train(smoke_cfg("callbacks=none", "trainer.enable_progress_bar=false"), tmp_path / "run")
+    for epoch in (1, 2):
+        line = rf"^run epoch {epoch}/2 in \d+\.\d s: d_fake=\d\.\d{{3}} d_loss="
+        assert sum(bool(re.search(line, m)) for m in caplog.messages) == 1
 
 
 def test_learning_rate_steps_like_multisteplr():

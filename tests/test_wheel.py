@@ -9,9 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import data_overrides
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO, data_overrides
 
 
 @pytest.mark.slow

@@ -1,10 +1,11 @@
 """The evidence study: does the discriminator's explanation pick a good generator?
 
-For each experiment and seed: train (or resume, or find finished) a run, several at once when
-``parallel`` > 1; collect its per-epoch tables (FID/KID over fixed and fresh generated sets, and
-the explanation scores of every method, BN mode and layer), computing from the checkpoints what
-the run's callbacks did not write; then decide by the rules of :mod:`dcgan_xai.analysis.evidence`
-and write ``<out_dir>/<name>/``: ``quality.csv``, ``scores.csv`` (the raw tables),
+For each experiment and seed, one job (a Hydra multirun over them runs the jobs with any
+launcher, Slurm included; without ``-m`` they run one after another in this process): train (or
+resume, or find finished) a run and compute from its checkpoints the per-epoch tables its
+callbacks did not write (FID/KID over fixed and fresh generated sets, and the explanation scores
+of every method, BN mode and layer). Then, over the runs, decide by the rules of
+:mod:`dcgan_xai.analysis.evidence` and write ``<out_dir>/<name>/``: ``quality.csv``, ``scores.csv`` (the raw tables),
 ``outcomes.csv``, ``decisions.csv``, ``study.json`` and ``REPORT.md``. ``report_only`` rebuilds the
 report from those tables alone (for tables made on another machine).
 """
@@ -15,12 +16,10 @@ import itertools
 import json
 import math
 import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +30,8 @@ from dcgan_xai.analysis.curation import curate_run
 from dcgan_xai.analysis.evidence import Variant
 from dcgan_xai.analysis.report import quality_meter_for, resolve_device
 from dcgan_xai.analysis.study_report import fid_figure, study_report
-from dcgan_xai.config import AnalysisSettings, StudySettings
-from dcgan_xai.errors import UserError
+from dcgan_xai.config import StudySettings, compose_config
+from dcgan_xai.errors import Interrupted, UserError
 from dcgan_xai.files import atomic_write_text, write_csv
 from dcgan_xai.metrics.quality import score_draws
 from dcgan_xai.models.sampling import probe_images
@@ -54,6 +53,7 @@ from dcgan_xai.runs import (
     update_quality,
     update_scores,
 )
+from dcgan_xai.training import train
 from dcgan_xai.xai.epoch import explain_epoch
 from dcgan_xai.xai.gradcam import layer_names
 
@@ -77,86 +77,51 @@ def variants(study: StudySettings, layers: Sequence[str]) -> list[Variant]:
 # ---------------------------------------------------------------- training
 
 
-def _train_command(
-    study: StudySettings, experiment: str, seed: int, run_dir: Path, extra: Sequence[str] = ()
-) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "dcgan_xai.train",
+def train_run(
+    study: StudySettings,
+    experiment: str,
+    seed: int,
+    run_dir: Path,
+    extra: Sequence[str] = (),
+    deadline: float | None = None,
+    log: Callable[[str], None] = print,
+) -> str:
+    """Train (or resume) one run of the study in this process, until ``deadline``
+    (``time.monotonic()``) at the latest; a run that has checkpointed every epoch its config
+    asks for is not trained again.
+
+    Returns:
+        The run's status: ``finished``, ``found finished``, ``stopped at the time limit after
+        N epochs``, ``not trained (train=false)`` or ``failed: <one line>``.
+    """
+    run = RunDir(run_dir)
+    if _finished(run):
+        return "found finished"
+    if not study.train:
+        return f"not trained (train=false): {len(run.checkpoint_epochs())} epochs checkpointed"
+    left = None if deadline is None else deadline - time.monotonic()
+    if left is not None and left <= 0:
+        return f"stopped at the time limit after {len(run.checkpoint_epochs())} epochs"
+    overrides = [
         f"experiment={experiment}",
         f"seed={seed}",
         *study.train_overrides,
         *extra,
-        f"hydra.run.dir={run_dir}",
         "resume=true",
-        "trainer.enable_progress_bar=false",
+        "trainer.enable_progress_bar=false",  # one line an epoch instead (EpochLine)
     ]
-
-
-def train_runs(
-    study: StudySettings,
-    jobs: Sequence[tuple[str, int, Path, Sequence[str]]],
-    logs: Path,
-    log: Callable[[str], None],
-) -> dict[str, str]:
-    """Train ``jobs`` (experiment, seed, run dir, extra overrides), ``study.parallel`` at a time.
-
-    Each training's output goes to ``logs/<run>.log``. A training still running after
-    ``study.train_timeout_s`` is stopped (SIGTERM, then SIGKILL): the epochs it finished keep
-    their checkpoints and a later study resumes it.
-
-    A run that has checkpointed every epoch its config asks for is not trained again.
-
-    Returns:
-        The status of each run dir: ``finished``, ``found finished``, ``stopped at the time
-        limit`` or ``failed (exit N): <last line>``.
-    """
-    logs.mkdir(parents=True, exist_ok=True)
-    pending = list(jobs)
-    running: dict[subprocess.Popen[bytes], tuple[Path, float, Path]] = {}
-    status: dict[str, str] = {}
-    while pending or running:
-        while pending and len(running) < study.parallel:
-            experiment, seed, run_dir, extra = pending.pop(0)
-            if _finished(RunDir(run_dir)):
-                status[str(run_dir)] = "found finished"
-                log(f"{run_dir.name}: found finished, not trained again")
-                continue
-            log_path = logs / f"{run_dir.name}.log"
-            with open(log_path, "wb") as out:
-                proc = subprocess.Popen(
-                    _train_command(study, experiment, seed, run_dir, extra),
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                )
-            running[proc] = (run_dir, time.monotonic(), log_path)
-            log(f"{run_dir.name}: training (log {log_path})")
-        time.sleep(0.5)
-        for proc, (run_dir, start, log_path) in list(running.items()):
-            elapsed = time.monotonic() - start
-            rc = proc.poll()
-            if rc is None and study.train_timeout_s and elapsed > study.train_timeout_s:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-                status[str(run_dir)] = "stopped at the time limit"
-            elif rc is None:
-                continue
-            elif rc == 0:
-                status[str(run_dir)] = "finished"
-            else:
-                lines = log_path.read_text(errors="replace").strip().splitlines()
-                status[str(run_dir)] = f"failed (exit {rc}): {(lines or ['no output'])[-1][:300]}"
-            del running[proc]
-            epochs = RunDir(run_dir).checkpoint_epochs()
-            log(
-                f"{run_dir.name}: {status[str(run_dir)]} after {elapsed:.0f} s, "
-                f"{len(epochs)} epochs checkpointed"
-            )
+    log(f"{run_dir.name}: training ({' '.join(overrides[2:-2]) or 'the experiment as it is'})")
+    try:
+        result = train(compose_config("train", overrides), run_dir, time_limit_s=left)
+    except Interrupted:  # SIGTERM: the job stops here; the study resumes it later
+        raise
+    except UserError as err:  # a diverged or refused run is the study's data, not its end
+        status = f"failed ({type(err).__name__}): {' '.join(str(err).split())[:300]}"
+    else:
+        status = "finished"
+        if result["stopped"]:
+            status = f"stopped at the time limit after {result['epochs']} epochs"
+    log(f"{run_dir.name}: {status}")
     return status
 
 
@@ -325,52 +290,130 @@ def _device_name(device: str) -> str:
     return f"CPU, {os.cpu_count()} cores (torch {torch.__version__})"
 
 
+def study_root(study: StudySettings) -> Path:
+    return Path(study.out_dir) / study.name
+
+
 def run_study(study: StudySettings, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run the whole study (or, with ``report_only``, re-decide from its tables) and write
-    ``<out_dir>/<name>/REPORT.md`` with its tables and figure."""
+    """The study as its settings say.
+
+    - ``job.experiment`` and ``job.seed`` set: one job of the study's multirun (:func:`study_job`).
+    - ``report_only``: re-decide from the study's tables alone (:func:`report`'s last step).
+    - Otherwise the whole study in this process: each run's job in turn (training what is
+      missing, unless ``train=false``), then :func:`report`.
+    """
     study.check()
-    root = Path(study.out_dir) / study.name
     if study.report_only:
-        return _report_from_tables(study, root)
-    start = time.monotonic()
-    runs_dir = root / "runs"
-    jobs = [
-        (exp, seed, runs_dir / run_name(exp, seed), ())
-        for exp in study.experiments
-        for seed in study.seeds
-    ]
-    status = train_runs(study, jobs, root / "logs", log)
+        return _report_from_tables(study, study_root(study))
+    if study.job.experiment is not None and study.job.seed is not None:
+        return {"status": study_job(study, study.job.experiment, study.job.seed, log)}
+    start = time.time()
+    for experiment in study.experiments:
+        for seed in study.seeds:
+            study_job(study, experiment, seed, log)
+    return report(study, log, started=start, how="one process, one run at a time")
+
+
+def study_job(
+    study: StudySettings, experiment: str, seed: int, log: Callable[[str], None] = print
+) -> dict[str, str]:
+    """One run of the study: train it (resuming what is there), compute the tables its callbacks
+    did not write, and, for a finished run with ``curate``, its curation arms (curated and
+    random-removal control, per rule), trained the same way. Trainings stop
+    ``train_timeout_s`` after the job starts.
+
+    Returns and records in ``<study>/jobs/<run>.json``: each run dir's status.
+    """
+    deadline = None if study.train_timeout_s is None else time.monotonic() + study.train_timeout_s
+    root = study_root(study)
+    run = RunDir(root / "runs" / run_name(experiment, seed))
+    status = {
+        str(run.root): train_run(study, experiment, seed, run.root, deadline=deadline, log=log)
+    }
+    if run.checkpoint_epochs():
+        run_tables(run, study, log)
+        if study.curate and _finished(run):
+            for arm_dir, extra in _curation_arms(study, seed, run, log):
+                status[str(arm_dir)] = train_run(
+                    study, experiment, seed, arm_dir, extra, deadline=deadline, log=log
+                )
+                if RunDir(arm_dir).checkpoint_epochs():
+                    run_tables(RunDir(arm_dir), study, log)
+    atomic_write_text(root / "jobs" / f"{run.root.name}.json", json.dumps(status, indent=2) + "\n")
+    return status
+
+
+def _status(root: Path, run_dir: Path, job: str) -> str:
+    """A run dir's status: ``finished``, else the record of ``job`` (the run it belongs to),
+    else what its checkpoints say."""
+    record = root / "jobs" / f"{job}.json"
+    run = RunDir(run_dir)
+    if _finished(run):
+        return "finished"
+    if record.is_file():
+        for job_dir, state in json.loads(record.read_text()).items():
+            if Path(job_dir).name == run_dir.name:
+                return state
+    return f"{len(run.checkpoint_epochs())} epochs checkpointed"
+
+
+def report(
+    study: StudySettings, log: Callable[[str], None], started: float, how: str
+) -> dict[str, Any]:
+    """Collect every run's tables (computing from checkpoints what is missing) and curation
+    results, write the study's tables and ``study.json``, and decide (:func:`_report_from_tables`).
+
+    ``started`` (``time.time()``) and ``how`` describe this sitting; ``study.json`` keeps the
+    sittings before it, so a study resumed over several sittings reports its whole wall time.
+    """
+    root = study_root(study)
     quality: list[dict[str, Any]] = []
     scores: list[dict[str, Any]] = []
-    trained = []
-    for exp, seed, run_dir, _ in jobs:
-        run = RunDir(run_dir)
-        if not run.checkpoint_epochs():
-            log(f"{run_dir.name}: no checkpoint, left out ({status.get(str(run_dir))})")
-            continue
-        q, s = run_tables(run, study, log)
-        key = {"experiment": exp, "seed": seed}
-        quality += [{**key, **r} for r in q]
-        scores += [{**key, **r} for r in s]
-        trained.append((exp, seed, run))
+    curation: list[dict[str, Any]] = []
+    status: dict[str, str] = {}
+    for experiment in study.experiments:
+        for seed in study.seeds:
+            run = RunDir(root / "runs" / run_name(experiment, seed))
+            status[str(run.root)] = _status(root, run.root, run.root.name)
+            if not run.checkpoint_epochs():
+                log(f"{run.root.name}: no checkpoint, left out ({status[str(run.root)]})")
+                continue
+            q, s = run_tables(run, study, log)
+            key = {"experiment": experiment, "seed": seed}
+            quality += [{**key, **r} for r in q]
+            scores += [{**key, **r} for r in s]
+            if study.curate:
+                rows = _curation_rows(study, experiment, seed, run, evidence.fid_by_epoch(q), log)
+                curation += rows
+                for row in rows:
+                    for arm in ("curated", "control"):
+                        if row[f"{arm}_dir"]:
+                            arm_dir = Path(row[f"{arm}_dir"])
+                            status[str(arm_dir)] = _status(root, arm_dir, run.root.name)
     if not quality:
-        raise UserError(f"study {study.name}: no run has a checkpoint; see {root / 'logs'}")
-    curation = []
-    if study.curate:
-        for exp, seed, run in trained:
-            fid = evidence.fid_by_epoch(
-                [r for r in quality if (r["experiment"], r["seed"]) == (exp, seed)]
-            )
-            curation += _curation(study, exp, seed, run, fid, log)
+        raise UserError(f"study {study.name}: no run has a checkpoint under {root / 'runs'}")
     write_csv(root / "quality.csv", [*RUN_KEYS, *QUALITY_FIELDS], quality)
     write_csv(root / "scores.csv", [*RUN_KEYS, *SCORE_FIELDS], scores)
     if curation:
         write_csv(root / "curation.csv", list(curation[0]), curation)
+    earlier = []
+    if (root / "study.json").is_file():
+        earlier = json.loads((root / "study.json").read_text()).get("sittings", [])
+    sitting = {
+        "started": datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
+        "wall_s": round(time.time() - started),
+        "how": how,
+    }
+    sittings = [*earlier, sitting]
+    settings = asdict(study)
+    for name in ("job", "report_only"):
+        settings.pop(name)
     meta = {
         "device": _device_name(resolve_device(study.analysis.device)),
-        "wall_s": round(time.monotonic() - start),
+        "wall_s": sum(int(x["wall_s"]) for x in sittings),
+        "sittings": sittings,
         "status": status,
-        "settings": asdict(study),
+        "settings": settings,
     }
     atomic_write_text(root / "study.json", json.dumps(meta, indent=2) + "\n")
     return _report_from_tables(study, root)
@@ -391,10 +434,8 @@ def _report_from_tables(study: StudySettings, root: Path) -> dict[str, Any]:
     scores = _study_table(root / "scores.csv", parse_score_row)
     meta = json.loads((root / "study.json").read_text())
     if "settings" in meta:  # decide and describe by the settings the tables were made with
-        recorded = dict(meta["settings"])
-        analysis = AnalysisSettings(**recorded.pop("analysis"))
-        recorded.update(out_dir=study.out_dir, report_only=study.report_only)
-        study = StudySettings(**recorded, analysis=analysis)
+        recorded = {**meta["settings"], "out_dir": study.out_dir, "report_only": study.report_only}
+        study = StudySettings.from_dict(recorded)
     curation = read_csv(root / "curation.csv") if (root / "curation.csv").is_file() else []
     result = evaluate(study, quality, scores)
     write_csv(root / "outcomes.csv", list(result["outcomes"][0]), result["outcomes"])
@@ -410,7 +451,76 @@ def _report_from_tables(study: StudySettings, root: Path) -> dict[str, Any]:
     return {"dir": str(root), **result, "meta": meta}
 
 
-def _curation(
+def _curation_rules(study: StudySettings) -> list[tuple[str, dict[str, Any]]]:
+    rules: list[tuple[str, dict[str, Any]]] = [
+        (f"t{t}", {"flag_threshold": t}) for t in study.curation_thresholds
+    ]
+    if study.curation_share is not None:
+        rules.append((f"share{study.curation_share}", {"flag_share": study.curation_share}))
+    return rules
+
+
+def _recorded_curation(
+    study: StudySettings, seed: int, run: RunDir, label: str, rule: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The study's curation of ``run`` by one rule (``curation/study-<label>`` and its
+    random-removal control), if it was made with these settings from the last checkpoint."""
+    path = run.curation(f"study-{label}") / "summary.json"
+    control = run.curation(f"study-{label}-control")
+    if not path.is_file() or not (control / "manifest.csv").is_file():
+        return None
+    summary = json.loads(path.read_text())
+    wanted = {"layer": study.curation_layer, "method": study.curation_method, "seed": seed, **rule}
+    last = run.checkpoint(run.checkpoint_epochs()[-1]).resolve()
+    if Path(summary["checkpoint"]) != last or any(
+        summary["settings"].get(k) != v for k, v in wanted.items()
+    ):
+        return None
+    return {**summary, "dir": str(path.parent), "control_dir": str(control)}
+
+
+def _curation_summary(
+    study: StudySettings, seed: int, run: RunDir, label: str, rule: dict[str, Any]
+) -> dict[str, Any]:
+    """The study's curation of ``run`` at its last epoch by one rule: the recorded one if it
+    matches (:func:`_recorded_curation`), else scored now."""
+    return _recorded_curation(study, seed, run, label, rule) or curate_run(
+        run.root,
+        epoch=run.checkpoint_epochs()[-1],
+        layer=study.curation_layer,
+        method=study.curation_method,
+        name=f"study-{label}",
+        progress=False,
+        control=True,
+        seed=seed,
+        **rule,
+    )
+
+
+def _curation_arms(
+    study: StudySettings, seed: int, run: RunDir, log: Callable[[str], None]
+) -> list[tuple[Path, list[str]]]:
+    """Per rule that flags some but not all images: the curated and the control arm's run dir
+    and the override that trains it without its manifest's images."""
+    arms = []
+    for label, rule in _curation_rules(study):
+        summary = _curation_summary(study, seed, run, label, rule)
+        if not 0 < summary["flagged"] < summary["scored"]:
+            log(
+                f"{run.root.name}: the {label} rule flags {summary['flagged']} images; no retraining"
+            )
+            continue
+        for arm, manifest in (("curated", summary["dir"]), ("control", summary["control_dir"])):
+            arms.append(
+                (
+                    run.root.parent / f"{run.root.name}_{label}_{arm}",
+                    [f"data.exclude={Path(manifest).resolve() / 'manifest.csv'}"],
+                )
+            )
+    return arms
+
+
+def _curation_rows(
     study: StudySettings,
     experiment: str,
     seed: int,
@@ -418,27 +528,14 @@ def _curation(
     fid: Mapping[int, evidence.Fid],
     log: Callable[[str], None],
 ) -> list[dict[str, Any]]:
-    """Per rule: retrain without the images flagged at the last epoch, and without as many
-    random images per digit (the control arm); final FIDs (fresh-set mean ± SD) of all three."""
+    """Per rule: the number flagged at the last epoch and the final FIDs (fresh-set mean ± SD)
+    of the run, its curated arm and its control arm (NaN for an arm that has not finished)."""
     rows = []
     last = max(fid)
-    options: list[tuple[str, dict[str, Any]]] = [
-        (f"t{t}", {"flag_threshold": t}) for t in study.curation_thresholds
-    ]
-    if study.curation_share is not None:
-        options.append((f"share{study.curation_share}", {"flag_share": study.curation_share}))
-    for label, kwargs in options:
-        summary = curate_run(
-            run.root,
-            epoch=last,
-            layer=study.curation_layer,
-            method=study.curation_method,
-            name=f"study-{label}",
-            progress=False,
-            control=True,
-            seed=seed,
-            **kwargs,
-        )
+    for label, rule in _curation_rules(study):
+        summary = _recorded_curation(study, seed, run, label, rule) if _finished(run) else None
+        if summary is None:
+            continue  # the job curates a run once it has finished
         row: dict[str, Any] = {
             "experiment": experiment,
             "seed": seed,
@@ -448,41 +545,20 @@ def _curation(
             "base_final_fid": fid[last].mean,
             "base_final_sd": fid[last].sd,
         }
-        arms = {"curated": summary["dir"], "control": summary["control_dir"]}
-        for arm in arms:
-            row.update(
-                {f"{arm}_final_fid": math.nan, f"{arm}_final_sd": math.nan, f"{arm}_run": ""}
-            )
-        if not 0 < summary["flagged"] < summary["scored"]:
-            rows.append(row)
-            continue
-        jobs = [
-            (
-                experiment,
-                seed,
-                run.root.parent / f"{run.root.name}_{label}_{arm}",
-                [f"data.exclude={path}/manifest.csv"],
-            )
-            for arm, path in arms.items()
-        ]
-        log(
-            f"{run.root.name}: retraining without {summary['flagged']} images ({label}), and "
-            "without as many random ones"
-        )
-        status = train_runs(study, jobs, run.root.parent.parent / "logs", log)
-        for arm, (_, _, arm_dir, _) in zip(arms, jobs, strict=True):
-            if RunDir(arm_dir).checkpoint_epochs():
+        for arm in ("curated", "control"):
+            arm_dir = run.root.parent / f"{run.root.name}_{label}_{arm}"
+            final = evidence.Fid(math.nan, math.nan, 0, math.nan)
+            if _finished(RunDir(arm_dir)):
                 q, _ = run_tables(RunDir(arm_dir), study, log)
                 arm_fid = evidence.fid_by_epoch(q)
                 final = arm_fid[max(arm_fid)]
-                row.update(
-                    {
-                        f"{arm}_final_fid": final.mean,
-                        f"{arm}_final_sd": final.sd,
-                        f"{arm}_run": str(arm_dir),
-                    }
-                )
-            else:
-                row[f"{arm}_run"] = status.get(str(arm_dir), "")
+            exists = arm_dir.is_dir() and 0 < summary["flagged"] < summary["scored"]
+            row.update(
+                {
+                    f"{arm}_final_fid": final.mean,
+                    f"{arm}_final_sd": final.sd,
+                    f"{arm}_dir": str(arm_dir) if exists else "",
+                }
+            )
         rows.append(row)
     return rows

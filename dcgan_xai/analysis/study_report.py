@@ -84,8 +84,8 @@ def study_report(
         "",
         f"- Experiments {', '.join(f'`{e}`' for e in study.experiments)}, seeds {list(study.seeds)}; "
         f"training overrides: `{' '.join(study.train_overrides) or 'none'}`.",
-        f"- Device: {meta.get('device', 'n/a')}; {study.parallel} trainings at a time; the study "
-        f"took {num(meta.get('wall_s'), 0)} s of wall time.",
+        f"- Device: {meta.get('device', 'n/a')}; the study took {num(meta.get('wall_s'), 0)} s "
+        f"of wall time{_sittings(meta)}.",
         f"- FID/KID: {protocol['samples']} generated images per set against "
         f"{protocol['reference']}; per epoch one fixed-noise set (curves) and {a.fid_draws} fresh "
         f"sets whose mean ± SD are the FIDs every decision uses. Feature space: the project's MNIST "
@@ -379,3 +379,12 @@ def fid_figure(result: Mapping[str, Any], study: StudySettings) -> Image.Image:
         ax.set_ylabel("FID (fresh sets)")
         ax.legend(fontsize=7)
     return figures.fig_to_image(fig)
+
+
+def _sittings(meta: Mapping[str, Any]) -> str:
+    """How the study ran: its sittings (a resumed study has several), or nothing if unrecorded."""
+    sittings = meta.get("sittings", [])
+    if not sittings:
+        return ""
+    parts = [f"{x['started']}, {x['wall_s']} s, {x['how']}" for x in sittings]
+    return f" in {len(sittings)} sitting{'s' if len(sittings) > 1 else ''} ({'; '.join(parts)})"

@@ -1,0 +1,55 @@
+"""Progress a log can show: one line per epoch, and a wall-clock limit that stops cleanly."""
+
+from __future__ import annotations
+
+import time
+
+import lightning as L
+from lightning.pytorch.utilities import rank_zero_info
+
+
+class EpochLine(L.Callback):
+    """After each epoch, one log line: ``<name> epoch 3/40 in 26.5 s: d_loss=... g_loss=...``.
+
+    It goes through Lightning's logger (``rank_zero_info``), so it shows in a terminal without
+    the progress bar, in a Hydra job's log and in a Slurm job's output.
+    """
+
+    def __init__(self, name: str):
+        self.name = name
+        self._start = time.perf_counter()
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        metrics = trainer.callback_metrics
+        values = " ".join(
+            f"{k.removeprefix('epoch/')}={float(v):.3f}"
+            for k, v in sorted(metrics.items())
+            if k.startswith("epoch/")
+        )
+        seconds = time.perf_counter() - self._start
+        rank_zero_info(
+            f"{self.name} epoch {trainer.current_epoch + 1}/{trainer.max_epochs} in "
+            f"{seconds:.1f} s: {values}"
+        )
+
+
+class TimeLimitReached(Exception):
+    """Training reached the wall-clock limit it was given; the epochs it finished are kept."""
+
+
+class TimeLimit(L.Callback):
+    """Stop training at the first step that ends after ``deadline`` (``time.monotonic()``).
+
+    The epoch it stops in is not checkpointed (a resumed run trains it again from its start,
+    as after SIGTERM), so every checkpoint holds whole epochs.
+    """
+
+    def __init__(self, deadline: float):
+        self.deadline = deadline
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        if time.monotonic() > self.deadline:
+            raise TimeLimitReached(f"time limit reached at epoch {trainer.current_epoch + 1}")
