@@ -10,6 +10,7 @@ import pytest
 
 from dcgan_xai.runs import RunDir, read_scores
 from tests.helpers import REPO
+from tests.test_study import check_two_seed_study, two_seed_study
 from tests.test_sweeps import fixture_overrides
 
 SCRIPT = REPO / "scripts" / "slurm_local.sh"
@@ -56,3 +57,17 @@ def test_two_job_sweep_through_the_submitit_launcher(slurm, mnist_fixture, tmp_p
         assert run.checkpoint_epochs() == [1, 2], job
         assert [r["epoch"] for r in read_scores(run)] == [1, 2]
         assert f"seed: {job}" in (run.root / "config.yaml").read_text()
+
+
+def test_study_multirun_through_slurm(slurm, mnist_fixture, tmp_path):
+    """The study's jobs as a Slurm array; the report after both have returned."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "dcgan_xai.study", "-m", "hydra/launcher=slurm_cpu",
+         *two_seed_study(mnist_fixture, tmp_path)],
+        cwd=REPO, env=slurm, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "sweep"
+    assert list((out / ".submitit").iterdir())  # the jobs went through Slurm
+    logs = "".join(p.read_text() for p in (out / ".submitit").rglob("*_log.*"))
+    check_two_seed_study(out, logs + proc.stdout + proc.stderr, "SlurmLauncher")

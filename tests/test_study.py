@@ -148,26 +148,34 @@ def test_study_multirun_trains_one_job_per_seed_then_reports(mnist_fixture, tmp_
     """``-m``: one Hydra job per seed, here both at once as processes (the joblib launcher, as on
     the GPU; Slurm the same way), each with a line per epoch; the report is written after the
     last job has returned."""
-    root, sums = mnist_fixture
-    train = [*data_overrides(root, sums), "trainer.max_epochs=2", "callbacks=none"]
-    args = ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "name=sweep", f"out_dir={tmp_path}", "experiments=[smoke]", "seeds=[0,1]",
-            "curate=false", "analysis.fid_samples=100", "analysis.classifier_epochs=10",
-            "analysis.min_accuracy=0.9", "analysis.device=cpu",
-            "train_overrides=[" + ",".join(f'"{o}"' for o in train) + "]"]  # fmt: skip
     done = subprocess.run(
-        [sys.executable, "-m", "dcgan_xai.study", *args],
+        [sys.executable, "-m", "dcgan_xai.study", "-m", "hydra/launcher=joblib",
+         "hydra.launcher.n_jobs=2", *two_seed_study(mnist_fixture, tmp_path)],
         capture_output=True, text=True, timeout=900, cwd=REPO,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    out = tmp_path / "sweep"
+    check_two_seed_study(tmp_path / "sweep", done.stdout + done.stderr, "JoblibLauncher")
+
+
+def two_seed_study(mnist_fixture, out_dir) -> list[str]:
+    """Overrides of a 2-seed smoke study named ``sweep`` under ``out_dir`` (2 epochs each)."""
+    root, sums = mnist_fixture
+    train = [*data_overrides(root, sums), "trainer.max_epochs=2", "callbacks=none"]
+    return ["name=sweep", f"out_dir={out_dir}", "experiments=[smoke]", "seeds=[0,1]",
+            "curate=false", "analysis.fid_samples=100", "analysis.classifier_epochs=10",
+            "analysis.min_accuracy=0.9", "analysis.device=cpu",
+            "train_overrides=[" + ",".join(f'"{o}"' for o in train) + "]"]  # fmt: skip
+
+
+def check_two_seed_study(out, output: str, launcher: str) -> None:
     for seed in (0, 1):
-        assert f"smoke_seed_{seed} epoch 2/2 in" in done.stdout + done.stderr
+        assert f"smoke_seed_{seed} epoch 2/2 in" in output
         assert RunDir(out / "runs" / f"smoke_seed_{seed}").checkpoint_epochs() == [1, 2]
         assert json.loads((out / "jobs" / f"smoke_seed_{seed}.json").read_text()) == {
             str(out / "runs" / f"smoke_seed_{seed}"): "finished"
         }
     assert (out / "multirun.yaml").is_file()
     meta = json.loads((out / "study.json").read_text())
-    assert meta["sittings"][0]["how"] == "Hydra multirun, JoblibLauncher"
+    assert meta["sittings"][0]["how"] == f"Hydra multirun, {launcher}"
     assert len(read_csv(out / "quality.csv")) == 2 * 2 * 3  # runs x epochs x (fixed + 2 fresh)
-    assert "report: " in done.stdout and (out / "REPORT.md").is_file()
+    assert "report: " in output and (out / "REPORT.md").is_file()
