@@ -148,6 +148,9 @@ def test_study_multirun_trains_one_job_per_seed_then_reports(mnist_fixture, tmp_
     """``-m``: one Hydra job per seed, here both at once as processes (the joblib launcher, as on
     the GPU; Slurm the same way), each with a line per epoch; the report is written after the
     last job has returned."""
+    pytest.importorskip(
+        "hydra_plugins.hydra_joblib_launcher", reason="pip install -e '.[parallel]'"
+    )
     done = subprocess.run(
         [sys.executable, "-m", "dcgan_xai.study", "-m", "hydra/launcher=joblib",
          "hydra.launcher.n_jobs=2", *two_seed_study(mnist_fixture, tmp_path)],
