@@ -51,5 +51,6 @@ class TimeLimit(L.Callback):
         self.deadline = deadline
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
-        if time.monotonic() > self.deadline:
+        # rank 0's clock decides, so all processes of a distributed run stop at the same step
+        if trainer.strategy.broadcast(time.monotonic() > self.deadline):
             raise TimeLimitReached(f"time limit reached at epoch {trainer.current_epoch + 1}")
