@@ -54,15 +54,15 @@ class MNISTClassifier(nn.Module):
 
 
 class Features(nn.Module):
-    """The classifier's feature extractor, in the form torchmetrics takes."""
+    """Features computed once a batch and given to both FID and KID (each would otherwise run
+    the classifier on every batch again), in the form torchmetrics takes: the identity."""
 
-    def __init__(self, classifier: MNISTClassifier):
+    def __init__(self, num_features: int):
         super().__init__()
-        self.classifier = classifier.eval()
-        self.num_features = classifier.num_features
+        self.num_features = num_features
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier.features(x.float())
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features
 
 
 @torch.no_grad()
@@ -168,7 +168,8 @@ class QualityMeter:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        features = Features(self.classifier)
+        self.classifier.eval()
+        features = Features(self.classifier.num_features)
         n = self.real.shape[0]
         self.fid = FrechetInceptionDistance(feature=features, reset_real_features=False)
         self.kid = KernelInceptionDistance(
@@ -177,10 +178,15 @@ class QualityMeter:
         device = next(self.classifier.parameters()).device
         self.fid.to(device)
         self.kid.to(device)
-        for batch in self.real.split(self.batch_size):
-            x = to_unit_range(batch.to(device))
-            self.fid.update(x, real=True)
-            self.kid.update(x, real=True)
+        with torch.no_grad():
+            for batch in self.real.split(self.batch_size):
+                self._update(to_unit_range(batch.to(device)), real=True)
+
+    def _update(self, images: torch.Tensor, real: bool) -> None:
+        """One batch into FID and KID: the classifier runs once."""
+        features = self.classifier.features(images.float())
+        self.fid.update(features, real=real)
+        self.kid.update(features, real=real)
 
     @torch.no_grad()
     def score(self, fakes: torch.Tensor) -> dict[str, float]:
@@ -189,8 +195,7 @@ class QualityMeter:
         self.kid.reset()
         device = next(self.classifier.parameters()).device
         for batch in fakes.split(self.batch_size):
-            self.fid.update(batch.to(device).float(), real=False)
-            self.kid.update(batch.to(device).float(), real=False)
+            self._update(batch.to(device), real=False)
         subset_size = self.kid.subset_size
         self.kid.subset_size = min(subset_size, fakes.shape[0])
         try:
