@@ -1,9 +1,10 @@
 """Entry point: ``python -m dcgan_xai.study -m +study=claim`` (or without ``-m``: one process).
 
 With ``-m`` Hydra runs one job per experiment and seed of the study (``conf/study.yaml`` sweeps
-``job.experiment`` over ``${experiments}`` and ``job.seed`` over ``${seeds}``) on any launcher (``hydra/launcher=slurm`` or ``joblib``); when
-all have returned, :class:`ReportAfterSweep` writes the report. Without ``-m`` the jobs run one
-after another in this process, then the report is written.
+``job.experiment`` over ``${experiments}`` and ``job.seed`` over ``${seeds}``) on any launcher
+(``hydra/launcher=slurm`` or ``joblib``); when all have returned, :class:`ReportAfterSweep`
+writes the report. Without ``-m`` the jobs run one after another in this process, then the
+report is written.
 """
 
 from __future__ import annotations
