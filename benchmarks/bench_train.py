@@ -5,8 +5,12 @@
 
 All use the same nets (paper D, G at ngf=ndf=64), batch size and machine, in one run: the
 reference is measured once, then each ``--config`` is timed and printed with its ratio to the
-reference. By default: ``--experiment`` on the path ``trainer.precision=auto`` chooses on this
-machine (the CPU fast path where the processor has native bf16), and the same in fp32.
+reference. Both are timed the same way: one device sync where the timed window starts (after
+the warm-up steps, the reference's loader workers already running) and one where it ends, so the
+host may run ahead of the GPU in between. Each line also gives the host syncs a step makes
+(``.item()``, ``bool()``, ``float()`` of a tensor), counted in a separate run of the same steps.
+By default: ``--experiment`` on the path ``trainer.precision=auto`` chooses on this machine, and
+the same in fp32.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 import dcgan_xai.config  # noqa: F401
-from benchmarks.common import PILMNIST, full_width_nets, machine, reference_loop
+from benchmarks.common import PILMNIST, HostSyncs, full_width_nets, machine, reference_loop
 from dcgan_xai.runs import RunDir
 from dcgan_xai.training import (
     build_callbacks,
@@ -36,26 +40,47 @@ from dcgan_xai.training import (
 CONF = str(Path(__file__).resolve().parents[1] / "dcgan_xai" / "conf")
 
 
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 class Throughput(L.Callback):
-    def __init__(self, warmup: int):
-        self.warmup, self.start, self.images = warmup, 0.0, 0
+    """Images/s over batches [warmup, warmup + steps): a sync at the window's start and end."""
+
+    def __init__(self, warmup: int, steps: int):
+        self.warmup, self.steps = warmup, steps
+        self.start = self.end = 0.0
+        self.images = 0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if batch_idx == self.warmup:
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            self.start, self.images = time.perf_counter(), 0
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            sync()
+            self.start = time.perf_counter()
         if batch_idx >= self.warmup:
             self.images += batch[0].shape[0]
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        self.end = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if batch_idx == self.warmup + self.steps - 1:
+            sync()
+            self.end = time.perf_counter()
 
     @property
     def rate(self) -> float:
         return self.images / (self.end - self.start)
+
+
+class CountSyncs(L.Callback):
+    """Points a :class:`HostSyncs` at the step being run (None outside the training steps)."""
+
+    def __init__(self, syncs: HostSyncs, warmup: int):
+        self.syncs, self.warmup = syncs, warmup
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.syncs.where = "step" if batch_idx >= self.warmup else None
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.syncs.where = None
 
 
 def bench_config(args, experiment: str, extra: list[str], *more: str) -> DictConfig:
@@ -67,14 +92,27 @@ def bench_config(args, experiment: str, extra: list[str], *more: str) -> DictCon
                                            "trainer.enable_progress_bar=false", *more])  # fmt: skip
 
 
-def project_rate(args, run_dir: Path, experiment: str, extra: list[str]) -> tuple[float, str]:
-    """Images/s of the project's training, and the numeric path it took."""
+def project_fit(cfg: DictConfig, extra: list[L.Callback]) -> None:
+    with tempfile.TemporaryDirectory(prefix="bench_train_") as out:
+        run = RunDir(out)
+        trainer = build_trainer(cfg, run, [*build_callbacks(cfg, run), *extra])
+        trainer.fit(build_model(cfg), datamodule=build_datamodule(cfg))
+
+
+def project_rate(args, experiment: str, extra: list[str]) -> tuple[float, float, str]:
+    """Images/s of the project's training, its host syncs per step, and the path it took."""
     cfg = with_numeric_path(bench_config(args, experiment, extra))
-    meter = Throughput(args.warmup)
-    run = RunDir(run_dir)
-    trainer = build_trainer(cfg, run, [*build_callbacks(cfg, run), meter])
-    trainer.fit(build_model(cfg), datamodule=build_datamodule(cfg))
-    return meter.rate, f"{cfg.trainer.precision}, channels_last {cfg.model.channels_last}"
+    meter = Throughput(args.warmup, args.steps)
+    project_fit(cfg, [meter])
+    syncs = HostSyncs()
+    with syncs:
+        project_fit(cfg, [CountSyncs(syncs, args.warmup)])
+    sp = cfg.speed
+    path = (
+        f"{cfg.trainer.precision}, channels_last {sp.channels_last}, data on the device "
+        f"{sp.on_device}, CUDA graph {sp.cuda_graph}"
+    )
+    return meter.rate, syncs.counts["step"] / args.steps, path
 
 
 def main() -> None:
@@ -84,13 +122,13 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--data", default="data/mnist")
-    p.add_argument("--experiment", default="mnist64", help="mnist64_fast for the GPU fast path")
+    p.add_argument("--experiment", default="mnist64")
     p.add_argument("--config", action="append", default=[],
                    help="LABEL=EXPERIMENT[,override,...]; repeat to time several paths")  # fmt: skip
     args = p.parse_args()
     configs = [parse_config(c) for c in args.config] or [
         ("chosen", args.experiment, []),  # the path trainer.precision=auto takes here
-        ("fp32", args.experiment, ["trainer.precision=32-true", "model.channels_last=false"]),
+        ("fp32", args.experiment, ["trainer.precision=32-true", "speed.channels_last=false"]),
     ]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     print(f"machine: {machine()}")
@@ -99,19 +137,23 @@ def main() -> None:
     loader = DataLoader(PILMNIST(args.data), batch_size=args.batch, shuffle=True,
                         num_workers=args.workers, drop_last=True)  # fmt: skip
     ref = reference_loop(g, d, loader, args.steps, args.warmup, device)
+    syncs = HostSyncs()
+    syncs.where = "step"
+    with syncs:
+        reference_loop(g, d, loader, 2, 0, device)
     print(
-        f"reference (PIL Resize(64), {args.workers} workers, fp32, Sigmoid+BCE): {ref:,.0f} images/s",
+        f"reference (PIL Resize(64), {args.workers} workers, fp32, Sigmoid+BCE): {ref:,.0f} "
+        f"images/s, {syncs.counts['step'] / 2:g} host syncs per step",
         flush=True,
     )
 
     for label, experiment, extra in configs:
-        with tempfile.TemporaryDirectory(prefix="bench_train_") as out:
-            ours, path = project_rate(args, Path(out), experiment, extra)
+        ours, per_step, path = project_rate(args, experiment, extra)
         command = " ".join([f"experiment={experiment}", *extra])
         print(
             f"{label}: dcgan_xai train {command} ({path}; Lightning, callbacks on): "
-            f"{ours:,.0f} images/s; ratio to the reference {ours / ref:.2f}x "
-            f"(batch {args.batch}, {args.steps} timed steps)",
+            f"{ours:,.0f} images/s; ratio to the reference {ours / ref:.2f}x; "
+            f"{per_step:g} host syncs per step (batch {args.batch}, {args.steps} timed steps)",
             flush=True,
         )
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import platform
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader, Dataset
 
 from dcgan_xai.data.idx import read_idx
@@ -95,3 +97,19 @@ def reference_loop(
         torch.cuda.synchronize()
     assert start is not None
     return seen / (time.perf_counter() - start)
+
+
+class HostSyncs(TorchDispatchMode):
+    """Counts host syncs: calls of ``aten._local_scalar_dense``, the op behind ``.item()``,
+    ``bool(t)`` and ``float(t)`` of a tensor (on a CPU too, where they cost no wait), keyed by
+    what ``where`` holds when they happen (a step's number, say)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.where: object = None
+        self.counts: Counter[object] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        if func is torch.ops.aten._local_scalar_dense.default:
+            self.counts[self.where] += 1
+        return func(*args, **(kwargs or {}))

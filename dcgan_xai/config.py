@@ -28,7 +28,6 @@ class DataConfig:
     batch_size: int = 128
     limit: int | None = None
     exclude: str | None = None
-    on_device: bool = False
     cache_dir: str | None = None
     sources: list[str] = field(default_factory=lambda: list(SOURCES))
     checksums: dict[str, str] = field(default_factory=lambda: dict(MD5))
@@ -45,13 +44,21 @@ class ModelConfig:
     beta2: float = 0.999
     bn_momentum: float = 0.1
     n_samples: int = 64
-    channels_last: bool | None = None  # None: on with the CPU fast path (dcgan_xai.numerics)
-    compile: bool = False
     instance_noise: float = 0.0
     instance_noise_decay_epochs: float = 0.0
     lr_milestones: list[int] = field(default_factory=list)
     lr_gamma: float = 0.1
-    finite_check_every: int = 1
+
+
+@dataclass
+class SpeedConfig:
+    """How a training runs, not what it computes (``dcgan_xai.numerics``); a resumed run may
+    change these. None: chosen for the machine."""
+
+    on_device: bool | None = None  # training images resident on the GPU (None: on a GPU)
+    channels_last: bool | None = None  # None: with bf16 on the CPU
+    compile: bool = False  # torch.compile of G and D for the step (eager if it fails)
+    cuda_graph: bool | None = None  # the step as one CUDA graph (None: on one CUDA device)
 
 
 @dataclass
@@ -111,6 +118,7 @@ class TrainConfig:
     resume: bool = False
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
@@ -207,6 +215,7 @@ class CurateConfig:
 VARIANT_SCORES = ("focus", "coverage", "focus_delta", "coverage_delta")
 SELECTIONS = ("coarse", "argmax")
 PAPER_VARIANT = "gradcam/block3/batch/real/focus/coarse"
+QUESTIONS = ("selection", "curation")
 
 
 @dataclass
@@ -238,11 +247,15 @@ class StudySettings:
     selections: list[str] = field(default_factory=lambda: list(SELECTIONS))
     planned: list[str] = field(default_factory=lambda: [PAPER_VARIANT])
     window: float = 0.5
+    question: str = "selection"  # or curation: which claim the report answers first
     curate: bool = True
-    curation_layer: str = "block3"
+    curation_epoch: str = "selected"  # D of the epoch the paper's rule picks, or last
+    curation_layer: str = "block3"  # a block, or pilot: chosen on pilot_seed (see curation_arms)
     curation_method: str = "gradcam"
     curation_thresholds: list[float] = field(default_factory=lambda: [0.7])
     curation_share: float | None = 0.05
+    pilot_seed: int = 100
+    pilot_share: list[float] = field(default_factory=lambda: [0.005, 0.30])
     analysis: AnalysisSettings = field(default_factory=AnalysisSettings)
 
     @classmethod
@@ -293,6 +306,19 @@ class StudySettings:
         if self.train_timeout_s is not None and self.train_timeout_s <= 0:
             raise UserError(
                 f"train_timeout_s={self.train_timeout_s} is not allowed; it must be > 0"
+            )
+        for name, value, allowed in (
+            ("question", self.question, QUESTIONS),
+            ("curation_epoch", self.curation_epoch, ("selected", "last")),
+        ):
+            if value not in allowed:
+                raise UserError(f"{name}={value!r} is not allowed; allowed: {', '.join(allowed)}")
+        if self.curation_layer == "pilot" and (
+            self.pilot_seed in self.seeds or not self.curation_thresholds
+        ):
+            raise UserError(
+                f"curation_layer=pilot needs a pilot_seed outside seeds (got {self.pilot_seed}) "
+                "and a curation threshold"
             )
         if not 0.0 < self.window <= 1.0:
             raise UserError(f"window={self.window} is not allowed; it must be in (0, 1]")

@@ -1,20 +1,27 @@
-"""Which numeric path a training takes: ``trainer.precision=auto`` with ``model.channels_last``
-unset chooses the CPU fast path (bf16 autocast and channels_last) where the processor computes
-bf16 natively, and fp32 everywhere else (GPUs included: their fast path is ``mnist64_fast``).
+"""Which path a training takes: the numeric precision (``trainer.precision=auto``) and the speed
+settings left unset (``speed.*: null``), chosen for this machine.
 
-Forcing either way: ``trainer.precision=32-true`` (or ``bf16-mixed``) and
-``model.channels_last=false`` (or ``true``).
+- On a CPU whose processor computes bf16 natively: bf16 autocast and channels_last (the CPU fast
+  path); on other CPUs: fp32.
+- On a GPU: fp32 (a faster numeric path is chosen only once measured there), the training
+  images resident on the GPU, and on one CUDA device the whole step as one CUDA graph.
+
+Forcing either way: ``trainer.precision=32-true`` (or ``bf16-mixed``), ``speed.channels_last``,
+``speed.on_device``, ``speed.cuda_graph`` set to ``true`` or ``false``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 # The processor features that make bf16 matrix products native on x86: AMX tiles (Sapphire
 # Rapids and later) and AVX512-BF16 (Cooper Lake, Zen 4 and later).
 NATIVE_BF16 = (("amx_bf16", "_is_amx_tile_supported"), ("avx512_bf16", "_is_avx512_bf16_supported"))
+# precisions a CUDA graph can hold: no loss scaler (fp16's reads its overflow flag every step)
+GRAPH_PRECISIONS = ("32-true", "32", "bf16-mixed")
 
 
 def native_bf16() -> str | None:
@@ -36,28 +43,50 @@ def trains_on_cpu(accelerator: str) -> bool:
     return not torch.cuda.is_available() and not (mps is not None and mps.is_available())
 
 
+def trains_on_cuda(accelerator: str) -> bool:
+    """Whether ``trainer.accelerator`` puts the training on a CUDA GPU on this machine."""
+    return accelerator in ("cuda", "gpu") or (accelerator == "auto" and torch.cuda.is_available())
+
+
 @dataclass(frozen=True)
 class NumericPath:
     precision: str
     channels_last: bool
+    on_device: bool
+    cuda_graph: bool
     why: str
 
     def describe(self) -> str:
         """One line for the log."""
         return (
-            f"numeric path: precision {self.precision}, channels_last {self.channels_last} "
-            f"({self.why}; force with trainer.precision=32-true|bf16-mixed and "
-            "model.channels_last=true|false)"
+            f"numeric path: precision {self.precision}, channels_last {self.channels_last}, "
+            f"data on the device {self.on_device}, CUDA graph {self.cuda_graph} ({self.why}; "
+            "force with trainer.precision=32-true|bf16-mixed and speed.channels_last, "
+            "speed.on_device, speed.cuda_graph=true|false)"
         )
 
 
-def choose(precision: str, channels_last: bool | None, accelerator: str) -> NumericPath:
-    """Resolve ``auto`` precision and an unset ``channels_last`` for this machine.
+def single_process(trainer: Any) -> bool:
+    """Whether the trainer settings run one process on one device."""
+    devices = trainer.devices
+    one = devices in (1, "1") or (isinstance(devices, list | tuple) and len(devices) == 1)
+    return one and int(trainer.num_nodes) == 1 and str(trainer.strategy) != "ddp"
 
-    Values the user set are kept. An unset ``channels_last`` follows the precision: on when
-    the training runs bf16 on the CPU (where it measured faster), off elsewhere.
+
+def choose(
+    precision: str,
+    speed: Any,
+    accelerator: str = "auto",
+    one_process: bool = True,
+) -> NumericPath:
+    """Resolve ``auto`` precision and the unset (None) fields of ``speed`` for this machine.
+
+    Values the user set are kept. An unset ``channels_last`` follows the precision (on when the
+    training runs bf16 on the CPU, where it measured faster); ``on_device`` is on for a GPU;
+    ``cuda_graph`` on for one process on one CUDA device with a precision a graph can hold and
+    without ``compile``.
     """
-    cpu = trains_on_cpu(accelerator)
+    cpu, cuda = trains_on_cpu(accelerator), trains_on_cuda(accelerator)
     why = "as configured"
     if precision == "auto":
         feature = native_bf16() if cpu else None
@@ -69,6 +98,11 @@ def choose(precision: str, channels_last: bool | None, accelerator: str) -> Nume
             if cpu
             else "auto: not training on the CPU"
         )
+    channels_last = speed.channels_last
     if channels_last is None:
         channels_last = cpu and precision == "bf16-mixed"
-    return NumericPath(precision, channels_last, why)
+    on_device = cuda if speed.on_device is None else bool(speed.on_device)
+    graph = speed.cuda_graph
+    if graph is None:
+        graph = cuda and one_process and precision in GRAPH_PRECISIONS and not speed.compile
+    return NumericPath(precision, bool(channels_last), on_device, bool(graph), why)

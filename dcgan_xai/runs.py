@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import fcntl
+import inspect
 import os
 import re
 import socket
@@ -404,7 +405,8 @@ def load_module(path: Path) -> DCGAN:
     ckpt = safe_torch_load(path, "checkpoint")
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
         raise UserError(f"checkpoint {path} was not written by dcgan_xai's training")
-    model = DCGAN(**ckpt["hyper_parameters"])
+    known = inspect.signature(DCGAN).parameters  # settings of older versions are left out
+    model = DCGAN(**{k: v for k, v in ckpt["hyper_parameters"].items() if k in known})
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as err:

@@ -19,7 +19,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from dcgan_xai.callbacks.gradcam import GradCamCallback
-from dcgan_xai.callbacks.progress import EpochLine, TimeLimit, TimeLimitReached
+from dcgan_xai.callbacks.progress import EpochLine, StepBar, TimeLimit, TimeLimitReached
 from dcgan_xai.callbacks.quality import QualityCallback
 from dcgan_xai.config import TrainConfig
 from dcgan_xai.data.exclusion import fingerprint, load_exclusion
@@ -28,9 +28,9 @@ from dcgan_xai.data.sources import ensure_mnist
 from dcgan_xai.errors import Interrupted, UserError
 from dcgan_xai.files import atomic_write_text, file_digest
 from dcgan_xai.models.checkpoint import AtomicCheckpointIO, EpochCheckpoint
-from dcgan_xai.models.module import DCGAN
+from dcgan_xai.models.module import DCGAN, Speed
 from dcgan_xai.models.networks import IMAGE_SIZE, build_discriminator
-from dcgan_xai.numerics import choose
+from dcgan_xai.numerics import choose, single_process, trains_on_cuda
 from dcgan_xai.runs import (
     RunDir,
     has_artifacts,
@@ -101,9 +101,18 @@ def validate(cfg: DictConfig) -> None:
         raise UserError(f"seed={cfg.seed} is not allowed; it must be in 0..{2**32 - 1}")
     if Path(cfg.data.root).exists() and not Path(cfg.data.root).is_dir():
         raise UserError(f"data.root={cfg.data.root} is a file; it must be a directory")
-    if cfg.model.finite_check_every < 1:
+    sp = cfg.speed
+    if sp.cuda_graph and sp.compile:
         raise UserError(
-            f"model.finite_check_every={cfg.model.finite_check_every} is not allowed; it must be >= 1"
+            "speed.cuda_graph=true with speed.compile=true is not allowed; choose one of them"
+        )
+    if sp.cuda_graph and not (
+        trains_on_cuda(str(cfg.trainer.accelerator)) and single_process(cfg.trainer)
+    ):
+        raise UserError(
+            "speed.cuda_graph=true is not allowed here; it needs one process on one CUDA GPU "
+            f"(trainer.accelerator={cfg.trainer.accelerator}, devices={cfg.trainer.devices}, "
+            f"CUDA available: {torch.cuda.is_available()})"
         )
     d = build_discriminator(cfg.model.arch, 1)
     gc = cfg.callbacks.gradcam
@@ -148,15 +157,22 @@ def fields(node: Any, *drop: str) -> dict[str, Any]:
 
 
 def build_datamodule(cfg: DictConfig, exclude: torch.Tensor | None = None) -> MNISTDataModule:
-    return MNISTDataModule(**fields(cfg.data, "exclude"), seed=cfg.seed, exclude=exclude)
+    on_device = bool(cfg.speed.on_device)
+    return MNISTDataModule(
+        **fields(cfg.data, "exclude"), seed=cfg.seed, exclude=exclude, on_device=on_device
+    )
 
 
 def build_model(cfg: DictConfig) -> DCGAN:
-    return DCGAN(**fields(cfg.model), seed=cfg.seed)
+    sp = cfg.speed
+    speed = Speed(bool(sp.channels_last), bool(sp.compile), bool(sp.cuda_graph))
+    return DCGAN(**fields(cfg.model), seed=cfg.seed, speed=speed)
 
 
 def build_callbacks(cfg: DictConfig, run: RunDir) -> list[L.Callback]:
     callbacks: list[L.Callback] = [EpochLine(run.root.name)]
+    if cfg.trainer.enable_progress_bar:
+        callbacks.append(StepBar())
     gc, q = cfg.callbacks.gradcam, cfg.callbacks.quality
     if gc.enabled:
         callbacks.append(GradCamCallback(run.root, **fields(gc, "enabled"), seed=cfg.seed))
@@ -214,17 +230,17 @@ def check_probe_size(cfg: DictConfig, datamodule: MNISTDataModule) -> None:
 
 
 def with_numeric_path(cfg: DictConfig, recorded: DictConfig | None = None) -> DictConfig:
-    """A copy of ``cfg`` with ``trainer.precision=auto`` and an unset ``model.channels_last``
-    chosen for this machine (:mod:`dcgan_xai.numerics`) and the choice logged; a resumed run
-    (``recorded``: its config) keeps the path it was trained on."""
+    """A copy of ``cfg`` with ``trainer.precision=auto`` and the unset ``speed.*`` chosen for
+    this machine (:mod:`dcgan_xai.numerics`) and the choice logged; a resumed run (``recorded``:
+    its config) keeps the precision it was trained in."""
     cfg = copy.deepcopy(cfg)
-    if recorded is not None:
-        if cfg.trainer.precision == "auto":
-            cfg.trainer.precision = recorded.trainer.precision
-        if cfg.model.channels_last is None:
-            cfg.model.channels_last = recorded.model.get("channels_last")
-    path = choose(str(cfg.trainer.precision), cfg.model.channels_last, str(cfg.trainer.accelerator))
-    cfg.trainer.precision, cfg.model.channels_last = path.precision, path.channels_last
+    if recorded is not None and cfg.trainer.precision == "auto":
+        cfg.trainer.precision = recorded.trainer.precision
+    t = cfg.trainer
+    path = choose(str(t.precision), cfg.speed, str(t.accelerator), single_process(t))
+    cfg.trainer.precision = path.precision
+    cfg.speed.channels_last, cfg.speed.on_device = path.channels_last, path.on_device
+    cfg.speed.cuda_graph = path.cuda_graph
     rank_zero_info(path.describe())
     return cfg
 
@@ -242,9 +258,10 @@ def check_resumable(path: Path, ckpt: dict[str, Any], model: DCGAN) -> None:
         )
 
 
-# Keys a resumed run may change: they cannot change its results.
+# Keys a resumed run may change: they cannot change its results (and every speed.* key).
 RESUME_MAY_CHANGE = (
     "resume",
+    "speed.*",
     "trainer.max_epochs",
     "trainer.enable_progress_bar",
     "trainer.log_every_n_steps",
@@ -264,6 +281,13 @@ def _flat(cfg: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: cfg}
 
 
+def may_change(key: str) -> bool:
+    return any(
+        key == allowed or (allowed.endswith("*") and key.startswith(allowed[:-1]))
+        for allowed in RESUME_MAY_CHANGE
+    )
+
+
 def check_same_config(recorded: DictConfig, cfg: DictConfig) -> None:
     """Refuse a resume whose settings differ from the run's, but for :data:`RESUME_MAY_CHANGE`."""
     old = _flat(OmegaConf.to_container(recorded, resolve=True))
@@ -271,10 +295,10 @@ def check_same_config(recorded: DictConfig, cfg: DictConfig) -> None:
     # a setting added to the schema after the run was made: the run trained at its default
     default = _flat(OmegaConf.to_container(OmegaConf.structured(TrainConfig)))
     old.update({k: default[k] for k in new.keys() - old.keys() if k in default})
+    # a setting removed from the schema since (a speed knob that moved to speed.*): ignored
+    old = {k: v for k, v in old.items() if k in default or k in new}
     diff = sorted(
-        k
-        for k in old.keys() | new.keys()
-        if k not in RESUME_MAY_CHANGE and old.get(k) != new.get(k)
+        k for k in old.keys() | new.keys() if not may_change(k) and old.get(k) != new.get(k)
     )
     if diff:
         shown = "; ".join(f"{k}={new.get(k)!r} (the run's: {old.get(k)!r})" for k in diff[:4])
@@ -348,7 +372,7 @@ def _train_owned(cfg: DictConfig, run: RunDir, time_limit_s: float | None) -> di
         check_resumable(*found, model)
     callbacks = build_callbacks(cfg, run)
     if time_limit_s is not None:
-        callbacks.append(TimeLimit(time.monotonic() + time_limit_s))
+        callbacks.append(TimeLimit(time.monotonic() + time_limit_s, cfg.trainer.log_every_n_steps))
     trainer = build_trainer(cfg, run, callbacks)
     if trainer.is_global_zero:
         atomic_write_text(run.root / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))

@@ -29,7 +29,8 @@ from tests.helpers import REPO, same_weights
         (["callbacks.gradcam.flag_threshold=1.2"], r"callbacks.gradcam.flag_threshold=1.2 is not allowed; it must be in \[0, 1\]"),
         (["callbacks.gradcam.bn_modes=[frozen]"], r"callbacks.gradcam.bn_modes='frozen' is not allowed; allowed: batch, eval"),
         (["callbacks.gradcam.methods=[gradcam++]"], r"callbacks.gradcam.methods='gradcam\+\+' is not allowed; allowed: gradcam, gradcam_pre, gradcam_conv, hirescam"),
-        (["model.finite_check_every=0"], r"model.finite_check_every=0 is not allowed; it must be >= 1"),
+        (["speed.cuda_graph=true"], r"speed.cuda_graph=true is not allowed here; it needs one process on one CUDA GPU"),
+        (["speed.cuda_graph=true", "speed.compile=true"], r"speed.cuda_graph=true with speed.compile=true is not allowed"),
         (["model.lr=-1"], r"model.lr=-1.0 is not allowed; it must be a finite number > 0"),
         (["model.lr=inf"], r"model.lr=inf is not allowed; it must be a finite number > 0"),
         (["model.beta1=1.5"], r"model.beta1=1.5 is not allowed; it must be in \[0, 1\)"),
@@ -179,12 +180,13 @@ def test_an_exploding_loss_stops_training_as_diverged(smoke_cfg, tmp_path):
     assert NonFiniteLossError.exit_code == 4
 
 
-def test_finiteness_read_every_n_steps_names_the_range_of_steps(smoke_cfg, tmp_path):
-    cfg = smoke_cfg("trainer.max_epochs=3", "model.finite_check_every=3", "callbacks=none")
+def test_finiteness_read_at_the_logging_cadence_names_the_range_of_steps(smoke_cfg, tmp_path):
+    # 8 steps an epoch, logged every 4th: epoch 2 (global steps 8-15) is first read at its step 3
+    cfg = smoke_cfg("trainer.max_epochs=3", "trainer.log_every_n_steps=4", "callbacks=none")
     run = RunDir(tmp_path)
     dm, model = build_datamodule(cfg), build_model(cfg)
     trainer = build_trainer(cfg, run, [*build_callbacks(cfg, run), PoisonOptimizers()])
-    with pytest.raises(NonFiniteLossError, match=r"at epoch 2, steps 0-2; the last good"):
+    with pytest.raises(NonFiniteLossError, match=r"at epoch 2, steps 0-3; the last good"):
         trainer.fit(model, datamodule=dm)
     assert run.checkpoint_epochs() == [1]
 

@@ -5,6 +5,8 @@ import torch
 from omegaconf import OmegaConf
 
 from dcgan_xai import numerics
+from dcgan_xai.config import SpeedConfig
+from dcgan_xai.models.module import Speed
 from dcgan_xai.runs import RunDir
 from dcgan_xai.training import build_model, train
 from tests.helpers import same_weights, scalar_values
@@ -12,7 +14,7 @@ from tests.helpers import same_weights, scalar_values
 
 def one_step_gradients(model, channels_last: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """D's and G's gradients of one GAN loss, from the model's weights, in either layout."""
-    model.hparams["channels_last"] = channels_last
+    model.speed = Speed(channels_last=channels_last)
     model.on_fit_start()  # converts both nets when channels_last is on
     gen = torch.Generator().manual_seed(0)
     z = model._layout(torch.randn(8, model.hparams["nz"], 1, 1, generator=gen))
@@ -45,18 +47,33 @@ def test_channels_last_computes_the_same_gradients(smoke_cfg):
 
 
 def test_the_numeric_path_is_chosen_by_the_machine(monkeypatch):
+    unset = SpeedConfig()
     monkeypatch.setattr(numerics, "native_bf16", lambda: "avx512_bf16")
-    fast = numerics.choose("auto", None, "cpu")
-    assert (fast.precision, fast.channels_last) == ("bf16-mixed", True)
-    assert "avx512_bf16" in fast.describe()
-    assert numerics.choose("auto", False, "cpu").channels_last is False  # forced off
-    assert numerics.choose("32-true", None, "cpu") == numerics.NumericPath(
-        "32-true", False, "as configured"
+    fast = numerics.choose("auto", unset, "cpu")
+    assert (fast.precision, fast.channels_last, fast.on_device, fast.cuda_graph) == (
+        "bf16-mixed",
+        True,
+        False,
+        False,
     )
-    assert numerics.choose("bf16-mixed", None, "cpu").channels_last is True
-    assert numerics.choose("auto", None, "gpu").precision == "32-true"  # GPUs: fp32 unless asked
+    assert "avx512_bf16" in fast.describe()
+    assert numerics.choose("auto", SpeedConfig(channels_last=False), "cpu").channels_last is False
+    assert numerics.choose("32-true", unset, "cpu") == numerics.NumericPath(
+        "32-true", False, False, False, "as configured"
+    )
+    assert numerics.choose("bf16-mixed", unset, "cpu").channels_last is True
+    gpu = numerics.choose("auto", unset, "gpu")  # GPUs: fp32 unless asked, data and graph on
+    assert (gpu.precision, gpu.channels_last, gpu.on_device, gpu.cuda_graph) == (
+        "32-true",
+        False,
+        True,
+        True,
+    )
+    assert not numerics.choose("auto", unset, "gpu", one_process=False).cuda_graph  # DDP
+    assert not numerics.choose("16-mixed", unset, "gpu").cuda_graph  # fp16's scaler syncs
+    assert not numerics.choose("auto", SpeedConfig(compile=True), "gpu").cuda_graph
     monkeypatch.setattr(numerics, "native_bf16", lambda: None)
-    slow = numerics.choose("auto", None, "cpu")
+    slow = numerics.choose("auto", unset, "cpu")
     assert (slow.precision, slow.channels_last) == ("32-true", False)
     assert "no native bf16" in slow.describe()
 
@@ -67,7 +84,7 @@ def test_cpu_fast_path_is_bitwise_reproducible_and_recorded(smoke_run, smoke_cfg
     a = RunDir(train(smoke_cfg(*fast), tmp_path / "a")["run_dir"])
     b = RunDir(train(smoke_cfg(*fast), tmp_path / "b")["run_dir"])
     recorded = OmegaConf.load(a.root / "config.yaml")
-    assert (recorded.trainer.precision, recorded.model.channels_last) == ("bf16-mixed", True)
+    assert (recorded.trainer.precision, recorded.speed.channels_last) == ("bf16-mixed", True)
     assert same_weights(a.checkpoint(2), b.checkpoint(2))
     assert a.scores_csv.read_text() == b.scores_csv.read_text()
     assert not same_weights(a.checkpoint(2), RunDir(smoke_run["run_dir"]).checkpoint(2))
@@ -80,7 +97,7 @@ def test_a_resumed_run_keeps_its_numeric_path(smoke_cfg, tmp_path):
     )
     train(cfg, tmp_path)
     recorded = OmegaConf.load(tmp_path / "config.yaml")
-    assert (recorded.trainer.precision, recorded.model.channels_last) == ("32-true", False)
+    assert (recorded.trainer.precision, recorded.speed.channels_last) == ("32-true", False)
     assert RunDir(tmp_path).checkpoint_epochs() == [1, 2]
 
 
@@ -89,7 +106,7 @@ def test_compile_failure_falls_back_to_eager(smoke_run, smoke_cfg, tmp_path, mon
         raise RuntimeError("no compiler here")
 
     monkeypatch.setattr(torch, "compile", broken)
-    cfg = smoke_cfg("callbacks.gradcam.layers=[block1,block3]", "model.compile=true")
+    cfg = smoke_cfg("callbacks.gradcam.layers=[block1,block3]", "speed.compile=true")
     with pytest.warns(
         UserWarning,
         match=r"torch.compile of Generator failed \(RuntimeError: no compiler here\); training with the eager module",
@@ -100,7 +117,7 @@ def test_compile_failure_falls_back_to_eager(smoke_run, smoke_cfg, tmp_path, mon
 
 @pytest.mark.slow
 def test_compiled_training_computes_the_same_step(smoke_run, smoke_cfg, tmp_path):
-    cfg = smoke_cfg("callbacks.gradcam.layers=[block1,block3]", "model.compile=true")
+    cfg = smoke_cfg("callbacks.gradcam.layers=[block1,block3]", "speed.compile=true")
     train(cfg, tmp_path)
     ours, ref = RunDir(tmp_path).tensorboard, RunDir(smoke_run["run_dir"]).tensorboard
     for tag in ("train/d_loss", "train/g_loss"):

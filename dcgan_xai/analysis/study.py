@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from dcgan_xai.analysis import evidence, figures
-from dcgan_xai.analysis.curation import curate_run
+from dcgan_xai.analysis.curation_arms import arm_dir, arms, pilot_layer, record, rules, study_root
 from dcgan_xai.analysis.evidence import Variant
 from dcgan_xai.analysis.report import quality_meter_for, resolve_device
 from dcgan_xai.analysis.study_report import fid_figure, study_report
@@ -57,7 +57,7 @@ from dcgan_xai.training import train
 from dcgan_xai.xai.epoch import explain_epoch
 from dcgan_xai.xai.gradcam import layer_names
 
-RUN_KEYS = ("experiment", "seed")
+RUN_KEYS = ("experiment", "seed", "arm")
 
 
 def run_name(experiment: str, seed: int) -> str:
@@ -211,6 +211,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """Per run: FID ± SD per epoch, plateau diagnosis, baselines, every variant's outcome; over
     runs: the decision per variant, overall and per experiment."""
+    quality = [r for r in quality if r.get("arm", "baseline") == "baseline"]
     runs = sorted({(r["experiment"], int(r["seed"])) for r in quality})
     layers = sorted({r["layer"] for r in scores})
     all_variants = variants(study, layers)
@@ -290,10 +291,6 @@ def _device_name(device: str) -> str:
     return f"CPU, {os.cpu_count()} cores (torch {torch.__version__})"
 
 
-def study_root(study: StudySettings) -> Path:
-    return Path(study.out_dir) / study.name
-
-
 def run_study(study: StudySettings, log: Callable[[str], None] = print) -> dict[str, Any]:
     """The study as its settings say.
 
@@ -327,16 +324,17 @@ def study_job(
     deadline = None if study.train_timeout_s is None else time.monotonic() + study.train_timeout_s
     root = study_root(study)
     run = RunDir(root / "runs" / run_name(experiment, seed))
-    status = {
-        str(run.root): train_run(study, experiment, seed, run.root, deadline=deadline, log=log)
-    }
+
+    def train_seed(seed: int, run_dir: Path, extra: Sequence[str] = ()) -> str:
+        return train_run(study, experiment, seed, run_dir, extra, deadline=deadline, log=log)
+
+    status = {str(run.root): train_seed(seed, run.root)}
     if run.checkpoint_epochs():
         run_tables(run, study, log)
-        if study.curate and _finished(run):
-            for arm_dir, extra in _curation_arms(study, seed, run, log):
-                status[str(arm_dir)] = train_run(
-                    study, experiment, seed, arm_dir, extra, deadline=deadline, log=log
-                )
+        layer = pilot_layer(study, experiment, train_seed, log) if study.curate else None
+        if layer is not None and _finished(run):
+            for arm_dir, extra in arms(study, seed, run, layer, log):
+                status[str(arm_dir)] = train_seed(seed, arm_dir, extra)
                 if RunDir(arm_dir).checkpoint_epochs():
                     run_tables(RunDir(arm_dir), study, log)
     atomic_write_text(root / "jobs" / f"{run.root.name}.json", json.dumps(status, indent=2) + "\n")
@@ -372,6 +370,9 @@ def report(
     curation: list[dict[str, Any]] = []
     status: dict[str, str] = {}
     for experiment in study.experiments:
+        layer = (
+            pilot_layer(study, experiment, lambda *_: "not trained", log) if study.curate else None
+        )
         for seed in study.seeds:
             run = RunDir(root / "runs" / run_name(experiment, seed))
             status[str(run.root)] = _status(root, run.root, run.root.name)
@@ -380,20 +381,23 @@ def report(
                 continue
             q, s = run_tables(run, study, log)
             key = {"experiment": experiment, "seed": seed}
-            quality += [{**key, **r} for r in q]
+            quality += [{**key, "arm": "baseline", **r} for r in q]
             scores += [{**key, **r} for r in s]
-            if study.curate:
-                rows = _curation_rows(study, experiment, seed, run, evidence.fid_by_epoch(q), log)
-                curation += rows
-                for row in rows:
-                    for arm in ("curated", "control"):
-                        if row[f"{arm}_dir"]:
-                            arm_dir = Path(row[f"{arm}_dir"])
-                            status[str(arm_dir)] = _status(root, arm_dir, run.root.name)
+            if layer is None or not _finished(run):
+                continue  # the job curates a run once it has finished
+            curation += record(study, experiment, seed, run, layer)
+            for label, _ in rules(study):
+                for name in ("curated", "control"):
+                    arm = RunDir(arm_dir(run, label, name))
+                    if not arm.checkpoint_epochs():
+                        continue
+                    status[str(arm.root)] = _status(root, arm.root, run.root.name)
+                    q, _ = run_tables(arm, study, log)
+                    quality += [{**key, "arm": f"{name}_{label}", **r} for r in q]
     if not quality:
         raise UserError(f"study {study.name}: no run has a checkpoint under {root / 'runs'}")
     write_csv(root / "quality.csv", [*RUN_KEYS, *QUALITY_FIELDS], quality)
-    write_csv(root / "scores.csv", [*RUN_KEYS, *SCORE_FIELDS], scores)
+    write_csv(root / "scores.csv", ["experiment", "seed", *SCORE_FIELDS], scores)
     if curation:
         write_csv(root / "curation.csv", list(curation[0]), curation)
     earlier = []
@@ -422,8 +426,9 @@ def report(
 def _study_table(
     path: Path, parse: Callable[[dict[str, str]], dict[str, Any]]
 ) -> list[dict[str, Any]]:
-    """A study table: a run table's rows (parsed by ``parse``) with their experiment and seed."""
-    return [{**row, "seed": int(row["seed"])} for row in read_table(path, parse)]
+    """A study table: a run table's rows (parsed by ``parse``) with their experiment, seed and
+    arm (``baseline`` in tables of studies without curation arms)."""
+    return [{"arm": "baseline", **row, "seed": int(row["seed"])} for row in read_table(path, parse)]
 
 
 def _report_from_tables(study: StudySettings, root: Path) -> dict[str, Any]:
@@ -449,116 +454,3 @@ def _report_from_tables(study: StudySettings, root: Path) -> dict[str, Any]:
     )
     figures.save_png(fid_figure(result, study), root / "fid_by_run.png")
     return {"dir": str(root), **result, "meta": meta}
-
-
-def _curation_rules(study: StudySettings) -> list[tuple[str, dict[str, Any]]]:
-    rules: list[tuple[str, dict[str, Any]]] = [
-        (f"t{t}", {"flag_threshold": t}) for t in study.curation_thresholds
-    ]
-    if study.curation_share is not None:
-        rules.append((f"share{study.curation_share}", {"flag_share": study.curation_share}))
-    return rules
-
-
-def _recorded_curation(
-    study: StudySettings, seed: int, run: RunDir, label: str, rule: dict[str, Any]
-) -> dict[str, Any] | None:
-    """The study's curation of ``run`` by one rule (``curation/study-<label>`` and its
-    random-removal control), if it was made with these settings from the last checkpoint."""
-    path = run.curation(f"study-{label}") / "summary.json"
-    control = run.curation(f"study-{label}-control")
-    if not path.is_file() or not (control / "manifest.csv").is_file():
-        return None
-    summary = json.loads(path.read_text())
-    wanted = {"layer": study.curation_layer, "method": study.curation_method, "seed": seed, **rule}
-    last = run.checkpoint(run.checkpoint_epochs()[-1]).resolve()
-    if Path(summary["checkpoint"]) != last or any(
-        summary["settings"].get(k) != v for k, v in wanted.items()
-    ):
-        return None
-    return {**summary, "dir": str(path.parent), "control_dir": str(control)}
-
-
-def _curation_summary(
-    study: StudySettings, seed: int, run: RunDir, label: str, rule: dict[str, Any]
-) -> dict[str, Any]:
-    """The study's curation of ``run`` at its last epoch by one rule: the recorded one if it
-    matches (:func:`_recorded_curation`), else scored now."""
-    return _recorded_curation(study, seed, run, label, rule) or curate_run(
-        run.root,
-        epoch=run.checkpoint_epochs()[-1],
-        layer=study.curation_layer,
-        method=study.curation_method,
-        name=f"study-{label}",
-        progress=False,
-        control=True,
-        seed=seed,
-        **rule,
-    )
-
-
-def _curation_arms(
-    study: StudySettings, seed: int, run: RunDir, log: Callable[[str], None]
-) -> list[tuple[Path, list[str]]]:
-    """Per rule that flags some but not all images: the curated and the control arm's run dir
-    and the override that trains it without its manifest's images."""
-    arms = []
-    for label, rule in _curation_rules(study):
-        summary = _curation_summary(study, seed, run, label, rule)
-        if not 0 < summary["flagged"] < summary["scored"]:
-            log(
-                f"{run.root.name}: the {label} rule flags {summary['flagged']} images; no retraining"
-            )
-            continue
-        for arm, manifest in (("curated", summary["dir"]), ("control", summary["control_dir"])):
-            arms.append(
-                (
-                    run.root.parent / f"{run.root.name}_{label}_{arm}",
-                    [f"data.exclude={Path(manifest).resolve() / 'manifest.csv'}"],
-                )
-            )
-    return arms
-
-
-def _curation_rows(
-    study: StudySettings,
-    experiment: str,
-    seed: int,
-    run: RunDir,
-    fid: Mapping[int, evidence.Fid],
-    log: Callable[[str], None],
-) -> list[dict[str, Any]]:
-    """Per rule: the number flagged at the last epoch and the final FIDs (fresh-set mean ± SD)
-    of the run, its curated arm and its control arm (NaN for an arm that has not finished)."""
-    rows = []
-    last = max(fid)
-    for label, rule in _curation_rules(study):
-        summary = _recorded_curation(study, seed, run, label, rule) if _finished(run) else None
-        if summary is None:
-            continue  # the job curates a run once it has finished
-        row: dict[str, Any] = {
-            "experiment": experiment,
-            "seed": seed,
-            "rule": label,
-            "threshold": summary["settings"]["flag_threshold"],
-            "flagged": summary["flagged"],
-            "base_final_fid": fid[last].mean,
-            "base_final_sd": fid[last].sd,
-        }
-        for arm in ("curated", "control"):
-            arm_dir = run.root.parent / f"{run.root.name}_{label}_{arm}"
-            final = evidence.Fid(math.nan, math.nan, 0, math.nan)
-            if _finished(RunDir(arm_dir)):
-                q, _ = run_tables(RunDir(arm_dir), study, log)
-                arm_fid = evidence.fid_by_epoch(q)
-                final = arm_fid[max(arm_fid)]
-            exists = arm_dir.is_dir() and 0 < summary["flagged"] < summary["scored"]
-            row.update(
-                {
-                    f"{arm}_final_fid": final.mean,
-                    f"{arm}_final_sd": final.sd,
-                    f"{arm}_dir": str(arm_dir) if exists else "",
-                }
-            )
-        rows.append(row)
-    return rows

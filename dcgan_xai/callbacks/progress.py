@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import lightning as L
+from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_info
 
 
@@ -36,21 +38,34 @@ class EpochLine(L.Callback):
         )
 
 
+class StepBar(TQDMProgressBar):
+    """Lightning's progress bar, showing the step metrics the module last logged (its ``shown``
+    dict, refreshed every ``log_every_n_steps`` steps): the bar reads nothing from the device."""
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        return {**super().get_metrics(trainer, pl_module), **getattr(pl_module, "shown", {})}
+
+
 class TimeLimitReached(Exception):
     """Training reached the wall-clock limit it was given; the epochs it finished are kept."""
 
 
 class TimeLimit(L.Callback):
-    """Stop training at the first step that ends after ``deadline`` (``time.monotonic()``).
+    """Stop training at the first step that ends after ``deadline`` (``time.monotonic()``),
+    looking at the clock every ``every`` steps (and at the first).
 
     The epoch it stops in is not checkpointed (a resumed run trains it again from its start,
     as after SIGTERM), so every checkpoint holds whole epochs.
     """
 
-    def __init__(self, deadline: float):
-        self.deadline = deadline
+    def __init__(self, deadline: float, every: int = 1):
+        self.deadline, self.every = deadline, max(int(every), 1)
+        self.steps = 0
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        self.steps += 1
+        if (self.steps - 1) % self.every:
+            return
         # rank 0's clock decides, so all processes of a distributed run stop at the same step
         if trainer.strategy.broadcast(time.monotonic() > self.deadline):
             raise TimeLimitReached(f"time limit reached at epoch {trainer.current_epoch + 1}")

@@ -148,7 +148,8 @@ class IndexBatchSampler(Sampler[torch.Tensor]):
     ``keys`` (each position's dataset index) the permutation is drawn over all ``key_space``
     dataset indices and then keeps the positions present: leaving images out (a curation
     manifest) does not change the order in which the kept images are visited. Every rank gets
-    the same number of batches.
+    the same number of batches. With ``device`` the epoch's order is moved there once and the
+    batches are slices of it (indexing device-resident images without a host copy per step).
     """
 
     def __init__(
@@ -161,8 +162,10 @@ class IndexBatchSampler(Sampler[torch.Tensor]):
         world_size: int = 1,
         keys: torch.Tensor | None = None,
         key_space: int | None = None,
+        device: torch.device | str = "cpu",
     ):
         self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.device = torch.device(device)
         self.shuffle, self.rank, self.world_size = shuffle, rank, world_size
         self.keys, self.key_space = keys, key_space
         self.epoch = 0
@@ -186,7 +189,7 @@ class IndexBatchSampler(Sampler[torch.Tensor]):
         return order[self.rank :: self.world_size][:per_rank]
 
     def __iter__(self) -> Iterator[torch.Tensor]:
-        yield from self._rows().split(self.batch_size)
+        yield from self._rows().to(self.device).split(self.batch_size)
 
     def __len__(self) -> int:
         per_rank = self.size // self.world_size
@@ -276,8 +279,10 @@ class MNISTDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None, "call setup() first"
         trainer = self.trainer
+        device = torch.device("cpu")
         if self.on_device and trainer is not None and trainer.strategy.root_device.type == "cuda":
-            self.train_set = self.train_set.to(trainer.strategy.root_device)
+            device = trainer.strategy.root_device
+            self.train_set = self.train_set.to(device)
         rank = trainer.global_rank if trainer is not None else 0
         world = trainer.world_size if trainer is not None else 1
         sampler = IndexBatchSampler(
@@ -289,5 +294,6 @@ class MNISTDataModule(L.LightningDataModule):
             world,
             keys=self.train_set.indices,
             key_space=self.full_train_size,
+            device=device,
         )
         return DataLoader(self.train_set, sampler=sampler, batch_size=None, num_workers=0)
