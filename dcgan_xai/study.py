@@ -31,7 +31,12 @@ def run(cfg: DictConfig) -> str:
 
 
 def summary(result: dict[str, Any]) -> str:
-    planned = [f"{d['variant']} {d['decision']}" for d in result["decisions"] if d["planned"]]
+    planned = [
+        f"{exp}: {d['variant']} {d['decision']}"
+        for exp, r in result["recipes"].items()
+        for d in [*r["decisions"], *(x for c in r["curation"].values() for x in c["decisions"])]
+        if d["planned"]
+    ]
     return f"{'; '.join(planned)}; report: {result['dir']}/REPORT.md"
 
 

@@ -2,10 +2,10 @@
 
     python scripts/plateau_pilot.py <run dir> --out studies/plateau_cpu/pilot [--window 0.5]
 
-Rules (``dcgan_xai.analysis.evidence.plateau``, from the plateau issue, fixed before the run):
-the window is the last half of the epochs; in it FID has no trend (|Spearman(FID, epoch)| < 0.3,
-or a fitted total change below 2 noise SD), its swings exceed 2 noise SD, and its minimum is not
-at the last epoch. An epoch's FID is the mean ± SD of its fresh generated sets.
+Rules: today's plateau test (``dcgan_xai.analysis.evidence.plateau``, rules v2): in the window
+(the last half of the epochs) the fitted change of log FID is within 2 standard errors of the
+pooled set-to-set noise, and the window lies below the first epoch beyond noise. The committed
+pilot reports were made by the earlier rule (no trend by |Spearman| < 0.3 or a small change).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 
 from dcgan_xai.analysis import figures
-from dcgan_xai.analysis.evidence import fid_by_epoch, plateau, window_epochs
+from dcgan_xai.analysis.evidence import fid_by_epoch, plateau, pooled_noise, window_epochs
 from dcgan_xai.analysis.markdown import num, pm, table
 from dcgan_xai.files import atomic_write_text
 from dcgan_xai.runs import RunDir, read_quality
@@ -41,7 +41,7 @@ def main() -> None:
     run = RunDir(args.run_dir)
     fid = fid_by_epoch(read_quality(run))
     cfg = OmegaConf.load(run.root / "config.yaml")
-    verdict = plateau(fid, args.window)
+    verdict = plateau(fid, args.window, pooled_noise(read_quality(run)))
     win = window_epochs(list(fid), args.window)
     stamps = sorted(p.stat().st_mtime for p in run.checkpoints.glob("epoch=*.ckpt"))
     per_epoch = (stamps[-1] - stamps[0]) / max(len(stamps) - 1, 1)
@@ -59,10 +59,9 @@ def main() -> None:
         f"About {per_epoch:.0f} s per epoch (training, Grad-CAM and FID; from checkpoint times).",
         "",
         f"**Plateau: {'yes' if verdict['plateau'] else 'no'}.** Window epochs "
-        f"{verdict['window'][0]}-{verdict['window'][1]}: Spearman(FID, epoch) "
-        f"{num(verdict['rho'], 2)}, fitted change {num(verdict['change'])}, swing "
-        f"{num(verdict['swing'])}, noise SD (median over the window) {num(verdict['noise'], 2)}; "
-        f"no trend: {verdict['no_trend']}; swings exceed 2 SD: {verdict['swings_exceed_noise']}; "
+        f"{verdict['window'][0]}-{verdict['window'][1]}: fitted change of log FID "
+        f"{pm(verdict['change'], verdict['se_change'], 3)}; no trend: {verdict['no_trend']}; "
+        f"below the first epoch by {num(verdict['drop'], 3)} (learned: {verdict['learned']}); "
         f"minimum at the last epoch: {verdict['min_at_last']}.",
         "",
         *table(["epoch", "FID (fresh sets)", "FID (fixed set)", "in window"], rows),

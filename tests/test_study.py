@@ -4,6 +4,7 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 
@@ -78,19 +79,22 @@ def test_cpu_sized_study_writes_its_report_and_rebuilds_it_from_its_tables(mnist
     result = run_study(study, log=lambda _: None)  # finds both runs finished
     out = tmp_path / "cpu"
     report = (out / "REPORT.md").read_text()
-    for heading in ("## Verdict", "## Setup", "## 1. Runs", "## 2. Baselines", "## 3. The planned",
-                    "## 4. Exploratory", "## 5. The explanations"):  # fmt: skip
+    for heading in ("## Verdict", "### `smoke`", "Selection, design check", "## Setup",
+                    "## 2. Selection", "## 3. The explanations", "real-vs-real FID floor"):  # fmt: skip
         assert heading in report
+    assert "Post-hoc" not in report  # made under today's rules
     quality = read_csv(out / "quality.csv")
     assert len(quality) == 2 * 3 * 3  # runs x epochs x (fixed + 2 fresh sets)
     assert {r["reference"] for r in quality} == {"100 random test images (seed 0)"}
     scores = read_csv(out / "scores.csv")
     assert len(scores) == 2 * 3 * 2 * 2 * 3  # runs x epochs x methods x BN modes x layers
-    planned = [d for d in result["decisions"] if d["planned"]]
+    planned = [d for d in result["recipes"]["smoke"]["decisions"] if d["planned"]]
     assert [d["variant"] for d in planned] == PLANNED
     assert all(d["decision"] in ("confirms", "refutes", "inconclusive") for d in planned)
     n_variants = 2 * 3 * 2 * 2 * 4 * 2
-    assert len(read_csv(out / "outcomes.csv")) == 2 * n_variants
+    assert len(read_csv(out / "outcomes.csv")) == 2 * (n_variants + 1)  # and the oracle
+    floor = json.loads((out / "fid_floor.json").read_text())["smoke"]
+    assert floor["fid"] >= 0 and floor["images"] == "100 random train images (seed 1)"
     assert (out / "fid_by_run.png").is_file()
     meta = json.loads((out / "study.json").read_text())
     assert meta["status"] == {
@@ -127,14 +131,43 @@ def test_study_curation_arm_retrains_curated_and_control(mnist_fixture, tmp_path
         analysis=AnalysisSettings(fid_samples=100, fid_draws=2, classifier_epochs=10,
                                   min_accuracy=0.9, k=2, device="cpu"),
     )  # fmt: skip
-    run_study(study, log=lambda _: None)
+    result = run_study(study, log=lambda _: None)
     (row,) = read_csv(tmp_path / "cur" / "curation.csv")
     assert row["rule"] == "share0.25" and int(row["flagged"]) == 64  # a quarter of 256 trained
+    assert sum(json.loads(row["per_digit"]).values()) == 64
+    runs = tmp_path / "cur" / "runs"
     for arm in ("curated", "control"):
-        assert row[f"{arm}_dir"].endswith(f"smoke_seed_0_share0.25_{arm}")
-        assert float(row[f"{arm}_final_fid"]) > 0
+        assert RunDir(runs / f"smoke_seed_0_share0.25_{arm}").checkpoint_epochs()
+    cur = result["recipes"]["smoke"]["curation"]["share0.25"]
+    assert [s["seed"] for s in cur["seeds"]] == [0]
+    assert [d["variant"] for d in cur["decisions"] if d["planned"]] == [
+        "curated vs control", "curated vs baseline"]  # fmt: skip
+    assert not cur["design"]["can_decide"]  # one seed cannot decide anything
     report = (tmp_path / "cur" / "REPORT.md").read_text()
-    assert "## 6. Curation: curated against a random-removal control" in report
+    assert "## 1. Curation" in report and "Curation (share0.25), design check: the design cannot decide" in report
+    decisions = read_csv(tmp_path / "cur" / "decisions.csv")
+    assert {d["question"] for d in decisions} == {"selection", "curation share0.25"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["claim_gpu", "curation_cpu"])
+def test_committed_study_reports_are_rebuilt_by_todays_code(name, tmp_path):
+    """Every committed study report comes back byte for byte from its committed tables; a study
+    made under older rules gets its post-hoc report, and its planned one stays as it was."""
+    from dcgan_xai.analysis.study import run_study
+    from dcgan_xai.config import compose_config
+
+    committed = REPO / "studies" / name
+    if not (committed / "study.json").is_file():
+        pytest.skip(f"studies/{name} has no committed tables yet")
+    shutil.copytree(committed, tmp_path / name, ignore=shutil.ignore_patterns("runs"))
+    cfg = compose_config("study", [f"+study={name}", f"out_dir={tmp_path}", "report_only=true"])
+    result = run_study(StudySettings.from_config(cfg), log=lambda _: None)
+    out = Path(result["dir"])
+    for file in ("REPORT.md", "decisions.csv", "outcomes.csv"):
+        rel = out.relative_to(tmp_path / name) / file
+        assert (out / file).read_text() == (committed / rel).read_text(), rel
+    assert (tmp_path / name / "REPORT.md").read_text() == (committed / "REPORT.md").read_text()
 
 
 def test_settings_of_an_earlier_version_load_without_their_removed_keys():

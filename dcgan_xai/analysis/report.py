@@ -15,7 +15,7 @@ from PIL import Image
 from scipy.stats import spearmanr
 
 from dcgan_xai.analysis import figures
-from dcgan_xai.analysis.evidence import Fid, choose, compare
+from dcgan_xai.analysis.evidence import Fid, choose, compare, pooled_noise
 from dcgan_xai.analysis.markdown import selection_markdown
 from dcgan_xai.analysis.selection import Selection, select_epoch
 from dcgan_xai.config import AnalysisSettings
@@ -308,7 +308,8 @@ def fresh_comparison(
     fresh: dict[int, list[float]], chosen: int, last: int, best: int
 ) -> dict[str, Any]:
     """FID ± SD of the decisive epochs on fresh sets, and the chosen epoch against the last and
-    the best by the tie rule (a difference within 2 SD is a tie)."""
+    the best by the study's rules (log FID ratio; win or loss beyond 2 standard errors of the
+    noise pooled over these epochs' sets)."""
     fid = {
         e: Fid(
             statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else math.nan, len(v), math.nan
@@ -318,25 +319,27 @@ def fresh_comparison(
     }
     if not {chosen, last, best} <= set(fid):
         return {}
+    noise = pooled_noise({"epoch": e, "fid": x} for e, v in fresh.items() for x in v)
     return {
         "fid": {e: {"mean": f.mean, "sd": f.sd, "sets": f.n} for e, f in sorted(fid.items())},
-        "vs_last": compare(fid, chosen, last),
-        "vs_best": compare(fid, chosen, best),
+        "noise": vars(noise),
+        "vs_last": compare(fid, chosen, last, noise),
+        "vs_best": compare(fid, chosen, best, noise),
     }
 
 
 def fresh_statement(fresh: dict[str, Any]) -> str:
-    """The choice against the last epoch in words, by the tie rule."""
+    """The choice against the last epoch in words, by the study's rules."""
     c = fresh["vs_last"]
-    gain, sd = c["gain"], c["sd"]
+    pct, se = 100 * (math.exp(abs(c["gain"])) - 1), c["se"]
     return {
         "same": "The Grad-CAM choice is the last epoch itself.",
-        "win": f"The Grad-CAM choice beats the last epoch beyond noise (FID {gain:.1f} lower, "
-        f"SD of the difference {sd:.1f}).",
-        "loss": f"The Grad-CAM choice is worse than the last epoch beyond noise (FID {-gain:.1f} "
-        f"higher, SD of the difference {sd:.1f}).",
-        "tie": f"The Grad-CAM choice ties with the last epoch: the FIDs differ by {abs(gain):.1f}, "
-        f"within 2 SD of the difference (SD {sd:.1f}).",
+        "win": f"The Grad-CAM choice beats the last epoch beyond noise (FID {pct:.1f}% lower; "
+        f"log ratio {c['gain']:.3f}, SE {se:.3f}).",
+        "loss": f"The Grad-CAM choice is worse than the last epoch beyond noise (FID {pct:.1f}% "
+        f"higher; log ratio {c['gain']:.3f}, SE {se:.3f}).",
+        "tie": f"The Grad-CAM choice ties with the last epoch: the FIDs differ by {pct:.1f}%, "
+        f"within 2 standard errors (log ratio {c['gain']:.3f}, SE {se:.3f}).",
     }[c["outcome"]]
 
 

@@ -27,13 +27,14 @@ import torch
 
 from dcgan_xai.analysis import evidence, figures
 from dcgan_xai.analysis.curation_arms import arm_dir, arms, pilot_layer, record, rules, study_root
-from dcgan_xai.analysis.evidence import Variant
+from dcgan_xai.analysis.evidence import Fid, Variant
 from dcgan_xai.analysis.report import quality_meter_for, resolve_device
 from dcgan_xai.analysis.study_report import fid_figure, study_report
 from dcgan_xai.config import StudySettings, compose_config
+from dcgan_xai.data.mnist import to_unit_range
 from dcgan_xai.errors import Interrupted, UserError
 from dcgan_xai.files import atomic_write_text, write_csv
-from dcgan_xai.metrics.quality import score_draws
+from dcgan_xai.metrics.quality import reference_images, score_draws
 from dcgan_xai.models.sampling import probe_images
 from dcgan_xai.runs import (
     QUALITY_FIELDS,
@@ -209,48 +210,131 @@ def run_tables(
 def evaluate(
     study: StudySettings, quality: Sequence[Mapping[str, Any]], scores: Sequence[Mapping[str, Any]]
 ) -> dict[str, Any]:
-    """Per run: FID ± SD per epoch, plateau diagnosis, baselines, every variant's outcome; over
-    runs: the decision per variant, overall and per experiment."""
-    quality = [r for r in quality if r.get("arm", "baseline") == "baseline"]
-    runs = sorted({(r["experiment"], int(r["seed"])) for r in quality})
-    layers = sorted({r["layer"] for r in scores})
-    all_variants = variants(study, layers)
-    per_run, outcomes = [], []
-    for experiment, seed in runs:
-        q = [r for r in quality if (r["experiment"], int(r["seed"])) == (experiment, seed)]
-        s = [r for r in scores if (r["experiment"], int(r["seed"])) == (experiment, seed)]
-        fid = evidence.fid_by_epoch(q)
-        d_rows = [
-            r for r in s if r["bn_mode"] == study.bn_modes[0] and r["method"] == study.methods[0]
-        ]
-        d_real = {int(r["epoch"]): float(r["d_real"]) for r in d_rows}
-        d_real = {e: d_real.get(e, math.nan) for e in fid}
-        key = {"experiment": experiment, "seed": seed}
-        best = min(fid, key=lambda e: (fid[e].mean, e))
-        per_run.append(
-            {
-                **key,
-                "epochs": len(fid),
-                "fid": {e: vars(f) for e, f in fid.items()},
-                "best_epoch": best,
-                "plateau": evidence.plateau(fid, study.window),
-                "baselines": evidence.baselines(fid, d_real, study.window),
-            }
-        )
-        outcomes += evidence.run_outcomes(key, fid, s, all_variants, study.analysis.k, study.window)
-    decisions = evidence.decide(outcomes, study.planned)
-    by_experiment = {
-        exp: evidence.decide(
-            [o for o in outcomes if o["experiment"] == exp and o["variant"] in study.planned],
-            study.planned,
-        )
-        for exp in sorted({r[0] for r in runs})
-    }
+    """Per recipe, by the rules of :mod:`~dcgan_xai.analysis.evidence`: the pooled noise and the
+    margin; per baseline run its FID per epoch, plateau test, baselines and every variant's
+    outcome; over runs the selection verdicts with the oracle's design check, and, where the
+    study has curation arms, the curation verdicts with theirs."""
+    runs, outcomes, recipes = [], [], {}
+    for exp in sorted({r["experiment"] for r in quality}):
+        rows = [r for r in quality if r["experiment"] == exp]
+        noise = evidence.pooled_noise(rows)
+        by_run = _fid_by_run(rows)
+        n_sets = min(f.n for fid in by_run.values() for f in fid.values())
+        se = noise.se(n_sets, n_sets)
+        delta = evidence.margin(se)
+        mine = []
+        for (seed, arm), fid in sorted(by_run.items()):
+            if arm != "baseline":
+                continue
+            s = [r for r in scores if (r["experiment"], int(r["seed"])) == (exp, seed)]
+            runs.append(_run_summary(study, exp, seed, fid, s, noise))
+            mine += evidence.run_outcomes(
+                {"experiment": exp, "seed": seed}, fid, s, variants(study, _layers(scores)),
+                study.analysis.k, study.window, noise,
+            )  # fmt: skip
+        planned = list(study.planned) if study.question == "selection" else []
+        oracle = [o for o in mine if o["variant"] == evidence.ORACLE]
+        recipes[exp] = {
+            "noise": vars(noise), "sets": n_sets, "se": se, "delta": delta,
+            "design": evidence.design_check([o["gain"] for o in oracle],
+                                            [o["outcome"] for o in oracle], delta,
+                                            len(study.planned)),
+            "decisions": evidence.decide(
+                [o for o in mine if o["variant"] != evidence.ORACLE], planned, delta),
+            "curation": curation_verdicts(by_run, se, delta),
+        }  # fmt: skip
+        outcomes += mine
+    return {"runs": runs, "outcomes": outcomes, "recipes": recipes}
+
+
+def _layers(scores: Sequence[Mapping[str, Any]]) -> list[str]:
+    return sorted({r["layer"] for r in scores})
+
+
+def _fid_by_run(rows: Sequence[Mapping[str, Any]]) -> dict[tuple[int, str], dict[int, Fid]]:
+    """FID per epoch of each (seed, arm) in one recipe's quality rows."""
+    groups: dict[tuple[int, str], list[Mapping[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((int(r["seed"]), r.get("arm", "baseline")), []).append(r)
+    return {key: evidence.fid_by_epoch(g) for key, g in groups.items()}
+
+
+def _run_summary(
+    study: StudySettings,
+    experiment: str,
+    seed: int,
+    fid: Mapping[int, Fid],
+    scores: Sequence[Mapping[str, Any]],
+    noise: evidence.Noise,
+) -> dict[str, Any]:
+    d_rows = [
+        r for r in scores if (r["bn_mode"], r["method"]) == (study.bn_modes[0], study.methods[0])
+    ]
+    d_real = {int(r["epoch"]): float(r["d_real"]) for r in d_rows}
     return {
-        "runs": per_run,
-        "outcomes": outcomes,
-        "decisions": decisions,
-        "by_experiment": by_experiment,
+        "experiment": experiment, "seed": seed, "epochs": len(fid),
+        "fid": {e: vars(f) for e, f in fid.items()},
+        "best_epoch": min(fid, key=lambda e: (fid[e].mean, e)),
+        "plateau": evidence.plateau(fid, study.window, noise),
+        "baselines": evidence.baselines(fid, {e: d_real.get(e, math.nan) for e in fid}, study.window),
+    }  # fmt: skip
+
+
+CURATION_PLANNED = ("curated vs control", "curated vs baseline")
+CURATION_OTHER = ("control vs baseline",)
+
+
+def curation_verdicts(
+    by_run: Mapping[tuple[int, str], Mapping[int, Fid]], se: float, delta: float
+) -> dict[str, Any]:
+    """Per curation rule (arm label): each seed's final and best FID of its three arms, the gains
+    of the planned comparisons (final FID) and the others, the verdicts, and the design check
+    (a 10% curated-vs-control gain with the observed spread). Seeds whose arms did not all reach
+    the baseline's last epoch are left out and listed."""
+    labels = sorted({arm.split("_", 1)[1] for _, arm in by_run if arm != "baseline"})
+    out = {}
+    for label in labels:
+        names = {
+            "curated": f"curated_{label}",
+            "control": f"control_{label}",
+            "baseline": "baseline",
+        }
+        seeds: list[dict[str, Any]] = []
+        left_out: list[int] = []
+        rows: list[dict[str, Any]] = []
+        for seed in sorted({s for s, _ in by_run}):
+            if (seed, "baseline") not in by_run:
+                continue
+            last = max(by_run[seed, "baseline"])
+            if any(max(by_run.get((seed, arm), {0: None})) != last for arm in names.values()):
+                left_out.append(seed)
+                continue
+            arms = {k: _arm_fids(by_run[seed, arm]) for k, arm in names.items()}
+            seeds.append({"seed": seed, **arms})
+            for name in (*CURATION_PLANNED, *CURATION_OTHER):
+                a, b = name.split(" vs ")
+                for what in ("final", "best"):
+                    gain = math.log(arms[b][what] / arms[a][what])
+                    rows.append({"seed": seed, "variant": name if what == "final" else f"{name} (best FID)",
+                                 "gain": gain, "se": se, "outcome": evidence.outcome(gain, se)})  # fmt: skip
+        decisions = evidence.decide(rows, list(CURATION_PLANNED), delta) if rows else []
+        claim = [float(r["gain"]) for r in rows if r["variant"] == CURATION_PLANNED[0]]
+        design = (
+            evidence.design_check(*evidence.power_gains(claim, se), delta, len(CURATION_PLANNED))
+            if len(claim) > 1 else {"can_decide": False, "runs": len(claim)}
+        )  # fmt: skip
+        out[label] = {"seeds": seeds, "left_out": left_out, "rows": rows,
+                      "decisions": decisions, "design": design}  # fmt: skip
+    return out
+
+
+def _arm_fids(fid: Mapping[int, Fid]) -> dict[str, float]:
+    best = min(fid, key=lambda e: (fid[e].mean, e))
+    return {
+        "final": fid[max(fid)].mean,
+        "best": fid[best].mean,
+        "best_epoch": best,
+        "sets": fid[max(fid)].n,
     }
 
 
@@ -400,6 +484,10 @@ def report(
     write_csv(root / "scores.csv", ["experiment", "seed", *SCORE_FIELDS], scores)
     if curation:
         write_csv(root / "curation.csv", list(curation[0]), curation)
+    floors = {
+        e: fid_floor(study, root / "runs" / run_name(e, study.seeds[0])) for e in study.experiments
+    }
+    atomic_write_text(root / "fid_floor.json", json.dumps(floors, indent=2) + "\n")
     earlier = []
     if (root / "study.json").is_file():
         earlier = json.loads((root / "study.json").read_text()).get("sittings", [])
@@ -418,9 +506,25 @@ def report(
         "sittings": sittings,
         "status": status,
         "settings": settings,
+        "rules": evidence.RULES,
     }
     atomic_write_text(root / "study.json", json.dumps(meta, indent=2) + "\n")
     return _report_from_tables(study, root)
+
+
+def fid_floor(study: StudySettings, run_dir: Path) -> dict[str, Any] | None:
+    """FID of real images against the study's reference: ``fid_samples`` random training images
+    (seed ``fid_seed + 1``) in the study's meter; None where ``run_dir`` has no config."""
+    if not (run_dir / "config.yaml").is_file():
+        return None
+    a = study.analysis
+    dm = datamodule_for_run(RunDir(run_dir))
+    assert dm.train_set is not None
+    meter, record = quality_meter_for(dm, a, resolve_device(a.device))
+    real = reference_images(dm.train_set.images, a.fid_samples, a.fid_seed + 1)
+    fid = meter.score(to_unit_range(real))["fid"]
+    return {"fid": fid, "images": f"{real.shape[0]} random train images (seed {a.fid_seed + 1})",
+            "reference": record["reference"]}  # fmt: skip
 
 
 def _study_table(
@@ -432,6 +536,9 @@ def _study_table(
 
 
 def _report_from_tables(study: StudySettings, root: Path) -> dict[str, Any]:
+    """Decide from the study's tables and write the report. Tables made under older rules than
+    today's (``study.json``'s ``rules``) keep their planned report; today's rules then write a
+    post-hoc one in ``posthoc_rules_<version>/``, labelled as such."""
     for name in ("quality.csv", "scores.csv", "study.json"):
         if not (root / name).is_file():
             raise UserError(f"study {study.name}: {root / name} is missing; run the study first")
@@ -441,16 +548,30 @@ def _report_from_tables(study: StudySettings, root: Path) -> dict[str, Any]:
     if "settings" in meta:  # decide and describe by the settings the tables were made with
         recorded = {**meta["settings"], "out_dir": study.out_dir, "report_only": study.report_only}
         study = StudySettings.from_dict(recorded)
-    curation = read_csv(root / "curation.csv") if (root / "curation.csv").is_file() else []
+    extra = {
+        "curation": read_csv(root / "curation.csv") if (root / "curation.csv").is_file() else [],
+        "pilot": _json(root / "pilot.json"),
+        "floor": _json(root / "fid_floor.json") or {},
+        "posthoc": meta.get("rules", "v1") != evidence.RULES,
+        "protocol": {k: quality[0][k]
+                     for k in ("samples", "reference", "classifier_accuracy", "classifier_md5")},
+        "overview": score_overview(study, scores),
+    }  # fmt: skip
     result = evaluate(study, quality, scores)
-    write_csv(root / "outcomes.csv", list(result["outcomes"][0]), result["outcomes"])
-    write_csv(root / "decisions.csv", list(result["decisions"][0]), result["decisions"])
-    protocol = {
-        k: quality[0][k] for k in ("samples", "reference", "classifier_accuracy", "classifier_md5")
-    }
-    overview = score_overview(study, scores)
-    atomic_write_text(
-        root / "REPORT.md", study_report(study, result, meta, protocol, overview, curation)
-    )
-    figures.save_png(fid_figure(result, study), root / "fid_by_run.png")
-    return {"dir": str(root), **result, "meta": meta}
+    out = root / f"posthoc_rules_{evidence.RULES}" if extra["posthoc"] else root
+    write_csv(out / "outcomes.csv", list(result["outcomes"][0]), result["outcomes"])
+    decisions = [
+        {"experiment": exp, "question": q, **d}
+        for exp, r in result["recipes"].items()
+        for q, ds in [("selection", r["decisions"])]
+        + [(f"curation {label}", c["decisions"]) for label, c in r["curation"].items()]
+        for d in ds
+    ]
+    write_csv(out / "decisions.csv", list(decisions[0]), decisions)
+    atomic_write_text(out / "REPORT.md", study_report(study, result, meta, extra))
+    figures.save_png(fid_figure(result, study), out / "fid_by_run.png")
+    return {"dir": str(out), **result, "meta": meta}
+
+
+def _json(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.is_file() else None

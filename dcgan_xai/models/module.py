@@ -243,10 +243,10 @@ class DCGAN(L.LightningModule):
         opts = self.optimizers()  # type: ignore[misc,attr-defined]
         if graph is None:
             nets = self._step_nets["g"], self._step_nets["d"]
-            metrics = gan_step(*nets, *opts, real, z, noise, self.manual_backward)
+            metrics = gan_step(*nets, *opts, real, z, noise, self.manual_backward)  # type: ignore[call-arg,union-attr]
         else:
             metrics = graph(real, z, noise)
-            for opt in opts:  # Lightning's step counters advance as for an eager step
+            for opt in opts:  # type: ignore[union-attr]  # Lightning's counters advance as eagerly
                 opt._on_before_step()
                 opt._on_after_step()
         self._record(metrics, sigma, real.shape[0], batch_idx)
@@ -257,9 +257,9 @@ class DCGAN(L.LightningModule):
         if not self.speed.cuda_graph or self.device.type != "cuda":
             return None
         opts = self.optimizers(use_pl_optimizer=False)  # type: ignore[attr-defined]
-        key = (n, *(group["lr"] for opt in opts for group in opt.param_groups))
+        key = (n, *(group["lr"] for opt in opts for group in opt.param_groups))  # type: ignore[union-attr]
         if self._graph is None or key[1:] != self._graph_key[1:]:
-            step = partial(gan_step, self.generator, self.discriminator, *opts)
+            step = partial(gan_step, self.generator, self.discriminator, *opts)  # type: ignore[misc]
             self._graph, self._graph_key = GraphedStep(step), key
         return self._graph if n == self._graph_key[0] else None
 
@@ -274,7 +274,7 @@ class DCGAN(L.LightningModule):
         finite = (torch.isfinite(losses) & (losses.abs() < LOSS_LIMIT)).all()
         self._finite = finite if self._finite is None else self._finite & finite
         trainer = self.trainer
-        every = int(trainer.log_every_n_steps)
+        every = int(trainer.log_every_n_steps)  # type: ignore[attr-defined]
         stepped = trainer.fit_loop.epoch_loop._batches_that_stepped  # the logger's step
         log_now = every > 0 and (stepped + 1) % every == 0
         last = batch_idx + 1 >= int(trainer.num_training_batches)
