@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The GPU set in one call of about 9 minutes: the full-size study (dcgan_xai/conf/study/claim_gpu.yaml), the
-# README's main command, and the speed figures, each step with its own time limit so that one
+# The GPU set in one call of about 9 minutes: the speed figures first, then the paper-size study
+# (dcgan_xai/conf/study/claim_gpu2.yaml, plan studies/claim_gpu2/PLAN.md; STUDY=<name> for another)
+# and the README's main command, each step with its own time limit so that one
 # failure leaves the others' results.
 #
 # On a GPU machine without internet access: put the four raw MNIST files in data/mnist and the
@@ -9,15 +10,14 @@
 #     OUT=<results dir> bash benchmarks/gpu_study_and_speed.sh
 # DRY_RUN=1 runs every step on the same code path at smoke size, on the CPU, in a few minutes:
 # run it before spending GPU time. ONLY=speed runs the speed steps alone (about 3 minutes);
-# ONLY=study the study alone, with about 8 minutes of training (TRAIN_S=480): on an H100 the 8
-# trainings reached 11-12 epochs in 260 s, so 25 epochs need the whole call. A study stopped by
+# ONLY=study the study alone, with about 8 minutes of training (TRAIN_S=480). A study stopped by
 # its limit resumes where it stopped when run again on the same machine (its checkpoints stay
 # under $WORK while the machine is kept).
 #
 # Results under $OUT (small files only, at most 8): summary.txt (every step's time and key lines),
 # study_REPORT.md, study_quality.csv and study_scores.csv (the study's raw tables: rebuild the
-# report anywhere with `python -m dcgan_xai.study +study=claim_gpu report_only=true` after copying
-# them to studies/claim_gpu/quality.csv, scores.csv), study.json, fid_by_run.png, and logs.tar.gz
+# report anywhere with `python -m dcgan_xai.study +study=$STUDY report_only=true` after copying
+# them to studies/$STUDY/quality.csv, scores.csv), study.json, fid_by_run.png, and logs.tar.gz
 # (every step's log, the study's outcome and decision tables, each job's status).
 set -uo pipefail
 OUT=${OUT:-outputs/gpu_study_and_speed}
@@ -25,6 +25,7 @@ WORK=${WORK:-/tmp/dcgan_xai_gpu}
 PY=${PYTHON:-python3}
 DRY_RUN=${DRY_RUN:-0}
 ONLY=${ONLY:-all}
+STUDY_NAME=${STUDY:-claim_gpu2}
 case "$ONLY" in all | speed | study) ;; *) echo "ONLY=$ONLY is not allowed; allowed: all, speed, study" >&2; exit 2 ;; esac
 mkdir -p "$OUT" "$WORK/logs"
 if [ -d .whl ]; then
@@ -58,15 +59,15 @@ if [ "$DRY_RUN" = 1 ]; then
   JOBS=2
   STUDY_ARGS=("experiments=[smoke]" "seeds=[0,1]" analysis.fid_samples=200
     train_timeout_s=240 analysis.classifier_epochs=3
-    'train_overrides=["trainer.max_epochs=3","data.on_device=true","model.channels_last=true","trainer.precision=bf16-mixed","model.finite_check_every=50","callbacks.quality.enabled=true","callbacks.quality.samples=200","callbacks.quality.fresh_draws=2","callbacks.gradcam.layers=[block1,block2,block3]","callbacks.gradcam.methods=[gradcam,gradcam_pre,gradcam_conv,hirescam]","callbacks.gradcam.bn_modes=[batch,eval]"]')
+    'train_overrides=["trainer.max_epochs=3","speed.on_device=true","speed.channels_last=true","trainer.precision=bf16-mixed","trainer.log_every_n_steps=50","callbacks.quality.enabled=true","callbacks.quality.samples=200","callbacks.quality.fresh_draws=2","callbacks.gradcam.layers=[block1,block2,block3]","callbacks.gradcam.methods=[gradcam,gradcam_pre,gradcam_conv,hirescam]","callbacks.gradcam.bn_modes=[batch,eval]"]')
   STUDY_LIMIT=300
   MAIN_ARGS=(trainer.accelerator=cpu trainer.limit_train_batches=3 trainer.max_epochs=2)
   MAIN_LIMIT=120
-  BENCH_TRAIN=(--steps 2 --warmup 1 --workers 2 --config plain=smoke
-    --config fast=smoke,data.on_device=true,model.channels_last=true,trainer.precision=bf16-mixed
-    --config fast_check50=smoke,data.on_device=true,model.channels_last=true,trainer.precision=bf16-mixed,model.finite_check_every=50)
+  BENCH_TRAIN=(--steps 2 --warmup 1 --workers 2 --experiment smoke --config auto=smoke
+    --config eager_bf16=smoke,speed.on_device=true,speed.channels_last=true,trainer.precision=bf16-mixed,speed.cuda_graph=false)
+  BENCH_GRAPH=(--batches 16,32 --steps 3 --warmup 2 --width 8)
   BENCH_GRADCAM=(--images 512 --fid-samples 200 --train-steps 2)
-  PROFILE=(--steps 2 --warmup 1 --batch 16 --config plain=smoke --config fast=smoke,model.channels_last=true,trainer.precision=bf16-mixed)
+  PROFILE=(--steps 2 --warmup 1 --batch 16 --config plain=smoke --config fast=smoke,speed.channels_last=true,trainer.precision=bf16-mixed)
 else
   JOBS=8
   if [ "$ONLY" = study ]; then TRAIN_S=${TRAIN_S:-480} STUDY_LIMIT=${STUDY_LIMIT:-530}; fi
@@ -74,17 +75,32 @@ else
   STUDY_LIMIT=${STUDY_LIMIT:-300}
   MAIN_ARGS=()
   MAIN_LIMIT=${MAIN_LIMIT:-45}
-  BENCH_TRAIN=(--steps 150 --warmup 20 --workers 8 --config plain=mnist64
-    --config fast=mnist64_fast,model.compile=false
-    --config fast_check50=mnist64_fast,model.compile=false,model.finite_check_every=50
-    --config fast_compile_check50=mnist64_fast,model.finite_check_every=50)
+  # auto: the project's choice on this GPU (fp32, data on the device, the CUDA-graph step)
+  BENCH_TRAIN=(--steps 300 --warmup 30 --workers 8 --config auto=mnist64
+    --config eager_fp32=mnist64,speed.cuda_graph=false
+    --config graph_bf16=mnist64,trainer.precision=bf16-mixed,speed.cuda_graph=true
+    --config eager_bf16=mnist64,trainer.precision=bf16-mixed,speed.cuda_graph=false)
+  BENCH_GRAPH=()
   BENCH_GRADCAM=()
   PROFILE=(--steps 30 --warmup 15 --workers 8 --config plain=mnist64
-    --config fast=mnist64_fast,model.compile=false,model.finite_check_every=50)
+    --config auto=mnist64 --config eager_bf16=mnist64,trainer.precision=bf16-mixed,speed.cuda_graph=false)
 fi
 
+if [ "$ONLY" != study ]; then
+# 1. Speed: training paths against the PyTorch example's recipe (fixed meter: one sync a window,
+#    host syncs per step counted apart); the graphed step against eager and the device-only
+#    ceiling; the callbacks, curation scoring and FID against an epoch of training.
+step bench_train "${BENCH_TRAIN_LIMIT:-100}" $PY -m benchmarks.bench_train "${BENCH_TRAIN[@]}"
+step bench_graph 60 $PY -m benchmarks.bench_graph "${BENCH_GRAPH[@]}"
+step bench_gradcam 50 $PY -m benchmarks.bench_gradcam "${BENCH_GRADCAM[@]}"
+# 2. Where a step's time goes (host or device), for the paths that miss the speed goal.
+step profile 70 $PY -m benchmarks.profile_step "${PROFILE[@]}"
+cp "$LOGS/profile.log" "$OUT/profile.txt" 2>/dev/null
+fi
+
+
 if [ "$ONLY" != speed ]; then
-# 1. The resize cache and the MNIST classifier (FID's feature space), once, before any training.
+# 3. The resize cache and the MNIST classifier (FID's feature space), once, before any training.
 step prepare 120 $PY - <<'EOF'
 import torch
 from dcgan_xai.data.mnist import MNISTDataModule
@@ -97,14 +113,14 @@ _, acc = load_or_train_classifier(path, dm.train_set, dm.test_set, epochs=3, dev
 print(f"classifier {path}: test accuracy {acc:.4f}")
 EOF
 
-# 2. The study: a Hydra multirun, one job per run, all 8 at once as processes on the one GPU
+# 4. The study: a Hydra multirun, one job per run, all 8 at once as processes on the one GPU
 #    (joblib launcher), then the tables and the report. If no training got through its first
 #    epoch (the fast path failing on this GPU), the study runs again on the plain path. (timeout
 #    signals its whole process group, the launcher's worker processes with it.)
-STUDY=($PY -m dcgan_xai.study -m +study=claim_gpu hydra/launcher=joblib hydra.launcher.n_jobs=$JOBS out_dir="$WORK/studies")
+STUDY=($PY -m dcgan_xai.study -m +study=$STUDY_NAME hydra/launcher=joblib hydra.launcher.n_jobs=$JOBS out_dir="$WORK/studies")
 t_study=$(date +%s)
 OMP_NUM_THREADS=2 step study "$STUDY_LIMIT" "${STUDY[@]}" "${STUDY_ARGS[@]}" "$@"
-S="$WORK/studies/claim_gpu"
+S="$WORK/studies/$STUDY_NAME"
 left=$((STUDY_LIMIT - ($(date +%s) - t_study)))
 if [ "$left" -gt 120 ] && ! ls "$S"/runs/*/checkpoints/epoch=001.ckpt >/dev/null 2>&1; then
   echo "== no run finished an epoch on the fast path: the plain path, $left s" | tee -a "$SUMMARY"
@@ -112,7 +128,7 @@ if [ "$left" -gt 120 ] && ! ls "$S"/runs/*/checkpoints/epoch=001.ckpt >/dev/null
   cp -r "$S/jobs" "$LOGS/study_fast_path_jobs" 2>/dev/null
   rm -rf "$S"
   OMP_NUM_THREADS=2 step study "$left" "${STUDY[@]}" \
-    train_timeout_s=$((left - 50)) 'train_overrides=["model.finite_check_every=50","callbacks.quality.enabled=true","callbacks.gradcam.layers=[block1,block2,block3]","callbacks.gradcam.methods=[gradcam,gradcam_pre,gradcam_conv,hirescam]","callbacks.gradcam.bn_modes=[batch,eval]"]' "$@"
+    train_timeout_s=$((left - 50)) 'train_overrides=["speed.on_device=false","speed.cuda_graph=false","trainer.log_every_n_steps=50","callbacks.quality.enabled=true","callbacks.gradcam.layers=[block1,block2,block3]","callbacks.gradcam.methods=[gradcam,gradcam_pre,gradcam_conv,hirescam]","callbacks.gradcam.bn_modes=[batch,eval]"]' "$@"
 fi
 cp "$S/REPORT.md" "$OUT/study_REPORT.md" 2>/dev/null
 cp "$S/quality.csv" "$OUT/study_quality.csv" 2>/dev/null
@@ -125,22 +141,12 @@ cp -r "$S/jobs" "$LOGS/study_jobs" 2>/dev/null
 fi
 
 if [ "$ONLY" = all ]; then
-# 3. The README's main command, alone on the GPU for a while (stopped at the limit: the epochs it
+# 5. The README's main command, alone on the GPU for a while (stopped at the limit: the epochs it
 #    finished are checkpointed; the log gives its seconds per epoch).
 step main_command "$MAIN_LIMIT" $PY -m dcgan_xai.train experiment=mnist64 hydra.run.dir="$WORK/main_command" \
   trainer.enable_progress_bar=false "${MAIN_ARGS[@]}"
 ls -l --time-style=+%T "$WORK/main_command/checkpoints" 2>&1 | tee -a "$SUMMARY"
 
-fi
-
-if [ "$ONLY" != study ]; then
-# 4. Speed: training paths against the PyTorch example's recipe; the callbacks, curation scoring
-#    and FID against an epoch of training.
-step bench_train "${BENCH_TRAIN_LIMIT:-100}" $PY -m benchmarks.bench_train "${BENCH_TRAIN[@]}"
-step bench_gradcam 50 $PY -m benchmarks.bench_gradcam "${BENCH_GRADCAM[@]}"
-# 5. Where a step's time goes (host or device), for the paths that miss the speed goal.
-step profile 70 $PY -m benchmarks.profile_step "${PROFILE[@]}"
-cp "$LOGS/profile.log" "$OUT/profile.txt" 2>/dev/null
 fi
 
 tar -czf "$OUT/logs.tar.gz" -C "$WORK" logs 2>/dev/null

@@ -166,7 +166,9 @@ def _flat_run(rng, trend, noise, epochs=12, window=0.5, sets=2):
     the fitted change, measured with set-to-set noise ``noise``."""
     win = list(range(epochs - round(epochs * window) + 1, epochs + 1))
     x = np.asarray(win, dtype=float)
-    se_change = (win[-1] - win[0]) * noise / math.sqrt(sets) / math.sqrt(((x - x.mean()) ** 2).sum())
+    se_change = (
+        (win[-1] - win[0]) * noise / math.sqrt(sets) / math.sqrt(((x - x.mean()) ** 2).sum())
+    )
     slope = trend * se_change / (win[-1] - win[0])
     fid = {e: Fid(500.0, 1.0, sets, 500.0) for e in range(1, win[0])}
     for e in win:
@@ -206,7 +208,9 @@ def test_run_outcomes_give_log_gains_regret_and_the_oracle():
              "real_focus_mean": f} for e, f in [(1, 0.1), (2, 0.2), (3, 0.9), (4, 0.3)]]  # fmt: skip
     argmax = Variant("gradcam", "block3", "batch", "real", "focus", "argmax")
     o, oracle = run_outcomes({"seed": 0}, fid, rows, [argmax], 5, 0.5, Noise(0.1, 20))
-    assert o["epoch"] == 3 and o["gain"] == pytest.approx(math.log(30 / 40)) and o["outcome"] == "loss"
+    assert (
+        o["epoch"] == 3 and o["gain"] == pytest.approx(math.log(30 / 40)) and o["outcome"] == "loss"
+    )
     assert o["regret"] == pytest.approx(math.log(40 / 20))
     assert o["gain_vs_random"] == pytest.approx((math.log(40 / 40) + math.log(30 / 40)) / 2)
     assert oracle["variant"] == ORACLE and oracle["epoch"] == 2 and oracle["regret"] == 0.0

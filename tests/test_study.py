@@ -93,7 +93,7 @@ def test_cpu_sized_study_writes_its_report_and_rebuilds_it_from_its_tables(mnist
     assert all(d["decision"] in ("confirms", "refutes", "inconclusive") for d in planned)
     n_variants = 2 * 3 * 2 * 2 * 4 * 2
     assert len(read_csv(out / "outcomes.csv")) == 2 * (n_variants + 1)  # and the oracle
-    floor = json.loads((out / "fid_floor.json").read_text())["smoke"]
+    floor = json.loads((out / "study.json").read_text())["fid_floor"]["smoke"]
     assert floor["fid"] >= 0 and floor["images"] == "100 random train images (seed 1)"
     assert (out / "fid_by_run.png").is_file()
     meta = json.loads((out / "study.json").read_text())
@@ -144,7 +144,10 @@ def test_study_curation_arm_retrains_curated_and_control(mnist_fixture, tmp_path
         "curated vs control", "curated vs baseline"]  # fmt: skip
     assert not cur["design"]["can_decide"]  # one seed cannot decide anything
     report = (tmp_path / "cur" / "REPORT.md").read_text()
-    assert "## 1. Curation" in report and "Curation (share0.25), design check: the design cannot decide" in report
+    assert (
+        "## 1. Curation" in report
+        and "Curation (share0.25), design check: the design cannot decide" in report
+    )
     decisions = read_csv(tmp_path / "cur" / "decisions.csv")
     assert {d["question"] for d in decisions} == {"selection", "curation share0.25"}
 

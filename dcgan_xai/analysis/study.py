@@ -484,10 +484,6 @@ def report(
     write_csv(root / "scores.csv", ["experiment", "seed", *SCORE_FIELDS], scores)
     if curation:
         write_csv(root / "curation.csv", list(curation[0]), curation)
-    floors = {
-        e: fid_floor(study, root / "runs" / run_name(e, study.seeds[0])) for e in study.experiments
-    }
-    atomic_write_text(root / "fid_floor.json", json.dumps(floors, indent=2) + "\n")
     earlier = []
     if (root / "study.json").is_file():
         earlier = json.loads((root / "study.json").read_text()).get("sittings", [])
@@ -507,6 +503,10 @@ def report(
         "status": status,
         "settings": settings,
         "rules": evidence.RULES,
+        "fid_floor": {
+            e: fid_floor(study, root / "runs" / run_name(e, study.seeds[0]))
+            for e in study.experiments
+        },
     }
     atomic_write_text(root / "study.json", json.dumps(meta, indent=2) + "\n")
     return _report_from_tables(study, root)
@@ -551,7 +551,7 @@ def _report_from_tables(study: StudySettings, root: Path) -> dict[str, Any]:
     extra = {
         "curation": read_csv(root / "curation.csv") if (root / "curation.csv").is_file() else [],
         "pilot": _json(root / "pilot.json"),
-        "floor": _json(root / "fid_floor.json") or {},
+        "floor": meta.get("fid_floor", {}),
         "posthoc": meta.get("rules", "v1") != evidence.RULES,
         "protocol": {k: quality[0][k]
                      for k in ("samples", "reference", "classifier_accuracy", "classifier_md5")},

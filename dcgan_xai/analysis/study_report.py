@@ -50,8 +50,8 @@ def study_report(
         "",
         "`quality.csv` (FID/KID per run, arm, epoch and generated set), `scores.csv` (explanation "
         "scores per run, epoch, method, BN mode and layer), `curation.csv` and `pilot.json` (where "
-        "the study curates), `fid_floor.json`, `outcomes.csv` (every variant in every run), "
-        "`decisions.csv`, `study.json` (device, wall time, settings), `fid_by_run.png`. Rebuild "
+        "the study curates), `outcomes.csv` (every variant in every run), "
+        "`decisions.csv`, `study.json` (device, wall time, settings, the FID floor), `fid_by_run.png`. Rebuild "
         f"this report from them with `python -m dcgan_xai.study +study={study.name} "
         "report_only=true`.",
         "",
