@@ -219,6 +219,24 @@ def read_exclusion(cfg: DictConfig) -> tuple[torch.Tensor | None, dict[str, Any]
     return exclude, record
 
 
+def check_same_exclusion(run: RunDir, exclusion: dict[str, Any] | None) -> None:
+    """A resumed run trains on the images it started with: the exclusion manifest's content
+    (its MD5, the data it was made on, the count it removes) must be the one recorded."""
+    path = run.root / "exclusion.json"
+    before = json.loads(path.read_text()) if path.is_file() else None
+    if before is None or before == exclusion:
+        return
+    now = exclusion or {}
+    changed = [
+        k for k in ("manifest_md5", "fingerprint", "excluded") if before.get(k) != now.get(k)
+    ]
+    raise UserError(
+        f"resume=true but the exclusion manifest {before['manifest']} is not the one this run "
+        f"started with ({', '.join(changed)} changed: {before['excluded']} images excluded then, "
+        f"{now.get('excluded', 0)} now); restore it, or train the new manifest in a new run dir"
+    )
+
+
 def check_probe_size(cfg: DictConfig, datamodule: MNISTDataModule) -> None:
     assert datamodule.test_set is not None
     size, available = cfg.callbacks.gradcam.probe_size, len(datamodule.test_set)
@@ -363,6 +381,8 @@ def _train_owned(cfg: DictConfig, run: RunDir, time_limit_s: float | None) -> di
         if found is None:
             raise UserError(f"resume=true but no checkpoint in {run.checkpoints} can be read")
     exclude, exclusion = read_exclusion(cfg)
+    if recorded is not None:
+        check_same_exclusion(run, exclusion)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg, exclude)
     datamodule.setup()

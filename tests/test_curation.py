@@ -177,6 +177,24 @@ def test_bad_manifests_are_refused_before_training(
     assert not (run_dir / "checkpoints").exists() and not (run_dir / "config.yaml").exists()
 
 
+def test_resume_refuses_a_changed_exclusion_manifest(curated, smoke_cfg, tmp_path):
+    """Same path, new content: the resumed run would train on other images."""
+    first, half, _ = curated
+    shutil.copytree(half["dir"], tmp_path / "manifest")
+    manifest = tmp_path / "manifest" / "manifest.csv"
+    run_dir = tmp_path / "run"
+    args = ("data.limit=null", f"data.exclude={manifest}", "callbacks=none")
+    train(smoke_cfg(*args, "trainer.max_epochs=1"), run_dir)
+    record = (run_dir / "exclusion.json").read_text()
+    for name in ("manifest.csv", "summary.json"):
+        shutil.copy(Path(first["dir"]) / name, manifest.parent / name)
+    with pytest.raises(UserError, match=r"resume=true but the exclusion manifest .* is not the one "
+                       r"this run started with \(manifest_md5, excluded changed"):  # fmt: skip
+        train(smoke_cfg(*args, "trainer.max_epochs=2", "resume=true"), run_dir)
+    assert (run_dir / "exclusion.json").read_text() == record
+    assert RunDir(run_dir).checkpoint_epochs() == [1]
+
+
 def test_epoch_selected_needs_an_analysis(smoke_cfg, tmp_path):
     run = train(smoke_cfg("trainer.max_epochs=1", "callbacks=none"), tmp_path)
     with pytest.raises(
