@@ -28,11 +28,14 @@ def file_digest(path: str | os.PathLike[str], algorithm: str = "md5") -> str:
     return digest.hexdigest()
 
 
+TEMP_SUFFIX = ".dcgan_xai.tmp"  # the project's own temporary files, and only those, are cleaned up
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to a temporary file beside ``path``, then rename it over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -37,7 +37,7 @@ from dcgan_xai.data.mnist import MNISTDataModule
 from dcgan_xai.data.probe import Probe, make_probe
 from dcgan_xai.data.sources import MD5, SOURCES, ensure_mnist
 from dcgan_xai.errors import UserError
-from dcgan_xai.files import atomic_torch_save, safe_torch_load, write_csv
+from dcgan_xai.files import TEMP_SUFFIX, atomic_torch_save, safe_torch_load, write_csv
 from dcgan_xai.models.module import DCGAN
 
 CKPT_RE = re.compile(r"^epoch=(\d+)\.ckpt$")
@@ -126,8 +126,9 @@ def read_table(path: str | os.PathLike[str], parse: Any) -> list[dict[str, Any]]
 
 
 def remove_stale_temp_files(run: RunDir) -> list[Path]:
-    """Delete the temporary files of atomic writes that a killed process left in ``run``."""
-    stale = [p for p in run.root.rglob(".*.tmp") if p.is_file()]
+    """Delete the temporary files of the project's atomic writes that a killed process left in
+    ``run`` (``.<name>.<random>.dcgan_xai.tmp``); anyone else's files stay."""
+    stale = [p for p in run.root.rglob(f".*{TEMP_SUFFIX}") if p.is_file()]
     for path in stale:
         path.unlink()
     return stale
@@ -291,6 +292,20 @@ def is_first_process() -> bool:
     return all(os.environ.get(k, "0") == "0" for k in ("LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
 
 
+def held_by_another(run: RunDir) -> bool:
+    """Whether another process holds ``run``'s lock now (a refused start then touches nothing)."""
+    lock = run.root / LOCK_NAME
+    if not lock.is_file():
+        return False
+    with open(lock, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return False
+
+
 @contextmanager
 def owned(run: RunDir) -> Iterator[None]:
     """Hold ``<run>/.lock`` for the duration; a second training on the same dir is refused."""
@@ -331,7 +346,7 @@ def discard_unstarted_run(run_dir: str | Path, started: float) -> None:
     dir whose training never started: Hydra's files and job log, the lock, and the dir if it is
     then empty and held nothing older. Anything else, and anything older, stays."""
     run = RunDir(run_dir)
-    if not run.root.is_dir() or has_artifacts(run):
+    if not run.root.is_dir() or has_artifacts(run) or held_by_another(run):
         return
     pre_existing = any(p.stat().st_mtime < started for p in run.root.rglob("*"))
     ours = [run.root / ".hydra" / n for n in ("config.yaml", "hydra.yaml", "overrides.yaml")]

@@ -105,6 +105,23 @@ def test_resume_without_last_ckpt_or_with_a_damaged_one_uses_the_newest_good_epo
         assert same_weights(run.last_checkpoint, run.checkpoint(3))
 
 
+def test_a_start_refused_by_the_lock_leaves_the_holders_files(tmp_path, mnist_fixture):
+    """The refused process never held the lock: its clean-up must not touch the running
+    training's lock, log or Hydra record."""
+    root, _ = mnist_fixture
+    run = tmp_path / "r"
+    (run / ".hydra").mkdir(parents=True)
+    (run / "train.log").write_text("the holder's log\n")
+    with open(run / ".lock", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fh.write("pid 12345 on somehost since 2026-01-01 00:00:00\n")
+        fh.flush()
+        refused = cli(root, f"hydra.run.dir={run}")
+        assert refused.returncode == 2 and "is in use by another training" in refused.stderr
+        assert (run / ".lock").read_text().startswith("pid 12345")
+        assert (run / "train.log").read_text().startswith("the holder's log")
+
+
 def test_a_second_training_on_a_locked_run_dir_is_refused(smoke_cfg, tmp_path):
     run = tmp_path / "r"
     run.mkdir()
@@ -172,10 +189,13 @@ def test_resume_names_a_damaged_table_line_and_removes_stale_temp_files(
         train(smoke_cfg(same, "resume=true", "trainer.max_epochs=3"), run.root)
     lines = run.scores_csv.read_text().splitlines()
     run.scores_csv.write_text("\n".join(lines[:-1]) + "\n")
-    stale = run.gradcam / ".scores.csv.abc123.tmp"
+    stale = run.gradcam / ".scores.csv.abc123.dcgan_xai.tmp"
     stale.write_text("half a file")
+    users = run.root / ".notes.tmp"  # a temporary file of the user's, not of an atomic write
+    users.write_text("mine")
     train(smoke_cfg(same, "resume=true", "trainer.max_epochs=3"), run.root)
     assert not stale.exists() and run.checkpoint_epochs() == [1, 2, 3]
+    assert users.read_text() == "mine"
 
 
 @pytest.fixture
