@@ -394,7 +394,11 @@ def run_config(run: RunDir) -> Any:
 def datamodule_for_run(run: RunDir, trained: bool = False) -> MNISTDataModule:
     """The run's data as configured: the full splits, or with ``trained`` the train images the
     run actually trained on (its ``data.limit`` subset, less its exclusion manifest)."""
-    cfg = run_config(run)
+    return datamodule_for_config(run_config(run), trained)
+
+
+def datamodule_for_config(cfg: Any, trained: bool = False) -> MNISTDataModule:
+    """The data of a training config (see :func:`datamodule_for_run`), set up."""
     data = cfg.data
     sources, checksums = list(data.get("sources", SOURCES)), dict(data.get("checksums", MD5))
     exclude = None

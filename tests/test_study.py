@@ -141,7 +141,7 @@ def test_study_curation_arm_retrains_curated_and_control(mnist_fixture, tmp_path
     cur = result["recipes"]["smoke"]["curation"]["share0.25"]
     assert [s["seed"] for s in cur["seeds"]] == [0]
     assert [d["variant"] for d in cur["decisions"] if d["planned"]] == [
-        "curated vs control", "curated vs baseline"]  # fmt: skip
+        "curated vs control (final FID)", "curated vs baseline (final FID)"]  # fmt: skip
     assert not cur["design"]["can_decide"]  # one seed cannot decide anything
     report = (tmp_path / "cur" / "REPORT.md").read_text()
     assert (

@@ -44,6 +44,10 @@ RULES = "v2"
 ALPHA = 0.05
 MARGIN = math.log(1.03)  # the smallest gain worth having: 3% of FID
 POWER_GAIN = math.log(1 / 0.9)  # the curation design check's effect: 10% lower FID in every seed
+# The curation study's comparisons (A vs B: gain of arm A over arm B); by final FID, the first two
+# are planned, the rest (and all by best FID) are reported without a verdict.
+CURATION_PAIRS = (("curated", "control"), ("curated", "baseline"), ("control", "baseline"))
+CURATION_PLANNED = tuple(f"{a} vs {b} (final FID)" for a, b in CURATION_PAIRS[:2])
 ORACLE = "oracle (each run's lowest-FID epoch)"
 SCORES = ("focus", "coverage", "focus_delta", "coverage_delta")
 SELECTIONS = ("coarse", "argmax")

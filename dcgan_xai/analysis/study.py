@@ -40,6 +40,7 @@ from dcgan_xai.runs import (
     QUALITY_FIELDS,
     SCORE_FIELDS,
     RunDir,
+    datamodule_for_config,
     datamodule_for_run,
     ensure_probe,
     load_module,
@@ -280,10 +281,6 @@ def _run_summary(
     }  # fmt: skip
 
 
-CURATION_PLANNED = ("curated vs control", "curated vs baseline")
-CURATION_OTHER = ("control vs baseline",)
-
-
 def curation_verdicts(
     by_run: Mapping[tuple[int, str], Mapping[int, Fid]], se: float, delta: float
 ) -> dict[str, Any]:
@@ -311,16 +308,15 @@ def curation_verdicts(
                 continue
             arms = {k: _arm_fids(by_run[seed, arm]) for k, arm in names.items()}
             seeds.append({"seed": seed, **arms})
-            for name in (*CURATION_PLANNED, *CURATION_OTHER):
-                a, b = name.split(" vs ")
-                for what in ("final", "best"):
-                    gain = math.log(arms[b][what] / arms[a][what])
-                    rows.append({"seed": seed, "variant": name if what == "final" else f"{name} (best FID)",
-                                 "gain": gain, "se": se, "outcome": evidence.outcome(gain, se)})  # fmt: skip
-        decisions = evidence.decide(rows, list(CURATION_PLANNED), delta) if rows else []
-        claim = [float(r["gain"]) for r in rows if r["variant"] == CURATION_PLANNED[0]]
+            for (a, b), what in itertools.product(evidence.CURATION_PAIRS, ("final", "best")):
+                gain = math.log(arms[b][what] / arms[a][what])
+                rows.append({"seed": seed, "variant": f"{a} vs {b} ({what} FID)", "gain": gain,
+                             "se": se, "outcome": evidence.outcome(gain, se)})  # fmt: skip
+        planned = list(evidence.CURATION_PLANNED)
+        decisions = evidence.decide(rows, planned, delta) if rows else []
+        claim = [float(r["gain"]) for r in rows if r["variant"] == planned[0]]
         design = (
-            evidence.design_check(*evidence.power_gains(claim, se), delta, len(CURATION_PLANNED))
+            evidence.design_check(*evidence.power_gains(claim, se), delta, len(planned))
             if len(claim) > 1 else {"can_decide": False, "runs": len(claim)}
         )  # fmt: skip
         out[label] = {"seeds": seeds, "left_out": left_out, "rows": rows,
@@ -503,28 +499,24 @@ def report(
         "status": status,
         "settings": settings,
         "rules": evidence.RULES,
-        "fid_floor": {
-            e: fid_floor(study, root / "runs" / run_name(e, study.seeds[0]))
-            for e in study.experiments
-        },
+        "fid_floor": {e: fid_floor(study, e) for e in study.experiments},
     }
     atomic_write_text(root / "study.json", json.dumps(meta, indent=2) + "\n")
     return _report_from_tables(study, root)
 
 
-def fid_floor(study: StudySettings, run_dir: Path) -> dict[str, Any] | None:
+def fid_floor(study: StudySettings, experiment: str) -> dict[str, Any]:
     """FID of real images against the study's reference: ``fid_samples`` random training images
-    (seed ``fid_seed + 1``) in the study's meter; None where ``run_dir`` has no config."""
-    if not (run_dir / "config.yaml").is_file():
-        return None
+    (seed ``fid_seed + 1``) of ``experiment``'s data, in the study's meter."""
     a = study.analysis
-    dm = datamodule_for_run(RunDir(run_dir))
+    cfg = compose_config("train", [f"experiment={experiment}", *study.train_overrides])
+    dm = datamodule_for_config(cfg)
     assert dm.train_set is not None
     meter, record = quality_meter_for(dm, a, resolve_device(a.device))
     real = reference_images(dm.train_set.images, a.fid_samples, a.fid_seed + 1)
     fid = meter.score(to_unit_range(real))["fid"]
     return {"fid": fid, "images": f"{real.shape[0]} random train images (seed {a.fid_seed + 1})",
-            "reference": record["reference"]}  # fmt: skip
+            "reference": record["reference"], "classifier_md5": record["classifier_md5"]}  # fmt: skip
 
 
 def _study_table(

@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from dcgan_xai.analysis import figures
-from dcgan_xai.analysis.evidence import ORACLE, POWER_GAIN, RULES
+from dcgan_xai.analysis.evidence import CURATION_PLANNED, ORACLE, POWER_GAIN, RULES
 from dcgan_xai.analysis.markdown import num, pm, table
 
 TITLES = {
@@ -39,6 +39,7 @@ def study_report(
         "",
         *_setup(study, meta, extra),
         *_noise_table(result, extra),
+        "",
     ]
     if any(r["curation"] for r in result["recipes"].values()):
         lines += _curation(result, extra)
@@ -106,7 +107,7 @@ def _curation_verdicts(label: str, c: Mapping[str, Any]) -> list[str]:
     ]  # fmt: skip
     for v in c["decisions"]:
         if v["planned"]:
-            lines.append(f"- **Curation ({label}), {v['variant']} (final FID): "
+            lines.append(f"- **Curation ({label}), {v['variant']}: "
                          f"{_decision(v, can)}**: {_stats(v)}.")  # fmt: skip
     if c["left_out"]:
         lines.append(f"- Seeds left out (an arm missing or short of the baseline's epochs): "
@@ -146,6 +147,7 @@ def _setup(study: Any, meta: Mapping[str, Any], extra: Mapping[str, Any]) -> lis
         f"- Device: {meta.get('device', 'n/a')}; the study took {num(meta.get('wall_s'), 0)} s "
         f"of wall time{_sittings(meta)}.",
         f"- Failed runs: {len(failed)}" + (f" ({', '.join(failed)})." if failed else "."),
+        *[f"- Amended after the run: {line}" for line in meta.get("amended", [])],
         f"- FID/KID: {p['samples']} generated images per set against {p['reference']}; per "
         f"epoch one fixed-noise set and {a.fid_draws} fresh sets, whose mean is the epoch's FID. "
         f"Feature space: the project's MNIST classifier, test accuracy "
@@ -166,10 +168,16 @@ def _noise_table(result: Mapping[str, Any], extra: Mapping[str, Any]) -> list[st
     rows = []
     for exp, r in result["recipes"].items():
         floor = extra["floor"].get(exp) or {}
+        md5 = floor.get("classifier_md5", extra["protocol"]["classifier_md5"])
+        other = (
+            f"; classifier file MD5 `{md5}`, not the tables'"
+            if md5 != extra["protocol"]["classifier_md5"]
+            else ""
+        )
         rows.append([
             f"`{exp}`", num(r["noise"]["s"], 4), r["noise"]["df"], r["sets"], num(r["se"], 4),
             num(r["delta"], 4),
-            f"{num(floor.get('fid'), 2)} ({floor['images']})" if floor else "not measured",
+            f"{num(floor.get('fid'), 2)} ({floor['images']}{other})" if floor else "not measured",
         ])  # fmt: skip
     return table(
         ["recipe", "s (SD of log FID of one set)", "df", "fresh sets an epoch",
@@ -200,7 +208,7 @@ def _curation(result: Mapping[str, Any], extra: Mapping[str, Any]) -> list[str]:
             for s in c["seeds"]:
                 rec = records.get((exp, s["seed"], label), {})
                 gain = next(x for x in c["rows"] if x["seed"] == s["seed"]
-                            and x["variant"] == "curated vs control")  # fmt: skip
+                            and x["variant"] == CURATION_PLANNED[0])  # fmt: skip
                 rows.append([
                     s["seed"], f"{rec.get('epoch', 'n/a')}{' (no choice)' if rec.get('no_choice') == 'True' else ''}",
                     f"{rec.get('flagged', 'n/a')} / {rec.get('scored', 'n/a')}", _digits(rec.get("per_digit")),
