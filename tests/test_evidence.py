@@ -1,8 +1,7 @@
 import math
 
-import pytest
-
 import numpy as np
+import pytest
 
 from dcgan_xai.analysis.evidence import (
     MARGIN,
