@@ -4,7 +4,8 @@ holding ``.lock``; a resume only where a run exists). Atomic writes live in :mod
 
 A run directory looks like::
 
-    <run>/.hydra/                    Hydra's composed config
+    <run>/.hydra/                    Hydra's record of the latest accepted start
+    <run>/train.log                  the log of every accepted start
     <run>/checkpoints/epoch=NNN.ckpt  one per trained epoch (NNN = epochs trained), plus last.ckpt
     <run>/tensorboard/                TensorBoard event files
     <run>/probe.pt                    the fixed probe batch
@@ -20,6 +21,7 @@ from __future__ import annotations
 import csv
 import fcntl
 import inspect
+import logging
 import os
 import re
 import socket
@@ -30,14 +32,20 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from dcgan_xai.data.exclusion import fingerprint, load_exclusion
 from dcgan_xai.data.mnist import MNISTDataModule
 from dcgan_xai.data.probe import Probe, make_probe
 from dcgan_xai.data.sources import MD5, SOURCES, ensure_mnist
 from dcgan_xai.errors import UserError
-from dcgan_xai.files import TEMP_SUFFIX, atomic_torch_save, safe_torch_load, write_csv
+from dcgan_xai.files import (
+    TEMP_SUFFIX,
+    atomic_torch_save,
+    atomic_write_text,
+    safe_torch_load,
+    write_csv,
+)
 from dcgan_xai.models.module import DCGAN
 
 CKPT_RE = re.compile(r"^epoch=(\d+)\.ckpt$")
@@ -341,24 +349,48 @@ def owned(run: RunDir) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def discard_unstarted_run(run_dir: str | Path, started: float) -> None:
-    """Remove what this invocation (started at ``started``, a ``time.time()``) wrote into a run
-    dir whose training never started: Hydra's files and job log, the lock, and the dir if it is
-    then empty and held nothing older. Anything else, and anything older, stays."""
-    run = RunDir(run_dir)
-    if not run.root.is_dir() or has_artifacts(run) or held_by_another(run):
+def discard_unstarted_run(run_dir: str | Path) -> None:
+    """Remove the run dir of a start that was refused, if it is empty: Hydra creates the dir
+    before any check runs, and writes nothing into it (``hydra.output_subdir`` is null); what a
+    start writes comes after it was accepted (:func:`record_invocation`)."""
+    root = Path(run_dir)
+    if root.is_dir() and not any(root.iterdir()):
+        root.rmdir()
+
+
+def record_invocation(run: RunDir, composed: DictConfig) -> None:
+    """Hydra's record of this accepted start in ``<run>/.hydra/`` (``config.yaml`` as composed,
+    ``hydra.yaml``, ``overrides.yaml``), written by the training itself once it owns the run, so
+    a refused start never changes a run's record. Only for the Hydra app whose output dir is
+    this run (not a study job training into a dir of its own)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
         return
-    pre_existing = any(p.stat().st_mtime < started for p in run.root.rglob("*"))
-    ours = [run.root / ".hydra" / n for n in ("config.yaml", "hydra.yaml", "overrides.yaml")]
-    ours += [run.root / "train.log", run.root / LOCK_NAME]
-    for path in ours:
-        if path.is_file() and path.stat().st_mtime >= started:
-            path.unlink()
-    if pre_existing:
+    hydra = HydraConfig.get()
+    if Path(hydra.runtime.output_dir).resolve() != run.root.resolve():
         return
-    for folder in (run.root / ".hydra", run.root):
-        if folder.is_dir() and not any(folder.iterdir()):
-            folder.rmdir()
+    out = run.root / ".hydra"
+    atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(composed))
+    atomic_write_text(out / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra})))
+    atomic_write_text(out / "overrides.yaml", OmegaConf.to_yaml(hydra.overrides.task))
+
+
+@contextmanager
+def run_log(run: RunDir) -> Iterator[None]:
+    """Append the process's log records to ``<run>/train.log`` while a training it owns runs."""
+    handler = logging.FileHandler(run.root / "train.log")
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    lightning = logging.getLogger("lightning.pytorch")  # it stops propagating when it has its own
+    loggers = [logging.getLogger(), *([] if lightning.propagate else [lightning])]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+        handler.close()
 
 
 def resume_checkpoint(run: RunDir) -> tuple[Path, dict[str, Any]] | None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -14,8 +13,6 @@ from dcgan_xai.errors import check_overrides, report_user_errors
 from dcgan_xai.runs import discard_unstarted_run
 from dcgan_xai.training import train
 
-STARTED = time.time()  # before Hydra creates or writes anything
-
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> None:
@@ -23,7 +20,7 @@ def main(cfg: DictConfig) -> None:
     try:
         result = report_user_errors(lambda: train(cfg, run_dir))
     except SystemExit:
-        discard_unstarted_run(run_dir, STARTED)
+        discard_unstarted_run(run_dir)
         raise
     m = result["metrics"]
     losses = ", ".join(f"{k.removeprefix('epoch/')}={v:.3f}" for k, v in sorted(m.items()))

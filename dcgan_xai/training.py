@@ -7,6 +7,7 @@ import json
 import os
 import time
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +37,10 @@ from dcgan_xai.runs import (
     has_artifacts,
     is_first_process,
     owned,
+    record_invocation,
     remove_stale_temp_files,
     resume_checkpoint,
+    run_log,
 )
 from dcgan_xai.xai.gradcam import BN_MODES, METHODS, layer_names
 
@@ -356,6 +359,7 @@ def train(
 
 
 def _train_owned(cfg: DictConfig, run: RunDir, time_limit_s: float | None) -> dict[str, Any]:
+    composed = cfg
     if not os.access(run.root, os.W_OK):
         raise UserError(f"run dir {run.root} is not writable; choose another hydra.run.dir")
     if is_first_process():
@@ -398,10 +402,12 @@ def _train_owned(cfg: DictConfig, run: RunDir, time_limit_s: float | None) -> di
         atomic_write_text(run.root / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         if exclusion is not None:
             atomic_write_text(run.root / "exclusion.json", json.dumps(exclusion, indent=2) + "\n")
+        record_invocation(run, composed)
     start = time.perf_counter()
     stopped = None
     try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=str(found[0]) if found else None)
+        with run_log(run) if trainer.is_global_zero else nullcontext():
+            trainer.fit(model, datamodule=datamodule, ckpt_path=str(found[0]) if found else None)
     except TimeLimitReached as err:
         stopped = f"{err} after {time_limit_s:g} s"
         rank_zero_info(f"{run.root.name}: {stopped}; resume=true continues it")

@@ -105,7 +105,9 @@ def test_stratified_subset_is_seeded_and_proportional():
     counts = torch.bincount(labels[a], minlength=10)
     assert counts[0] == 19 and counts.sum() == 100
     assert not torch.equal(a, stratified_subset(labels, 100, seed=4))
-    with pytest.raises(UserError, match="subset size 5000 is not allowed; it must be in 1..1000"):
+    with pytest.raises(
+        UserError, match=r"data.limit=5000 is not allowed; it must be in 1..1000 \(the train"
+    ):
         stratified_subset(labels, 5000, 0)
 
 

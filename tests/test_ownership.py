@@ -45,6 +45,46 @@ def test_a_refused_start_keeps_the_users_files(tmp_path, mnist_fixture):
     assert not fresh.exists()
 
 
+def _one_error_line(stderr, named):
+    last = stderr.strip().splitlines()[-1]
+    return last.startswith("error: ") and named in last and "Traceback" not in stderr
+
+
+def _files(root):
+    """Every file under ``root`` and its bytes, but the lock (which names its latest holder)."""
+    files = [p for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".lock"]
+    return {str(p.relative_to(root)): p.read_bytes() for p in files}
+
+
+def test_a_refused_start_leaves_the_users_hydra_record_and_temp_files(tmp_path, mnist_fixture):
+    """Hydra writes nothing into the run dir: a refused start cannot overwrite (and then
+    delete) the user's own .hydra/ files, nor their .*.tmp files."""
+    data = data_overrides(*mnist_fixture)
+    run = tmp_path / "x"
+    (run / ".hydra").mkdir(parents=True)
+    for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
+        (run / ".hydra" / name).write_text(f"the user's {name}\n")
+    (run / ".notes.tmp").write_text("draft")
+    before = _files(run)
+    refused = cli(data[0][10:], *data, f"hydra.run.dir={run}", "data.limit=100000")
+    assert refused.returncode == 2 and _one_error_line(refused.stderr, "data.limit=100000")
+    assert _files(run) == before
+
+
+def test_a_refused_start_on_a_finished_run_leaves_its_record(tmp_path, mnist_fixture):
+    data = data_overrides(*mnist_fixture)
+    run = tmp_path / "r"
+    assert cli(data[0][10:], *data, f"hydra.run.dir={run}", "trainer.max_epochs=1").returncode == 0
+    assert "trainer.max_epochs=1" in (run / ".hydra" / "overrides.yaml").read_text()
+    assert (run / "train.log").stat().st_size > 0
+    (run / ".notes.tmp").write_text("draft")
+    before = _files(run)
+    for extra, named in (([], "already holds a run"), (["resume=true", "seed=7"], "seed=7")):
+        refused = cli(data[0][10:], *data, f"hydra.run.dir={run}", "trainer.max_epochs=1", *extra)
+        assert refused.returncode == 2 and _one_error_line(refused.stderr, named)
+        assert _files(run) == before  # .hydra/ still says what the run was trained with
+
+
 def test_any_run_artifact_needs_resume(smoke_run, smoke_cfg, tmp_path):
     shutil.copytree(smoke_run["run_dir"], tmp_path / "r")
     (tmp_path / "r" / "checkpoints" / "last.ckpt").unlink()  # a kill between the two writes

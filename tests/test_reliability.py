@@ -41,7 +41,7 @@ from tests.helpers import REPO, same_weights
         (["seed=1700000000000"], r"seed=1700000000000 is not allowed"),
         (["callbacks.quality.enabled=true", "callbacks.quality.samples=1"], r"callbacks.quality.samples must be >= 2"),
         (["model.arch=vgg"], r"model.arch='vgg' is not allowed; allowed: paper, tutorial"),
-        (["data.limit=100000"], r"subset size 100000 is not allowed; it must be in 1..300"),
+        (["data.limit=100000"], r"data.limit=100000 is not allowed; it must be in 1..300 \(the train split's images\)"),
         (["data.sources=[ftp]"], r"unknown data source 'ftp'; allowed: local, torchvision, npm"),
         (["trainer.max_epochs=0"], r"trainer.max_epochs=0 is not allowed; it must be >= 1"),
         (["data.batch_size=0"], r"data.batch_size=0 is not allowed; it must be >= 1"),

@@ -123,10 +123,13 @@ def load_split(files: Mapping[str, Path], split: str, size: int, cache_dir: Path
 
 
 def stratified_subset(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
-    """Seeded, class-stratified choice of ``n`` positions (sorted), proportional per class."""
+    """The ``data.limit`` subset: a seeded, class-stratified choice of ``n`` positions (sorted),
+    proportional per class."""
     total = labels.numel()
     if not 0 < n <= total:
-        raise UserError(f"subset size {n} is not allowed; it must be in 1..{total}")
+        raise UserError(
+            f"data.limit={n} is not allowed; it must be in 1..{total} (the train split's images)"
+        )
     gen = torch.Generator().manual_seed(seed)
     perm = torch.randperm(total, generator=gen)
     classes, counts = torch.unique(labels, return_counts=True)
