@@ -52,10 +52,12 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
-def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
+def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> str:
+    """``torch.save`` written whole or not at all; returns the file's SHA-256."""
     buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write_bytes(path, buf.getvalue())
+    return hashlib.sha256(buf.getvalue()).hexdigest()
 
 
 def safe_torch_load(path: str | os.PathLike[str], what: str) -> Any:

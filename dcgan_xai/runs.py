@@ -7,6 +7,7 @@ A run directory looks like::
     <run>/.hydra/                    Hydra's record of the latest accepted start
     <run>/train.log                  the log of every accepted start
     <run>/checkpoints/epoch=NNN.ckpt  one per trained epoch (NNN = epochs trained), plus last.ckpt
+    <run>/checkpoints/sha256.json     each checkpoint's SHA-256, recorded as it was written
     <run>/tensorboard/                TensorBoard event files
     <run>/probe.pt                    the fixed probe batch
     <run>/gradcam/epoch_NNN.pt        maps and scores of the probe after NNN epochs
@@ -21,6 +22,7 @@ from __future__ import annotations
 import csv
 import fcntl
 import inspect
+import json
 import logging
 import os
 import re
@@ -43,9 +45,11 @@ from dcgan_xai.files import (
     TEMP_SUFFIX,
     atomic_torch_save,
     atomic_write_text,
+    file_digest,
     safe_torch_load,
     write_csv,
 )
+from dcgan_xai.models.checkpoint import DIGESTS, RECORD_KEY
 from dcgan_xai.models.module import DCGAN
 
 CKPT_RE = re.compile(r"^epoch=(\d+)\.ckpt$")
@@ -393,22 +397,81 @@ def run_log(run: RunDir) -> Iterator[None]:
         handler.close()
 
 
+# Keys a resumed run may change: they cannot change its results (and every speed.* key).
+RESUME_MAY_CHANGE = (
+    "resume",
+    "speed.*",
+    "trainer.max_epochs",
+    "trainer.enable_progress_bar",
+    "trainer.log_every_n_steps",
+    "callbacks.gradcam.log_images",
+    "data.root",
+    "data.sources",
+    "data.cache_dir",
+)
+
+
+def flat_settings(cfg: Any) -> dict[str, Any]:
+    """A config's resolved settings as ``{"model.lr": 0.0002, ...}``."""
+
+    def flat(node: Any, prefix: str) -> dict[str, Any]:
+        if not isinstance(node, dict):
+            return {prefix[:-1]: node}
+        return {
+            k: v for key, value in node.items() for k, v in flat(value, f"{prefix}{key}.").items()
+        }
+
+    return flat(OmegaConf.to_container(cfg, resolve=True), "")
+
+
+def may_change(key: str) -> bool:
+    return any(
+        key == allowed or (allowed.endswith("*") and key.startswith(allowed[:-1]))
+        for allowed in RESUME_MAY_CHANGE
+    )
+
+
+def run_record(cfg: Any) -> dict[str, Any]:
+    """What identifies a run's training: every setting a resume may not change."""
+    return {k: v for k, v in flat_settings(cfg).items() if not may_change(k)}
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A training checkpoint's content, checked against the SHA-256 recorded when it was written
+    (where its folder has :data:`DIGESTS`; runs of older versions have none) and against the run
+    whose ``checkpoints/`` it lies in (that run's ``config.yaml``)."""
+    table = path.parent / DIGESTS
+    if table.is_file() and path.is_file():
+        recorded = json.loads(table.read_text()).get(path.name)
+        if recorded != file_digest(path, "sha256"):
+            how = "none was recorded" if recorded is None else "it differs from the recorded one"
+            raise UserError(f"checkpoint {path} is not the file training wrote there (its SHA-256: "
+                            f"{how} in {table}); it is damaged or was replaced")  # fmt: skip
+    ckpt = safe_torch_load(path, "checkpoint")
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
+        raise UserError(f"checkpoint {path} was not written by dcgan_xai's training")
+    config = path.parent.parent / "config.yaml"
+    saved, ours = (
+        ckpt.get(RECORD_KEY) or {},
+        run_record(OmegaConf.load(config)) if config.is_file() else {},
+    )
+    diff = sorted(k for k in saved.keys() & ours.keys() if saved[k] != ours[k])
+    if diff:
+        shown = "; ".join(f"{k}={saved[k]!r} (this run's: {ours[k]!r})" for k in diff[:3])
+        raise UserError(f"checkpoint {path} was written by another run: {shown}")
+    return ckpt
+
+
 def resume_checkpoint(run: RunDir) -> tuple[Path, dict[str, Any]] | None:
-    """The newest checkpoint of ``run`` that loads, and its content; a damaged one is named and
-    skipped."""
+    """The newest checkpoint of ``run`` that passes :func:`load_checkpoint`, and its content; a
+    damaged, replaced or foreign one is named and skipped."""
     candidates = [run.checkpoint(e) for e in reversed(run.checkpoint_epochs())]
     candidates += [run.last_checkpoint] if run.last_checkpoint.is_file() else []
     for path in candidates:
         try:
-            ckpt = safe_torch_load(path, "checkpoint")
+            return path, load_checkpoint(path)
         except UserError as err:
             warnings.warn(f"{err}; resuming from an older checkpoint", stacklevel=2)
-            continue
-        if isinstance(ckpt, dict) and "state_dict" in ckpt:
-            return path, ckpt
-        warnings.warn(
-            f"checkpoint {path} was not written by dcgan_xai's training; skipped", stacklevel=2
-        )
     return None
 
 
@@ -452,10 +515,9 @@ def datamodule_for_config(cfg: Any, trained: bool = False) -> MNISTDataModule:
 
 
 def load_module(path: Path) -> DCGAN:
-    """A DCGAN from a checkpoint, with a one-line error for a damaged or foreign file."""
-    ckpt = safe_torch_load(path, "checkpoint")
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
-        raise UserError(f"checkpoint {path} was not written by dcgan_xai's training")
+    """A DCGAN from a checkpoint (checked by :func:`load_checkpoint`), with a one-line error for
+    a damaged or foreign file."""
+    ckpt = load_checkpoint(path)
     known = inspect.signature(DCGAN).parameters  # settings of older versions are left out
     model = DCGAN(**{k: v for k, v in ckpt["hyper_parameters"].items() if k in known})
     try:

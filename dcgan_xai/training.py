@@ -33,14 +33,18 @@ from dcgan_xai.models.module import DCGAN, Speed
 from dcgan_xai.models.networks import IMAGE_SIZE, build_discriminator
 from dcgan_xai.numerics import choose, single_process, trains_on_cuda
 from dcgan_xai.runs import (
+    RESUME_MAY_CHANGE,
     RunDir,
+    flat_settings,
     has_artifacts,
     is_first_process,
+    may_change,
     owned,
     record_invocation,
     remove_stale_temp_files,
     resume_checkpoint,
     run_log,
+    run_record,
 )
 from dcgan_xai.xai.gradcam import BN_MODES, METHODS, layer_names
 
@@ -202,7 +206,7 @@ def build_trainer(cfg: DictConfig, run: RunDir, callbacks: list[L.Callback]) -> 
         default_root_dir=str(run.root),
         use_distributed_sampler=False,
         num_sanity_val_steps=0,
-        plugins=[AtomicCheckpointIO()],
+        plugins=[AtomicCheckpointIO(run_record(cfg))],
     )
 
 
@@ -279,42 +283,12 @@ def check_resumable(path: Path, ckpt: dict[str, Any], model: DCGAN) -> None:
         )
 
 
-# Keys a resumed run may change: they cannot change its results (and every speed.* key).
-RESUME_MAY_CHANGE = (
-    "resume",
-    "speed.*",
-    "trainer.max_epochs",
-    "trainer.enable_progress_bar",
-    "trainer.log_every_n_steps",
-    "callbacks.gradcam.log_images",
-    "data.root",
-    "data.sources",
-    "data.cache_dir",
-)
-
-
-def _flat(cfg: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(cfg, dict):
-        out: dict[str, Any] = {}
-        for key, value in cfg.items():
-            out.update(_flat(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: cfg}
-
-
-def may_change(key: str) -> bool:
-    return any(
-        key == allowed or (allowed.endswith("*") and key.startswith(allowed[:-1]))
-        for allowed in RESUME_MAY_CHANGE
-    )
-
-
 def check_same_config(recorded: DictConfig, cfg: DictConfig) -> None:
     """Refuse a resume whose settings differ from the run's, but for :data:`RESUME_MAY_CHANGE`."""
-    old = _flat(OmegaConf.to_container(recorded, resolve=True))
-    new = _flat(OmegaConf.to_container(cfg, resolve=True))
+    old = flat_settings(recorded)
+    new = flat_settings(cfg)
     # a setting added to the schema after the run was made: the run trained at its default
-    default = _flat(OmegaConf.to_container(OmegaConf.structured(TrainConfig)))
+    default = flat_settings(OmegaConf.structured(TrainConfig))
     old.update({k: default[k] for k in new.keys() - old.keys() if k in default})
     # a setting removed from the schema since (a speed knob that moved to speed.*): ignored
     old = {k: v for k, v in old.items() if k in default or k in new}

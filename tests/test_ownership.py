@@ -1,6 +1,7 @@
 """A run dir is owned: nothing the user had is deleted, no two runs mix, checkpoints are atomic."""
 
 import fcntl
+import json
 import os
 import shutil
 import signal
@@ -13,7 +14,7 @@ import torch
 
 from dcgan_xai.errors import UserError
 from dcgan_xai.models.checkpoint import AtomicCheckpointIO
-from dcgan_xai.runs import RunDir, read_csv
+from dcgan_xai.runs import RunDir, load_module, read_csv, resume_checkpoint
 from dcgan_xai.training import train
 from tests.helpers import REPO, data_overrides, same_weights
 
@@ -145,6 +146,39 @@ def test_resume_without_last_ckpt_or_with_a_damaged_one_uses_the_newest_good_epo
         assert same_weights(run.last_checkpoint, run.checkpoint(3))
 
 
+def _flip_a_byte_inside(path):
+    """Change one byte of a tensor's storage: the zip still opens and the file still loads."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    path.write_bytes(bytes(data))
+    torch.load(path, weights_only=True)  # loads without a word: only the recorded digest knows
+
+
+def test_a_damaged_or_replaced_checkpoint_is_refused(smoke_run, smoke_cfg, tmp_path):
+    """Issue 29, severe case 5: each checkpoint's SHA-256 is recorded as it is written and
+    checked before resume, analyze or curate use it; so is the run that wrote it."""
+    same = "callbacks.gradcam.layers=[block1,block3]"
+    run = RunDir(tmp_path / "r")
+    shutil.copytree(smoke_run["run_dir"], run.root)
+    assert sorted(json.loads((run.checkpoints / "sha256.json").read_text())) == [
+        "epoch=001.ckpt", "epoch=002.ckpt", "last.ckpt"]  # fmt: skip
+    for path in (run.last_checkpoint, run.checkpoint(2)):
+        _flip_a_byte_inside(path)
+    with pytest.raises(UserError, match=r"epoch=002.ckpt is not the file training wrote there"):
+        load_module(run.checkpoint(2))
+    with pytest.warns(UserWarning, match="epoch=002.ckpt is not the file training wrote there"):
+        path, _ = resume_checkpoint(run)
+    assert path == run.checkpoint(1)
+    # another seed's checkpoints, digests and all, in this run's folder
+    other = train(smoke_cfg(same, "seed=5", "trainer.max_epochs=1"), tmp_path / "seed5")
+    shutil.copy(RunDir(other["run_dir"]).checkpoint(1), run.checkpoint(1))
+    shutil.copy(RunDir(other["run_dir"]).checkpoints / "sha256.json", run.checkpoints)
+    with pytest.raises(UserError, match=r"written by another run: seed=5 \(this run's: 0\)"):
+        load_module(run.checkpoint(1))
+    with pytest.raises(UserError, match="no checkpoint in .* can be read"):
+        train(smoke_cfg(same, "resume=true", "trainer.max_epochs=3"), run.root)
+
+
 def test_a_start_refused_by_the_lock_leaves_the_holders_files(tmp_path, mnist_fixture):
     """The refused process never held the lock: its clean-up must not touch the running
     training's lock, log or Hydra record."""
@@ -189,7 +223,7 @@ def test_checkpoints_are_written_beside_their_target_and_renamed(tmp_path, monke
     with pytest.raises(OSError, match="No space left"):
         AtomicCheckpointIO().save_checkpoint({"a": torch.zeros(2)}, target)
     assert target.read_bytes() == good  # the old file is intact, no temp file is left
-    assert [p.name for p in tmp_path.iterdir()] == ["epoch=001.ckpt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch=001.ckpt", "sha256.json"]
 
 
 @pytest.mark.slow
@@ -276,5 +310,6 @@ def test_checkpoints_never_pass_through_a_temp_dir_on_another_filesystem(
         "epoch=001.ckpt",
         "epoch=002.ckpt",
         "last.ckpt",
+        "sha256.json",
     ]
     assert not list(tmpfs_tempdir.rglob("*"))
