@@ -9,8 +9,10 @@ import csv
 import hashlib
 import io
 import os
+import shutil
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,25 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def new_folder(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """A folder written whole or not at all: the block writes into a temporary folder beside
+    ``target``, which is renamed to ``target`` when the block ends (and removed if it fails).
+    An existing ``target`` is never replaced: it is refused in one line."""
+    target = Path(target)
+    if target.exists():
+        raise UserError(f"{target} already exists; choose another name, or remove it first")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=TEMP_SUFFIX))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)
+        os.rename(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

@@ -328,3 +328,26 @@ def test_the_flagged_examples_show_the_maps_that_were_scored(smoke_run):
         assert torch.equal(scores["top_maps"][slot], maps[position - start])
     alone = grad_cam(d, to_unit_range(split.images[top]), "block1", bn_mode="batch")
     assert not torch.equal(alone, scores["top_maps"])  # a batch of its own gives other maps
+
+
+def test_a_curation_lands_whole_or_not_at_all_and_is_never_written_over(
+    smoke_run, tmp_path, monkeypatch
+):
+    """Issue 29, severe case 6: a kill between a curation's files leaves no folder (no manifest
+    beside another curation's summary), and a second curation under a name is refused."""
+    run = RunDir(tmp_path / "r")
+    shutil.copytree(smoke_run["run_dir"], run.root)
+    kept = curate_run(run.root, epoch=2, name="c", progress=False, control=True)
+    before = {p.name: p.read_bytes() for p in Path(kept["dir"]).iterdir()}
+    with pytest.raises(UserError, match=r"curation .*/curation/c already exists; choose another"):
+        curate_run(run.root, epoch=1, name="c", flag_threshold=0.1, progress=False)
+    assert {p.name: p.read_bytes() for p in Path(kept["dir"]).iterdir()} == before
+
+    def killed(*args, **kwargs):  # dies after manifest.csv and summary.json, before the figures
+        raise KeyboardInterrupt
+
+    listed = sorted(p.name for p in (run.root / "curation").iterdir())
+    monkeypatch.setattr("dcgan_xai.analysis.figures.save_png", killed)
+    with pytest.raises(KeyboardInterrupt):
+        curate_run(run.root, epoch=1, name="d", progress=False, control=True)
+    assert sorted(p.name for p in (run.root / "curation").iterdir()) == listed  # no d, no temp

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from dcgan_xai.data.exclusion import MANIFEST_FIELDS, fingerprint
 from dcgan_xai.data.mnist import Split, to_unit_range
 from dcgan_xai.data.sources import ensure_mnist
 from dcgan_xai.errors import UserError
-from dcgan_xai.files import atomic_write_text, file_digest, write_csv
+from dcgan_xai.files import atomic_write_text, file_digest, new_folder, write_csv
 from dcgan_xai.runs import RunDir, datamodule_for_run, load_module
 from dcgan_xai.xai.gradcam import grad_cam
 from dcgan_xai.xai.overlay import side_by_side
@@ -189,6 +190,8 @@ def curate_run(
     if name is not None and (not name or Path(name).name != name or name in (".", "..")):
         raise UserError(f"name={name!r} is not allowed; it must be a plain folder name (no '/')")
     run = RunDir(run_dir)
+    if name is not None:  # refused before the scoring, not after it
+        _refuse_existing(run, name, control)
     path = resolve_checkpoint(run, epoch, ckpt)
     model = load_module(path)
     device = resolve_device(device)
@@ -233,49 +236,42 @@ def curate_run(
         "seed": seed,
         "device": str(device),
     }
-    out = run.curation(name)
+    _refuse_existing(run, name, control)
     assert dm.full_train_labels is not None
-    labels = dm.full_train_labels
-    summary = _write_manifest(
-        out,
-        scores,
-        flagged,
-        labels,
-        {
-            **common,
-            "settings": settings,
-            "seconds": seconds,
-            "images_per_second": len(dm.train_set) / seconds if seconds > 0 else None,
-        },
-    )
-    hist = figures.histogram(
-        scores["coverage"], flag_threshold, f"{name}: {summary['flagged']} flagged"
-    )
-    figures.save_png(hist, out / "coverage_hist.png")
-    top = scores["top_positions"]  # the maps shown are the ones scored, in their own batch
-    images = to_unit_range(dm.train_set.images[top])
-    figures.save_png(
-        figures.tiles_image(side_by_side(images, scores["top_maps"]), nrow=8),
-        out / "flagged_examples.png",
-    )
-    summary["dir"] = str(out)
-    if control:
-        arm = matched_control(scores["label"], flagged, seed)
-        control_dir = run.curation(f"{name}-control")
-        _write_manifest(
-            control_dir,
-            scores,
-            arm,
-            labels,
-            {
-                **common,
-                "settings": {**settings, "control_of": name},
-                "seconds": 0.0,
-                "images_per_second": None,
-            },
+    record = {**common, "settings": settings, "seconds": seconds,
+              "images_per_second": len(dm.train_set) / seconds if seconds > 0 else None}  # fmt: skip
+    out, control_dir = run.curation(name), run.curation(f"{name}-control")
+    with ExitStack() as folders:  # both folders appear together, each whole, or neither
+        tmp = folders.enter_context(new_folder(out))
+        summary = _write_manifest(tmp, scores, flagged, dm.full_train_labels, record)
+        hist = figures.histogram(
+            scores["coverage"], flag_threshold, f"{name}: {summary['flagged']} flagged"
         )
-        summary["control_dir"] = str(control_dir)
+        figures.save_png(hist, tmp / "coverage_hist.png")
+        top = scores["top_positions"]  # the maps shown are the ones scored, in their own batch
+        images = to_unit_range(dm.train_set.images[top])
+        figures.save_png(
+            figures.tiles_image(side_by_side(images, scores["top_maps"]), nrow=8),
+            tmp / "flagged_examples.png",
+        )
+        summary["dir"] = str(out)
+        if control:
+            arm = matched_control(scores["label"], flagged, seed)
+            _write_manifest(folders.enter_context(new_folder(control_dir)), scores, arm,
+                            dm.full_train_labels, {**record, "seconds": 0.0, "images_per_second": None,
+                                                   "settings": {**settings, "control_of": name}})  # fmt: skip
+            summary["control_dir"] = str(control_dir)
     return summary
+
+
+def _refuse_existing(run: RunDir, name: str, control: bool) -> None:
+    """A curation is never written over: refuse a name whose folder (or control's) exists."""
+    for folder in (name, f"{name}-control") if control else (name,):
+        if run.curation(folder).exists():
+            raise UserError(
+                f"curation {run.curation(folder)} already exists; choose another name=, or "
+                "remove that folder first"
+            )
 
 
 def _write_manifest(
