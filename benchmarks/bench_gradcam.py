@@ -1,4 +1,5 @@
-"""Grad-CAM costs: the per-epoch callback against an epoch of training, scoring the whole
+"""Grad-CAM costs: the per-epoch callback against an epoch of training (and its check at train
+start against one epoch's explanation), scoring the whole
 train split for curation against a bare Captum call, and per-epoch FID.
 
     python -m benchmarks.bench_gradcam [--data data/mnist] [--images 60000] [--fid-samples 10000]
@@ -20,6 +21,7 @@ from torchmetrics.image.kid import KernelInceptionDistance
 
 from benchmarks.common import PILMNIST, full_width_nets, machine, reference_loop
 from dcgan_xai.analysis.curation import score_split
+from dcgan_xai.callbacks.gradcam import check_gan
 from dcgan_xai.data.mnist import MNISTDataModule, to_unit_range
 from dcgan_xai.data.probe import make_probe
 from dcgan_xai.metrics.quality import MNISTClassifier, QualityMeter
@@ -75,6 +77,10 @@ def main() -> None:
           f"training: {epoch_s:.1f} s ({rate:.0f} images/s); ratio {100 * cb_s / epoch_s:.2f}% of an epoch",
           flush=True)  # fmt: skip
     blocks = ["block1", "block2", "block3"]
+    real = to_unit_range(probe.images[:2].to(device))
+    check_s = timed(lambda: check_gan(d, g, real, [(100, 1, 1)], blocks, ["gradcam"]), 3)
+    print(f"the callback's check at train start (2 probe images, 3 blocks; once a fit): "
+          f"{check_s:.3f} s; ratio {check_s / cb_s:.2f}x one epoch's explanation", flush=True)  # fmt: skip
 
     def every_method() -> None:
         for method in METHODS:

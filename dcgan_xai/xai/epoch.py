@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from dcgan_xai.state import preserved_state
-from dcgan_xai.xai.gradcam import grad_cam
+from dcgan_xai.xai.gradcam import grad_cam, logits, set_bn_mode
 from dcgan_xai.xai.scores import summarize
 
 
@@ -19,8 +19,8 @@ from dcgan_xai.xai.scores import summarize
 def probe_probability(discriminator: torch.nn.Module, images: torch.Tensor, bn_mode: str) -> float:
     """Mean D(x) over ``images`` in the given BN mode, with D left unchanged."""
     with preserved_state(discriminator):
-        discriminator.train(bn_mode == "batch")
-        return torch.sigmoid(discriminator(images).float()).mean().item()
+        set_bn_mode(discriminator, bn_mode)
+        return torch.sigmoid(logits(discriminator, images)).mean().item()
 
 
 def explain_epoch(

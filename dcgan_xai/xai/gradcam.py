@@ -22,33 +22,84 @@ METHODS = ("gradcam", "gradcam_pre", "gradcam_conv", "hirescam")
 
 
 def layer_names(discriminator: nn.Module) -> list[str]:
-    """The names Grad-CAM accepts: the discriminator's named blocks."""
+    """The blocks Grad-CAM lists: the discriminator's ``block_names`` or its named children (any
+    other dotted submodule path, such as ``main.2``, is accepted too)."""
     names = getattr(discriminator, "block_names", None)
     if names is None:
         names = [n for n, _ in discriminator.named_children()]
     return list(names)
 
 
-def _check_layers(discriminator: nn.Module, layer: str | Sequence[str]) -> list[str]:
+def check_layers(discriminator: nn.Module, layer: str | Sequence[str]) -> list[str]:
     layers = [layer] if isinstance(layer, str) else list(layer)
     valid = layer_names(discriminator)
+    paths = {n for n, _ in discriminator.named_modules() if n}
     for name in layers:
-        if name not in valid:
-            raise UserError(f"unknown Grad-CAM layer {name!r}; valid layers: {', '.join(valid)}")
+        if name not in valid and name not in paths:
+            raise UserError(
+                f"unknown Grad-CAM layer {name!r}; valid layers: {', '.join(valid)}, or any "
+                f"submodule path of {type(discriminator).__name__} (such as "
+                f"{sorted(paths, key=len)[-1]!r})"
+            )
     if not layers:
         raise UserError(f"no Grad-CAM layer given; valid layers: {', '.join(valid)}")
     return layers
 
 
+CONVS = (nn.Conv2d, nn.ConvTranspose2d)
+NORMS = (nn.BatchNorm2d, nn.InstanceNorm2d, nn.GroupNorm, nn.LayerNorm)
+ACTIVATIONS = (nn.LeakyReLU, nn.ReLU, nn.ELU, nn.GELU, nn.SiLU, nn.PReLU, nn.Tanh)
+
+
 def explained_module(block: nn.Module, method: str) -> nn.Module:
-    """The submodule of ``block`` whose output ``method`` explains."""
+    """The submodule of ``block`` whose output ``method`` explains. ``gradcam_conv`` and
+    ``gradcam_pre`` need a block of the form (conv, [norm,] activation); any other block is
+    refused with the reason, never explained at a layer the method does not name."""
     if method not in METHODS:
         raise UserError(f"method={method!r} is not allowed; allowed: {', '.join(METHODS)}")
-    if method == "gradcam_conv":
-        return block[0] if isinstance(block, nn.Sequential) else block
-    if method == "gradcam_pre":
-        return block[-2] if isinstance(block, nn.Sequential) and len(block) > 1 else block
-    return block
+    if method in ("gradcam", "hirescam"):
+        return block
+    parts = list(block) if isinstance(block, nn.Sequential) else []
+    fits = (
+        len(parts) in (2, 3)
+        and isinstance(parts[0], CONVS)
+        and isinstance(parts[-1], ACTIVATIONS)
+        and (len(parts) == 2 or isinstance(parts[1], NORMS))
+    )
+    if not fits:
+        shown = [type(m).__name__ for m in parts] or [type(block).__name__]
+        raise UserError(
+            f"method={method} needs a block (conv, [norm,] activation); this one is "
+            f"({', '.join(shown)}): use gradcam or hirescam there"
+        )
+    return parts[0] if method == "gradcam_conv" else parts[-2]
+
+
+def set_bn_mode(discriminator: nn.Module, bn_mode: str) -> None:
+    """``batch``: normalisation layers use the batch's statistics (train mode); ``eval``: their
+    running statistics. Dropout stays off in both: an explanation is deterministic."""
+    discriminator.train(bn_mode == "batch")
+    for m in discriminator.modules():
+        if isinstance(m, nn.modules.dropout._DropoutNd):
+            m.eval()
+
+
+def logits(discriminator: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """D's logit per image (N,). Where D's last registered layer is a Sigmoid that its forward
+    runs, D returns a probability: the logit is that Sigmoid's input."""
+    last = list(discriminator.modules())[-1]
+    seen: list[torch.Tensor] = []
+    handle = (
+        last.register_forward_hook(lambda _m, inp, _out: seen.append(inp[0]))
+        if isinstance(last, nn.Sigmoid)
+        else None
+    )
+    try:
+        out = discriminator(images)
+    finally:
+        if handle is not None:
+            handle.remove()
+    return (seen[-1] if seen else out).reshape(images.shape[0]).float()
 
 
 def normalize_maps(cam: torch.Tensor) -> torch.Tensor:
@@ -73,12 +124,12 @@ def grad_cam(
     divided per image by their max. A map that is all zero (degenerate) stays zero.
 
     Args:
-        discriminator: a module mapping images (N, C, H, W) to logits (N,). It is left
-            exactly as it was found (see :func:`preserved_state`).
+        discriminator: a module mapping images (N, C, H, W) to logits (N,), or to
+            probabilities through a final Sigmoid (its input, the logit, is explained). It is
+            left exactly as it was found (see :func:`preserved_state`).
         images: (N, C, H, W) in [-1, 1].
-        layer: a block name (``block1``...) or a list of names.
-        bn_mode: ``batch`` uses the images' own batch statistics in BatchNorm;
-            ``eval`` uses D's running statistics.
+        layer: a block name (``block1``...) or any submodule path, or a list of them.
+        bn_mode: see :func:`set_bn_mode`.
         relu: apply the ReLU of Grad-CAM; without it maps lie in [-1, 1].
         method: one of :data:`METHODS`; ``gradcam`` is the paper's.
 
@@ -92,7 +143,7 @@ def grad_cam(
         raise UserError(f"bn_mode={bn_mode!r} is not allowed; allowed: {', '.join(BN_MODES)}")
     if images.ndim != 4:
         raise UserError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
-    layers = _check_layers(discriminator, layer)
+    layers = check_layers(discriminator, layer)
     targets = {name: explained_module(discriminator.get_submodule(name), method) for name in layers}
     device_type = images.device.type
     no_autocast = (
@@ -107,11 +158,11 @@ def grad_cam(
         torch.enable_grad(),
         no_autocast,
     ):
-        discriminator.train(bn_mode == "batch")
+        set_bn_mode(discriminator, bn_mode)
         x = images.detach().clone().float()  # a normal tensor even under inference mode
 
         def logit(inp: torch.Tensor) -> torch.Tensor:
-            return discriminator(inp).reshape(inp.shape[0]).float()
+            return logits(discriminator, inp)
 
         for name in layers:
             if method == "hirescam":
@@ -145,7 +196,7 @@ def linear_head_decomposition(
     if not isinstance(head, nn.Conv2d) or head.bias is not None or head.out_channels != 1:
         return None
     with preserved_state(discriminator):
-        discriminator.train(bn_mode == "batch")
+        set_bn_mode(discriminator, bn_mode)
         x = images.float()
         for name in names:
             x = discriminator.get_submodule(name)(x)

@@ -5,14 +5,11 @@ from __future__ import annotations
 import torch
 
 
-def _hw(x: torch.Tensor) -> torch.Tensor:
-    """(N, 1, H, W) or (N, H, W) to (N, H, W)."""
-    return x[:, 0] if x.ndim == 4 else x
-
-
 def digit_mask(images: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
-    """Pixels of the digit: value in [0, 1] scale above ``threshold``; images in [-1, 1]."""
-    return (_hw(images).float() + 1.0) / 2.0 > threshold
+    """Pixels of the digit (N, H, W): the mean over channels, in [0, 1] scale, above
+    ``threshold``; images (N, C, H, W) or (N, H, W) in [-1, 1]."""
+    gray = images.float().mean(1) if images.ndim == 4 else images.float()
+    return (gray + 1.0) / 2.0 > threshold
 
 
 def is_degenerate(maps: torch.Tensor) -> torch.Tensor:
