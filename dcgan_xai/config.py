@@ -6,6 +6,8 @@ OmegaConf with an error naming the key.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,76 @@ from dcgan_xai.xai.gradcam import BN_MODES, METHODS
 
 SCORES = ("focus", "coverage")
 PROBES = ("real", "fake")
+
+
+def _at_least(low: float) -> tuple[str, Callable[[Any], bool]]:
+    return f">= {low:g}", lambda v: v >= low  # NaN fails every comparison: refused too
+
+
+def _finite(low: float, strict: bool) -> tuple[str, Callable[[Any], bool]]:
+    return (f"a finite number {'>' if strict else '>='} {low:g}",
+            lambda v: math.isfinite(v) and (v > low if strict else v >= low))  # fmt: skip
+
+
+FRACTION = ("in [0, 1]", lambda v: 0 <= v <= 1)
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true", "single_device")
+PRECISIONS = ("auto", "32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "16-true")
+
+# The ranges of the training config that its types cannot state, one row per key: the first
+# value outside its range is refused in one line before anything starts (training.validate).
+TRAIN_RANGES: tuple[tuple[str, tuple[str, Callable[[Any], bool]]], ...] = (
+    ("seed", (f"in 0..{2**32 - 1}", lambda v: 0 <= v < 2**32)),
+    ("data.batch_size", _at_least(1)),
+    ("model.nz", _at_least(1)),
+    ("model.ngf", _at_least(1)),
+    ("model.ndf", _at_least(1)),
+    ("model.lr", _finite(0, strict=True)),
+    ("model.beta1", ("in [0, 1)", lambda v: 0 <= v < 1)),
+    ("model.beta2", ("in [0, 1)", lambda v: 0 <= v < 1)),
+    ("model.bn_momentum", FRACTION),
+    ("model.n_samples", _at_least(1)),
+    ("model.instance_noise", _finite(0, strict=False)),
+    ("model.instance_noise_decay_epochs", _finite(0, strict=False)),
+    ("model.lr_gamma", _finite(0, strict=True)),
+    ("model.lr_milestones", ("increasing epochs >= 1",
+                             lambda v: list(v) == sorted(set(v)) and all(e >= 1 for e in v))),
+    ("trainer.accelerator", (f"one of {', '.join(ACCELERATORS)}", lambda v: v in ACCELERATORS)),
+    ("trainer.strategy", (f"one of {', '.join(STRATEGIES)}", lambda v: v in STRATEGIES)),
+    ("trainer.precision", (f"one of {', '.join(PRECISIONS)}", lambda v: str(v) in PRECISIONS)),
+    ("trainer.devices", ("auto, -1 (all), a count >= 1 or a list of device ids",
+                         lambda v: v == "auto" or (isinstance(v, int) and (v >= 1 or v == -1))
+                         or (isinstance(v, str) and v not in ("", "0"))
+                         or (not isinstance(v, (int, str)) and len(v) > 0))),
+    ("trainer.num_nodes", _at_least(1)),
+    ("trainer.max_epochs", _at_least(1)),
+    ("trainer.log_every_n_steps", _at_least(1)),
+    ("trainer.limit_train_batches", ("a finite number > 0 (a share up to 1.0, or a count), or null",
+                                     lambda v: v is None or (math.isfinite(v) and v > 0))),
+    ("callbacks.gradcam.probe_size", _at_least(1)),
+    ("callbacks.gradcam.every_n_epochs", _at_least(1)),
+    ("callbacks.gradcam.pixel_threshold", FRACTION),
+    ("callbacks.gradcam.flag_threshold", FRACTION),
+    ("callbacks.gradcam.mask_threshold", FRACTION),
+    ("callbacks.quality.samples", _at_least(2)),
+    ("callbacks.quality.fresh_draws", _at_least(0)),
+    ("callbacks.quality.seed", (f"in 0..{2**32 - 1}", lambda v: 0 <= v < 2**32)),
+    ("callbacks.quality.every_n_epochs", _at_least(1)),
+    ("callbacks.quality.batch_size", _at_least(1)),
+    ("callbacks.quality.classifier_epochs", _at_least(1)),
+    ("callbacks.quality.min_accuracy", FRACTION),
+)  # fmt: skip
+
+
+def check_ranges(
+    cfg: DictConfig, ranges: tuple[tuple[str, tuple[str, Callable[[Any], bool]]], ...]
+) -> None:
+    """Refuse the first value of ``cfg`` outside its range in ``ranges``, in one line."""
+    for key, (rule, ok) in ranges:
+        value = OmegaConf.select(cfg, key)
+        if not ok(value):
+            shown = list(value) if OmegaConf.is_list(value) else value
+            raise UserError(f"{key}={shown} is not allowed; it must be {rule}")
 
 
 @dataclass

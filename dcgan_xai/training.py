@@ -16,13 +16,13 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from dcgan_xai.callbacks.gradcam import GradCamCallback
 from dcgan_xai.callbacks.progress import EpochLine, StepBar, TimeLimit, TimeLimitReached
 from dcgan_xai.callbacks.quality import QualityCallback
-from dcgan_xai.config import TrainConfig
+from dcgan_xai.config import TRAIN_RANGES, TrainConfig, check_ranges
 from dcgan_xai.data.exclusion import fingerprint, load_exclusion
 from dcgan_xai.data.mnist import MNISTDataModule
 from dcgan_xai.data.sources import ensure_mnist
@@ -30,7 +30,7 @@ from dcgan_xai.errors import Interrupted, UserError
 from dcgan_xai.files import atomic_write_text, file_digest
 from dcgan_xai.models.checkpoint import AtomicCheckpointIO, EpochCheckpoint
 from dcgan_xai.models.module import DCGAN, Speed
-from dcgan_xai.models.networks import IMAGE_SIZE, build_discriminator
+from dcgan_xai.models.networks import IMAGE_SIZE, Generator, build_discriminator
 from dcgan_xai.numerics import choose, single_process, trains_on_cuda
 from dcgan_xai.runs import (
     RESUME_MAY_CHANGE,
@@ -51,63 +51,19 @@ from dcgan_xai.xai.gradcam import BN_MODES, METHODS, layer_names
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 
 
-def _check_fraction(name: str, value: float) -> None:
-    if not 0.0 <= value <= 1.0:
-        raise UserError(f"{name}={value} is not allowed; it must be in [0, 1]")
-
-
 def validate(cfg: DictConfig) -> None:
-    """Refuse values the schema's types cannot catch, before anything is written."""
+    """Refuse values the schema's types cannot catch, before anything is written: the ranges of
+    :data:`dcgan_xai.config.TRAIN_RANGES`, then what depends on several settings or on the
+    machine."""
+    check_ranges(cfg, TRAIN_RANGES)
     if cfg.data.image_size != IMAGE_SIZE:
         raise UserError(
             f"data.image_size={cfg.data.image_size} is not allowed; the DCGAN generator and "
             f"discriminators are built for {IMAGE_SIZE}x{IMAGE_SIZE} images (allowed: {IMAGE_SIZE})"
         )
-    if cfg.trainer.max_epochs < 1:
-        raise UserError(
-            f"trainer.max_epochs={cfg.trainer.max_epochs} is not allowed; it must be >= 1"
-        )
-    for key in ("instance_noise", "instance_noise_decay_epochs"):
-        if cfg.model[key] < 0:
-            raise UserError(f"model.{key}={cfg.model[key]} is not allowed; it must be >= 0")
-    m = cfg.model
-    for name, value, ok, rule in (
-        ("lr", m.lr, 0 < m.lr < float("inf"), "a finite number > 0"),
-        ("beta1", m.beta1, 0 <= m.beta1 < 1, "in [0, 1)"),
-        ("beta2", m.beta2, 0 <= m.beta2 < 1, "in [0, 1)"),
-        ("nz", m.nz, m.nz >= 1, ">= 1"),
-        ("ngf", m.ngf, m.ngf >= 1, ">= 1"),
-        ("ndf", m.ndf, m.ndf >= 1, ">= 1"),
-        ("lr_gamma", m.lr_gamma, 0 < m.lr_gamma < float("inf"), "a finite number > 0"),
-        (
-            "lr_milestones",
-            list(m.lr_milestones),
-            list(m.lr_milestones) == sorted(set(m.lr_milestones))
-            and all(e >= 1 for e in m.lr_milestones),
-            "increasing epochs >= 1",
-        ),
-    ):
-        if not ok:
-            raise UserError(f"model.{name}={value} is not allowed; it must be {rule}")
-    precisions = (
-        "auto",
-        "32-true",
-        "32",
-        "16-mixed",
-        "bf16-mixed",
-        "64-true",
-        "64",
-        "bf16-true",
-        "16-true",
-    )
-    if str(cfg.trainer.precision) not in precisions:
-        raise UserError(
-            f"trainer.precision={cfg.trainer.precision} is not allowed; allowed: {', '.join(precisions)}"
-        )
-    if not 0 <= cfg.seed < 2**32:
-        raise UserError(f"seed={cfg.seed} is not allowed; it must be in 0..{2**32 - 1}")
     if Path(cfg.data.root).exists() and not Path(cfg.data.root).is_dir():
         raise UserError(f"data.root={cfg.data.root} is a file; it must be a directory")
+    check_machine(cfg)
     sp = cfg.speed
     if sp.cuda_graph and sp.compile:
         raise UserError(
@@ -121,10 +77,9 @@ def validate(cfg: DictConfig) -> None:
             f"(trainer.accelerator={cfg.trainer.accelerator}, devices={cfg.trainer.devices}, "
             f"CUDA available: {torch.cuda.is_available()})"
         )
-    d = build_discriminator(cfg.model.arch, 1)
     gc = cfg.callbacks.gradcam
     if gc.enabled:
-        valid = layer_names(d)
+        valid = layer_names(build_discriminator(cfg.model.arch, 1))
         for layer in gc.layers:
             if layer not in valid:
                 raise UserError(
@@ -141,18 +96,32 @@ def validate(cfg: DictConfig) -> None:
                     f"callbacks.gradcam.{key}={bad[0]!r} is not allowed; "
                     f"allowed: {', '.join(allowed)}"
                 )
-        for key in ("pixel_threshold", "flag_threshold", "mask_threshold"):
-            _check_fraction(f"callbacks.gradcam.{key}", gc[key])
-        if gc.probe_size < 1 or gc.every_n_epochs < 1:
-            raise UserError(
-                "callbacks.gradcam.probe_size and every_n_epochs must be >= 1, got "
-                f"{gc.probe_size} and {gc.every_n_epochs}"
-            )
-    q = cfg.callbacks.quality
-    if q.enabled and (q.samples < 2 or q.fresh_draws < 0 or q.every_n_epochs < 1):
+
+
+def check_machine(cfg: DictConfig) -> None:
+    """A GPU asked for where there is none, a half precision the CPU cannot train in, or nets
+    too large for the machine's memory (counted on the meta device, nothing allocated)."""
+    accelerator, precision = str(cfg.trainer.accelerator), str(cfg.trainer.precision)
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise UserError(f"trainer.accelerator={accelerator} but this machine has no CUDA GPU; "
+                        "use trainer.accelerator=auto (or cpu)")  # fmt: skip
+    if precision.startswith("16") and not trains_on_cuda(accelerator):
+        raise UserError(f"trainer.precision={precision} needs a CUDA GPU; on the CPU use "
+                        "bf16-mixed or 32-true (or auto)")  # fmt: skip
+    m = cfg.model
+    try:
+        with torch.device("meta"):
+            nets = [Generator(m.nz, m.ngf), build_discriminator(m.arch, m.ndf)]
+        params = sum(p.numel() for net in nets for p in net.parameters())
+        size = f"{params:,} parameters (about {16 * params / 2**30:,.0f} GiB with gradients and Adam's state)"
+    except RuntimeError:  # a tensor size that overflows 64 bits
+        params, size = 2**62, "more parameters than 64 bits can count"
+    have = (torch.cuda.get_device_properties(0).total_memory if trains_on_cuda(accelerator)
+            else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))  # fmt: skip
+    if 16 * params > have:  # fp32 weights, gradients and Adam's two moments
         raise UserError(
-            "callbacks.quality.samples must be >= 2, fresh_draws >= 0 and every_n_epochs >= 1, "
-            f"got {q.samples}, {q.fresh_draws} and {q.every_n_epochs}"
+            f"model.nz={m.nz}, ngf={m.ngf}, ndf={m.ndf} make {size}; this machine has "
+            f"{have / 2**30:,.0f} GiB: choose smaller widths"
         )
 
 
@@ -199,15 +168,19 @@ def build_trainer(cfg: DictConfig, run: RunDir, callbacks: list[L.Callback]) -> 
     if settings["strategy"] == "ddp":
         # each of the two backward passes of a GAN step leaves the other network unused
         settings["strategy"] = DDPStrategy(find_unused_parameters=True)
-    return L.Trainer(
-        **settings,
-        logger=logger,
-        callbacks=callbacks,
-        default_root_dir=str(run.root),
-        use_distributed_sampler=False,
-        num_sanity_val_steps=0,
-        plugins=[AtomicCheckpointIO(run_record(cfg))],
-    )
+    try:
+        return L.Trainer(
+            **settings,
+            logger=logger,
+            callbacks=callbacks,
+            default_root_dir=str(run.root),
+            use_distributed_sampler=False,
+            num_sanity_val_steps=0,
+            plugins=[AtomicCheckpointIO(run_record(cfg))],
+        )
+    except (MisconfigurationException, ValueError, TypeError, RuntimeError) as err:  # Lightning
+        line = " ".join(str(err).split())[:300]
+        raise UserError(f"the trainer.* settings are refused by Lightning: {line}") from err
 
 
 def read_exclusion(cfg: DictConfig) -> tuple[torch.Tensor | None, dict[str, Any] | None]:

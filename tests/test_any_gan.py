@@ -191,7 +191,9 @@ class RGBDropoutGAN(TinyGAN):
         self.D.add_module(
             "block2", nn.Sequential(nn.Conv2d(4, 8, 4, 2, 1), nn.LeakyReLU(0.2), nn.Dropout(0.5))
         )
-        self.D.add_module("head", nn.Sequential(nn.Flatten(), nn.Linear(8 * 8 * 8, 1), nn.Flatten(0)))
+        self.D.add_module(
+            "head", nn.Sequential(nn.Flatten(), nn.Linear(8 * 8 * 8, 1), nn.Flatten(0))
+        )
 
     @property
     def generator(self) -> nn.Module:  # TinyGAN's training step uses these names

@@ -36,7 +36,7 @@ def test_a_refused_start_keeps_the_users_files(tmp_path, mnist_fixture):
     refused = cli(root, f"hydra.run.dir={run}", "model.instance_noise=-1")
     assert refused.returncode == 2
     assert refused.stderr.strip().splitlines() == [
-        "error: model.instance_noise=-1.0 is not allowed; it must be >= 0"
+        "error: model.instance_noise=-1.0 is not allowed; it must be a finite number >= 0"
     ]
     assert (run / "notes.log").read_text() == "notes" and (run / ".hydra").is_dir()
     assert sorted(p.name for p in run.iterdir()) == [".hydra", "notes.log"]
