@@ -7,7 +7,7 @@ OmegaConf with an error naming the key.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -33,14 +33,38 @@ def _finite(low: float, strict: bool) -> tuple[str, Callable[[Any], bool]]:
 
 
 FRACTION = ("in [0, 1]", lambda v: 0 <= v <= 1)
+
+
+def _device_ok(name: str) -> bool:
+    import torch
+
+    if name in ("auto", "cpu"):
+        return True
+    index = name.removeprefix("cuda").removeprefix(":")
+    return (
+        name.startswith("cuda")
+        and (index == "" or index.isdigit())
+        and (torch.cuda.is_available() and int(index or 0) < torch.cuda.device_count())
+    )
+
+
+DEVICE = ("auto, cpu, or cuda[:N] on a machine with that GPU", _device_ok)
+SEED = (f"in 0..{2**32 - 1}", lambda v: 0 <= v < 2**32)
+Ranges = tuple[tuple[str, tuple[str, Callable[[Any], bool]]], ...]
+
+
+def _one_of(allowed: Sequence[str]) -> tuple[str, Callable[[Any], bool]]:
+    return f"one of {', '.join(allowed)}", lambda v: v in allowed
+
+
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true", "single_device")
 PRECISIONS = ("auto", "32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "16-true")
 
 # The ranges of the training config that its types cannot state, one row per key: the first
 # value outside its range is refused in one line before anything starts (training.validate).
-TRAIN_RANGES: tuple[tuple[str, tuple[str, Callable[[Any], bool]]], ...] = (
-    ("seed", (f"in 0..{2**32 - 1}", lambda v: 0 <= v < 2**32)),
+TRAIN_RANGES: Ranges = (
+    ("seed", SEED),
     ("data.batch_size", _at_least(1)),
     ("model.nz", _at_least(1)),
     ("model.ngf", _at_least(1)),
@@ -55,8 +79,8 @@ TRAIN_RANGES: tuple[tuple[str, tuple[str, Callable[[Any], bool]]], ...] = (
     ("model.lr_gamma", _finite(0, strict=True)),
     ("model.lr_milestones", ("increasing epochs >= 1",
                              lambda v: list(v) == sorted(set(v)) and all(e >= 1 for e in v))),
-    ("trainer.accelerator", (f"one of {', '.join(ACCELERATORS)}", lambda v: v in ACCELERATORS)),
-    ("trainer.strategy", (f"one of {', '.join(STRATEGIES)}", lambda v: v in STRATEGIES)),
+    ("trainer.accelerator", _one_of(ACCELERATORS)),
+    ("trainer.strategy", _one_of(STRATEGIES)),
     ("trainer.precision", (f"one of {', '.join(PRECISIONS)}", lambda v: str(v) in PRECISIONS)),
     ("trainer.devices", ("auto, -1 (all), a count >= 1 or a list of device ids",
                          lambda v: v == "auto" or (isinstance(v, int) and (v >= 1 or v == -1))
@@ -74,7 +98,7 @@ TRAIN_RANGES: tuple[tuple[str, tuple[str, Callable[[Any], bool]]], ...] = (
     ("callbacks.gradcam.mask_threshold", FRACTION),
     ("callbacks.quality.samples", _at_least(2)),
     ("callbacks.quality.fresh_draws", _at_least(0)),
-    ("callbacks.quality.seed", (f"in 0..{2**32 - 1}", lambda v: 0 <= v < 2**32)),
+    ("callbacks.quality.seed", SEED),
     ("callbacks.quality.every_n_epochs", _at_least(1)),
     ("callbacks.quality.batch_size", _at_least(1)),
     ("callbacks.quality.classifier_epochs", _at_least(1)),
@@ -82,15 +106,49 @@ TRAIN_RANGES: tuple[tuple[str, tuple[str, Callable[[Any], bool]]], ...] = (
 )  # fmt: skip
 
 
-def check_ranges(
-    cfg: DictConfig, ranges: tuple[tuple[str, tuple[str, Callable[[Any], bool]]], ...]
-) -> None:
-    """Refuse the first value of ``cfg`` outside its range in ``ranges``, in one line."""
+def check_ranges(settings: Any, ranges: Ranges) -> None:
+    """Refuse the first value of ``settings`` (a config, a dataclass or a dict) outside its
+    range in ``ranges``, in one line naming it."""
     for key, (rule, ok) in ranges:
-        value = OmegaConf.select(cfg, key)
+        value = settings
+        for part in key.split("."):
+            value = value[part] if isinstance(value, Mapping) else getattr(value, part)
         if not ok(value):
             shown = list(value) if OmegaConf.is_list(value) else value
             raise UserError(f"{key}={shown} is not allowed; it must be {rule}")
+
+
+# What analyze, aggregate and a study's analysis accept (AnalysisSettings.check).
+ANALYSIS_RANGES: Ranges = (
+    ("layers", ("one or more of D's blocks", lambda v: len(v) > 0)),
+    ("method", _one_of(METHODS)),
+    ("bn_mode", _one_of(BN_MODES)),
+    ("probe", _one_of(PROBES)),
+    ("score", _one_of(SCORES)),
+    ("k", ("a coarse step in 1..1000 epochs", lambda v: 1 <= v <= 1000)),
+    ("figure_epochs", ("epochs >= 1", lambda v: all(e >= 1 for e in v))),
+    ("pixel_threshold", FRACTION),
+    ("flag_threshold", FRACTION),
+    ("mask_threshold", FRACTION),
+    ("fid_samples", ("in 2..1,000,000", lambda v: 2 <= v <= 1_000_000)),
+    ("fid_draws", _at_least(0)),
+    ("fid_seed", SEED),
+    ("batch_size", _at_least(1)),
+    ("classifier_epochs", _at_least(1)),
+    ("min_accuracy", FRACTION),
+    ("device", DEVICE),
+)
+
+# What curate accepts (its command and curate_run).
+CURATE_RANGES: Ranges = (
+    ("flag_threshold", FRACTION),
+    ("flag_share", ("in [0, 1], or null", lambda v: v is None or 0 <= v <= 1)),
+    ("pixel_threshold", FRACTION),
+    ("mask_threshold", FRACTION),
+    ("batch_size", _at_least(1)),
+    ("seed", SEED),
+    ("device", DEVICE),
+)
 
 
 @dataclass
@@ -229,26 +287,7 @@ class AnalysisSettings:
         return cls(**{k: v for k, v in values.items() if k in names})  # type: ignore[arg-type]
 
     def check(self) -> None:
-        if self.bn_mode not in BN_MODES:
-            raise UserError(
-                f"bn_mode={self.bn_mode!r} is not allowed; allowed: {', '.join(BN_MODES)}"
-            )
-        if self.method not in METHODS:
-            raise UserError(f"method={self.method!r} is not allowed; allowed: {', '.join(METHODS)}")
-        if self.probe not in PROBES:
-            raise UserError(f"probe={self.probe!r} is not allowed; allowed: {', '.join(PROBES)}")
-        if self.score not in SCORES:
-            raise UserError(f"score={self.score!r} is not allowed; allowed: {', '.join(SCORES)}")
-        for name in ("pixel_threshold", "flag_threshold", "mask_threshold"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise UserError(f"{name}={value} is not allowed; it must be in [0, 1]")
-        if self.k < 1:
-            raise UserError(f"k={self.k} is not allowed; the coarse step must be >= 1")
-        if self.fid_samples < 2:
-            raise UserError(f"fid_samples={self.fid_samples} is not allowed; it must be >= 2")
-        if self.fid_draws < 0:
-            raise UserError(f"fid_draws={self.fid_draws} is not allowed; it must be >= 0")
+        check_ranges(self, ANALYSIS_RANGES)
 
 
 @dataclass

@@ -8,6 +8,8 @@ import lightning as L
 import pytest
 import torch
 
+from dcgan_xai.analysis.curation import curate_run
+from dcgan_xai.config import AnalysisSettings
 from dcgan_xai.data.sources import FILES
 from dcgan_xai.errors import UserError
 from dcgan_xai.files import file_digest
@@ -249,3 +251,42 @@ def test_sigkill_after_a_checkpoint_then_resume_matches_an_uninterrupted_run(tmp
     assert same_weights(run.checkpoint(3), RunDir(straight).checkpoint(3))
     assert rows == read_csv(RunDir(straight).scores_csv)
     assert list(run.tensorboard.glob("events.out.tfevents.*"))  # same event dir, continued
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"layers": []}, r"layers=\[\] is not allowed; it must be one or more of D's blocks"),
+        ({"device": "bogus"}, r"device=bogus is not allowed; it must be auto, cpu, or cuda\[:N\]"),
+        ({"batch_size": 0}, r"batch_size=0 is not allowed; it must be >= 1"),
+        ({"classifier_epochs": 0}, r"classifier_epochs=0 is not allowed; it must be >= 1"),
+        ({"fid_seed": -1}, r"fid_seed=-1 is not allowed; it must be in 0..4294967295"),
+        ({"fid_samples": 2_000_000_000}, r"fid_samples=2000000000 is not allowed; it must be in 2..1,000,000"),
+        ({"figure_epochs": [-1]}, r"figure_epochs=\[-1\] is not allowed; it must be epochs >= 1"),
+        ({"k": 1_000_000_000_000}, r"k=1000000000000 is not allowed; it must be a coarse step in 1..1000"),
+        ({"bn_mode": "frozen"}, r"bn_mode=frozen is not allowed; it must be one of batch, eval"),
+        ({"mask_threshold": float("nan")}, r"mask_threshold=nan is not allowed; it must be in \[0, 1\]"),
+    ],
+)  # fmt: skip
+def test_bad_analysis_settings_are_refused_in_one_line(settings, message):
+    with pytest.raises(UserError, match=message) as err:
+        AnalysisSettings(**settings).check()
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"device": "bogus"}, r"device=bogus is not allowed; it must be auto, cpu, or cuda\[:N\]"),
+        ({"seed": -1}, r"seed=-1 is not allowed; it must be in 0..4294967295"),
+        ({"seed": 10**20}, r"seed=100000000000000000000 is not allowed"),
+        ({"mask_threshold": float("nan")}, r"mask_threshold=nan is not allowed; it must be in \[0, 1\]"),
+        ({"flag_share": 2.0}, r"flag_share=2.0 is not allowed; it must be in \[0, 1\], or null"),
+    ],
+)  # fmt: skip
+def test_bad_curation_settings_are_refused_before_the_run_is_read(tmp_path, settings, message):
+    (tmp_path / "run").mkdir()
+    with pytest.raises(UserError, match=message) as err:
+        curate_run(tmp_path / "run", epoch=1, progress=False, **settings)
+    assert "\n" not in str(err.value)
+    assert not any((tmp_path / "run").iterdir())

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from dcgan_xai.analysis import figures
 from dcgan_xai.analysis.report import resolve_device
+from dcgan_xai.config import CURATE_RANGES, check_ranges
 from dcgan_xai.data.exclusion import MANIFEST_FIELDS, fingerprint
 from dcgan_xai.data.mnist import Split, to_unit_range
 from dcgan_xai.data.sources import ensure_mnist
@@ -179,14 +180,12 @@ def curate_run(
     Returns:
         The content of ``summary.json`` (with ``dir``, and ``control_dir`` if written).
     """
-    checks = [("flag_threshold", flag_threshold), ("pixel_threshold", pixel_threshold)]
-    if flag_share is not None:
-        checks.append(("flag_share", flag_share))
-    for key, value in checks:
-        if not 0.0 <= value <= 1.0:
-            raise UserError(f"{key}={value} is not allowed; it must be in [0, 1]")
-    if batch_size < 1:
-        raise UserError(f"batch_size={batch_size} is not allowed; it must be >= 1")
+    check_ranges(
+        {"flag_threshold": flag_threshold, "flag_share": flag_share, "seed": seed,
+         "pixel_threshold": pixel_threshold, "mask_threshold": mask_threshold,
+         "batch_size": batch_size, "device": device},
+        CURATE_RANGES,
+    )  # fmt: skip
     if name is not None and (not name or Path(name).name != name or name in (".", "..")):
         raise UserError(f"name={name!r} is not allowed; it must be a plain folder name (no '/')")
     run = RunDir(run_dir)
