@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dcgan_xai.data.sources import MD5, SOURCES
 from dcgan_xai.errors import UserError, hydra_error_line
-from dcgan_xai.xai.gradcam import BN_MODES, METHODS
+from dcgan_xai.xai.gradcam import BN_MODES, METHODS, NORMALIZATIONS
 
 SCORES = ("focus", "coverage")
 PROBES = ("real", "fake")
@@ -96,6 +96,7 @@ TRAIN_RANGES: Ranges = (
     ("callbacks.gradcam.pixel_threshold", FRACTION),
     ("callbacks.gradcam.flag_threshold", FRACTION),
     ("callbacks.gradcam.mask_threshold", FRACTION),
+    ("callbacks.gradcam.normalize", _one_of(NORMALIZATIONS)),
     ("callbacks.quality.samples", _at_least(2)),
     ("callbacks.quality.fresh_draws", _at_least(0)),
     ("callbacks.quality.seed", SEED),
@@ -216,6 +217,7 @@ class GradCamConfig:
     pixel_threshold: float = 0.5
     flag_threshold: float = 0.7
     mask_threshold: float = 0.5
+    normalize: str = "max"  # or minmax (see dcgan_xai.xai.gradcam.normalize_maps)
     log_images: bool = True
 
 

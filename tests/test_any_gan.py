@@ -284,6 +284,8 @@ def test_rgb_32x32_with_dropout_gives_the_same_maps_under_any_seed(tmp_path):
         (TinyGAN, {"layers": ["down"], "noise_shape": (8, 1, 1)},
          r"the generator takes none of the noise shapes tried \(\(8, 1, 1\): "),
         (TinyGAN, {"layers": ["down.9"]}, r"unknown Grad-CAM layer 'down.9'; valid layers: "),
+        (TinyGAN, {"layers": ["down"], "real_images": uint8_images(16, 1, 20)},
+         r"the generator makes images \(1, 16, 16\), the probe's real images are \(1, 20, 20\)"),
         (NetDNetG, {"layers": ["main.1"], "discriminator": "critic", "generator": "netG"},
          r"cannot find the discriminator and generator of NetDNetG \(it has: netG, netD\)"),
     ],

@@ -225,3 +225,20 @@ def test_linear_head_decomposition_matches_the_logit_of_the_paper_d(trained_like
         logit = trained_like_d.eval()(x)
     assert torch.allclose(parts["logit"], logit, atol=1e-4)
     assert linear_head_decomposition(build_discriminator("tutorial", 8), x) is not None
+
+
+def test_maps_scale_by_their_max_by_default_or_from_min_to_max():
+    from dcgan_xai.xai.gradcam import normalize_maps
+
+    cam = torch.tensor([[[2.0, 3.0], [3.0, 4.0]], [[0.0, 0.0], [0.0, 0.0]]])
+    by_max = normalize_maps(cam)  # the paper's reading: a map whose minimum is above 0
+    assert torch.equal(by_max[0], torch.tensor([[0.5, 0.75], [0.75, 1.0]]))
+    assert coverage(by_max[:1], 0.5).item() == 1.0  # covers everything at the 0.5 threshold
+    minmax = normalize_maps(cam, "minmax")
+    assert torch.equal(minmax[0], torch.tensor([[0.0, 0.5], [0.5, 1.0]]))
+    assert coverage(minmax[:1], 0.5).item() == 0.75
+    assert not minmax[1].any() and not by_max[1].any()  # flat or all-zero maps stay zero
+    with pytest.raises(
+        UserError, match="normalize=mean is not allowed; it must be one of max, minmax"
+    ):
+        normalize_maps(cam, "mean")

@@ -25,7 +25,7 @@ from dcgan_xai.runs import (
 )
 from dcgan_xai.state import preserved_state
 from dcgan_xai.xai.epoch import explain_epoch
-from dcgan_xai.xai.gradcam import check_layers, explained_module, layer_names, logits
+from dcgan_xai.xai.gradcam import check_layers, explained_module, layer_names
 from dcgan_xai.xai.overlay import side_by_side
 
 
@@ -91,7 +91,7 @@ def check_gan(
     shape G takes; a problem is one line naming the fix. Both nets are left as found."""
     real = real[:2]
     device = next(discriminator.parameters()).device
-    tried = []
+    tried, made = [], None
     with preserved_state(generator), preserved_state(discriminator):
         for shape in shapes:
             try:
@@ -101,20 +101,26 @@ def check_gan(
                 continue
             if fake.shape[1:] == real.shape[1:]:
                 break
-            tried.append(f"{shape}: it made images {tuple(fake.shape[1:])}")
+            made = tuple(fake.shape[1:])
         else:
+            if made is not None:
+                raise UserError(f"the generator makes images {made}, the probe's real images are "
+                                f"{tuple(real.shape[1:])}: give real images of the generator's size")  # fmt: skip
             raise UserError(
-                f"the generator takes none of the noise shapes tried ({'; '.join(tried)}); the "
-                f"probe's images are {tuple(real.shape[1:])}: pass noise_shape=..."
+                f"the generator takes none of the noise shapes tried ({'; '.join(tried)}): pass "
+                "noise_shape=..."
             )
         real = real.to(device)
         try:
-            logits(discriminator, real)
-        except RuntimeError as err:
+            out = discriminator(real)
+        except (RuntimeError, ValueError) as err:
             raise UserError(
-                f"the discriminator returns {tuple(discriminator(real).shape)} for 2 images; it "
-                "must return one logit (or probability) per image"
+                f"the discriminator cannot take the probe's images {tuple(real.shape[1:])}: "
+                f"{str(err).splitlines()[0][:160]}; give real images of its input shape"
             ) from err
+        if out.numel() != 2:
+            raise UserError(f"the discriminator returns {tuple(out.shape)} for 2 images; it must "
+                            "return one logit (or probability) per image")  # fmt: skip
         for name, out in layer_outputs(discriminator, real, layers).items():
             if out.ndim != 4 or out.shape[-2] * out.shape[-1] < 2:
                 raise UserError(
@@ -196,6 +202,8 @@ class GradCamCallback(L.Callback):
         discriminator, generator: the attribute names of the two nets, where they are not
             among the usual ones.
         noise_shape: the shape of one noise sample, where the module does not tell it.
+        normalize: how each map is scaled to [0, 1] (:func:`dcgan_xai.xai.gradcam.normalize_maps`):
+            ``max``, the paper's reading, or ``minmax``.
     """
 
     def __init__(
@@ -216,6 +224,7 @@ class GradCamCallback(L.Callback):
         discriminator: str | None = None,
         generator: str | None = None,
         noise_shape: Sequence[int] | None = None,
+        normalize: str = "max",
     ):
         self.run = RunDir(run_dir)
         self.layers = list(layers)
@@ -227,6 +236,7 @@ class GradCamCallback(L.Callback):
         self.probe: Probe | None = None
         self.real_images, self.real_labels = real_images, real_labels
         self.names, self.noise_shape = (discriminator, generator), noise_shape
+        self.normalize = normalize
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Before the first step: the probe (a resumed run's own, else a new one) and
@@ -291,6 +301,7 @@ class GradCamCallback(L.Callback):
                     self.pixel_threshold,
                     self.flag_threshold,
                     self.mask_threshold,
+                    self.normalize,
                 )
                 prefix = "gradcam" if primary is None else f"gradcam/{method}/{bn_mode}"
                 primary = primary or record

@@ -32,6 +32,7 @@ def explain_epoch(
     pixel_threshold: float = 0.5,
     flag_threshold: float = 0.7,
     mask_threshold: float = 0.5,
+    normalize: str = "max",
 ) -> dict[str, Any]:
     """Maps and scores of ``images["real"]`` and ``images["fake"]`` for each layer, by ``method``.
 
@@ -39,7 +40,7 @@ def explain_epoch(
         discriminator: maps (N, C, H, W) images to logits.
         images: ``real`` and ``fake`` batches (N, C, H, W) in [-1, 1] on D's device.
         layers: names of D's blocks to explain.
-        bn_mode, method: see :func:`dcgan_xai.xai.gradcam.grad_cam`.
+        bn_mode, method, normalize: see :func:`dcgan_xai.xai.gradcam.grad_cam`.
         pixel_threshold, flag_threshold, mask_threshold: see :func:`dcgan_xai.xai.scores.summarize`.
 
     Returns:
@@ -54,6 +55,7 @@ def explain_epoch(
         "pixel_threshold": pixel_threshold,
         "flag_threshold": flag_threshold,
         "mask_threshold": mask_threshold,
+        "normalize": normalize,
         "maps": {name: {} for name in layers},
         "scores": {name: {} for name in layers},
         "summary": {name: {} for name in layers},
@@ -63,7 +65,9 @@ def explain_epoch(
     }
     for kind in ("real", "fake"):
         batch = images[kind]
-        maps = grad_cam(discriminator, batch, list(layers), bn_mode=bn_mode, method=method)
+        maps = grad_cam(
+            discriminator, batch, list(layers), bn_mode, method=method, normalize=normalize
+        )
         assert isinstance(maps, dict)
         for name, layer_maps in maps.items():
             per_image, summary = summarize(

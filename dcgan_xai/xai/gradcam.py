@@ -102,10 +102,27 @@ def logits(discriminator: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return (seen[-1] if seen else out).reshape(images.shape[0]).float()
 
 
-def normalize_maps(cam: torch.Tensor) -> torch.Tensor:
-    """Divide each map (N, H, W) by its max absolute value; an all-zero map stays zero."""
-    peak = cam.abs().flatten(1).amax(1).view(-1, 1, 1)  # (N, 1, 1)
-    return torch.where(peak > 0, cam / peak.clamp_min(torch.finfo(cam.dtype).tiny), 0.0)
+NORMALIZATIONS = ("max", "minmax")
+
+
+def normalize_maps(cam: torch.Tensor, how: str = "max") -> torch.Tensor:
+    """Scale each map (N, H, W) to [0, 1]: ``max`` divides by its max absolute value (the
+    paper's reading, the default); ``minmax`` maps its min to 0 and its max to 1 (the common
+    convention of other Grad-CAM libraries; on a map whose minimum is above 0 it shrinks the
+    share that the 70% coverage rule counts). An all-zero (or, with ``minmax``, flat) map is
+    all zero."""
+    if how not in NORMALIZATIONS:
+        raise UserError(
+            f"normalize={how} is not allowed; it must be one of {', '.join(NORMALIZATIONS)}"
+        )
+    flat = cam.flatten(1)
+    low = flat.amin(1).view(-1, 1, 1) if how == "minmax" else torch.zeros_like(cam[:, :1, :1])
+    peak = (
+        (flat.amax(1).view(-1, 1, 1) - low)
+        if how == "minmax"
+        else flat.abs().amax(1).view(-1, 1, 1)
+    )
+    return torch.where(peak > 0, (cam - low) / peak.clamp_min(torch.finfo(cam.dtype).tiny), 0.0)
 
 
 def grad_cam(
@@ -115,13 +132,14 @@ def grad_cam(
     bn_mode: str = "batch",
     relu: bool = True,
     method: str = "gradcam",
+    normalize: str = "max",
 ) -> torch.Tensor | dict[str, torch.Tensor]:
     """Grad-CAM (or another method of :data:`METHODS`) of D's logit at a named block.
 
     Grad-CAM: channel weights are the spatial mean of d(logit)/d(activation); the map is the
     (ReLU of the) weighted sum of channels. HiResCAM: the (ReLU of the) sum over channels of
     d(logit)/d(activation) * activation. Maps are bilinearly upsampled to the image size and
-    divided per image by their max. A map that is all zero (degenerate) stays zero.
+    scaled per image to [0, 1] (``normalize``). A map that is all zero (degenerate) stays zero.
 
     Args:
         discriminator: a module mapping images (N, C, H, W) to logits (N,), or to
@@ -132,6 +150,7 @@ def grad_cam(
         bn_mode: see :func:`set_bn_mode`.
         relu: apply the ReLU of Grad-CAM; without it maps lie in [-1, 1].
         method: one of :data:`METHODS`; ``gradcam`` is the paper's.
+        normalize: see :func:`normalize_maps`.
 
     Returns:
         Maps (N, H, W) in [0, 1] for one layer, or a dict of them keyed by layer name.
@@ -175,7 +194,7 @@ def grad_cam(
             cam = F.interpolate(
                 cam.detach().float(), size=x.shape[-2:], mode="bilinear", align_corners=False
             )  # (N, 1, H, W)
-            maps[name] = normalize_maps(cam[:, 0])
+            maps[name] = normalize_maps(cam[:, 0], normalize)
     return maps[layer] if isinstance(layer, str) else maps
 
 
