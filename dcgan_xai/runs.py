@@ -138,9 +138,12 @@ def read_table(path: str | os.PathLike[str], parse: Any) -> list[dict[str, Any]]
 
 
 def remove_stale_temp_files(run: RunDir) -> list[Path]:
-    """Delete the temporary files of the project's atomic writes that a killed process left in
-    ``run`` (``.<name>.<random>.dcgan_xai.tmp``); anyone else's files stay."""
-    stale = [p for p in run.root.rglob(f".*{TEMP_SUFFIX}") if p.is_file()]
+    """Delete the temporary files of the training's atomic writes that a killed training left
+    (``.<name>.<random>.dcgan_xai.tmp``) in the folders a training writes: the run dir itself,
+    ``.hydra/``, ``checkpoints/``, ``gradcam/`` and ``quality/``. Anyone else's files stay, and
+    so do those of an ``analyze`` or ``curate`` writing into ``analysis/`` or ``curation/``."""
+    folders = [run.root, run.root / ".hydra", run.checkpoints, run.gradcam, run.quality_csv.parent]
+    stale = [p for f in folders for p in f.glob(f".*{TEMP_SUFFIX}") if p.is_file()]
     for path in stale:
         path.unlink()
     return stale

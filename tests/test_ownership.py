@@ -313,3 +313,20 @@ def test_checkpoints_never_pass_through_a_temp_dir_on_another_filesystem(
         "sha256.json",
     ]
     assert not list(tmpfs_tempdir.rglob("*"))
+
+
+def test_a_training_start_leaves_the_temp_files_of_a_curate_writing_into_the_run(
+    smoke_run, smoke_cfg, tmp_path
+):
+    """The stale-temp clean-up covers the training's own folders only: a curate or analyze
+    writing into the same run at that moment keeps its temporary folder and files."""
+    run = RunDir(tmp_path / "r")
+    shutil.copytree(smoke_run["run_dir"], run.root)
+    busy = run.root / "curation" / ".c.abc123.dcgan_xai.tmp"
+    busy.mkdir(parents=True)
+    (busy / ".manifest.csv.def456.dcgan_xai.tmp").write_text("being written")
+    (run.gradcam / ".scores.csv.abc.dcgan_xai.tmp").write_text("left by a kill")
+    same = "callbacks.gradcam.layers=[block1,block3]"
+    train(smoke_cfg(same, "resume=true", "trainer.max_epochs=3"), run.root)
+    assert (busy / ".manifest.csv.def456.dcgan_xai.tmp").read_text() == "being written"
+    assert not (run.gradcam / ".scores.csv.abc.dcgan_xai.tmp").exists()
