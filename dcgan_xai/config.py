@@ -391,6 +391,11 @@ class StudySettings:
 
     def check(self) -> None:
         self.analysis.check()
+        if not self.name or Path(self.name).name != self.name or self.name in (".", ".."):
+            raise UserError(
+                f"name={self.name} is not allowed; it must be a plain folder name (no '/'), "
+                f"the study's folder under out_dir={self.out_dir}"
+            )
         for name, values, allowed in (
             ("scores", self.scores, VARIANT_SCORES),
             ("selections", self.selections, SELECTIONS),

@@ -26,6 +26,7 @@ PLANNED = ["gradcam/block3/batch/real/focus/coarse", "hirescam/block3/batch/real
         ({"job": StudyJob("mnist64_noise", 0)}, r"job.experiment=mnist64_noise is not one of the study's experiments; allowed: mnist64"),
         ({"window": 0.0}, r"window=0.0 is not allowed; it must be in \(0, 1\]"),
         ({"experiments": []}, "experiments is empty"),
+        ({"name": "../../escaped"}, r"name=../../escaped is not allowed; it must be a plain folder name"),
         ({"planned": ["gradcam/block3/focus"]}, "planned variant 'gradcam/block3/focus' is not allowed"),
     ],
 )  # fmt: skip
