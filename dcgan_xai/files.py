@@ -51,19 +51,31 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
 
 
 @contextmanager
-def new_folder(target: str | os.PathLike[str]) -> Iterator[Path]:
+def new_folder(target: str | os.PathLike[str], replace: bool = False) -> Iterator[Path]:
     """A folder written whole or not at all: the block writes into a temporary folder beside
     ``target``, which is renamed to ``target`` when the block ends (and removed if it fails).
-    An existing ``target`` is never replaced: it is refused in one line."""
+
+    An existing ``target`` is refused in one line, or with ``replace`` swapped out once the new
+    one is complete (a kill between the two renames leaves no ``target`` and the old one in a
+    hidden temporary folder beside it: never the files of two writes mixed).
+    """
     target = Path(target)
-    if target.exists():
+    if target.exists() and not replace:
         raise UserError(f"{target} already exists; choose another name, or remove it first")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=TEMP_SUFFIX))
     try:
         yield tmp
         os.chmod(tmp, 0o755)
+        old = None
+        if target.exists():
+            old = tempfile.mkdtemp(
+                dir=target.parent, prefix=f".{target.name}.old.", suffix=TEMP_SUFFIX
+            )
+            os.rename(target, Path(old) / target.name)
         os.rename(tmp, target)
+        if old is not None:
+            shutil.rmtree(old)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

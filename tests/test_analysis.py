@@ -241,3 +241,26 @@ def test_a_saved_analysis_is_reused_only_for_the_same_settings(smoke_run, analyz
     other = AnalysisSettings(layers=["block1"], quality=False, k=2)
     again = load_or_analyze(tmp_path / "run", other)
     assert again["settings"]["layers"] == ["block1"] and again["epochs"][0]["fid"] is None
+
+
+def test_an_analysis_lands_whole_or_leaves_the_previous_one(smoke_run, tmp_path, monkeypatch):
+    """Killed between its files, analyze leaves the previous analysis as it was: never the
+    selection of one analysis beside the generator of another."""
+    import shutil
+
+    shutil.copytree(smoke_run["run_dir"], tmp_path / "run")
+    run = RunDir(tmp_path / "run")
+    analyze_run(run.root, AnalysisSettings(quality=False, k=2))
+    before = {p.name: p.read_bytes() for p in run.analysis.iterdir()}
+    calls = []
+
+    def killed_after_two(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr("dcgan_xai.analysis.figures.save_png", killed_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        analyze_run(run.root, AnalysisSettings(layers=["block1"], quality=False, k=1))
+    assert {p.name: p.read_bytes() for p in run.analysis.iterdir()} == before
+    assert sorted(p.name for p in run.root.iterdir() if p.name.startswith(".analysis")) == []

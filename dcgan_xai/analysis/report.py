@@ -22,7 +22,7 @@ from dcgan_xai.config import AnalysisSettings
 from dcgan_xai.data.mnist import MNISTDataModule, to_unit_range
 from dcgan_xai.data.probe import Probe
 from dcgan_xai.errors import UserError
-from dcgan_xai.files import atomic_torch_save, atomic_write_text
+from dcgan_xai.files import atomic_torch_save, atomic_write_text, new_folder
 from dcgan_xai.metrics.quality import (
     MNISTClassifier,
     QualityMeter,
@@ -282,24 +282,18 @@ def analyze_run(run_dir: str | Path, settings: AnalysisSettings | None = None) -
         if v["fresh"]:  # the tie rule on fresh sets decides the words
             v["statement"] = fresh_statement(v["fresh"])
 
-    out = run.analysis
-    atomic_write_text(out / "selection.json", json.dumps(result, indent=2) + "\n")
-    atomic_write_text(out / "selection.md", selection_markdown(result))
     images = _figures(run, probe, records, settings, kind, arg, selection, table)
-    for name, image in images.items():
-        figures.save_png(image, out / f"{name}.png")
     best = load_module(run.checkpoint(selection.fine_winner))
-    atomic_torch_save(
-        {
-            "state_dict": best.generator.state_dict(),
-            "nz": best.hparams["nz"],
-            "ngf": best.hparams["ngf"],
-            "epoch": selection.fine_winner,
-        },
-        out / "best_generator.pt",
-    )
-    samples = generate(best.generator, best.sample_noise)
-    figures.save_png(figures.sample_grid(samples), out / "best_samples.png")
+    with new_folder(run.analysis, replace=True) as out:  # an analysis lands whole
+        atomic_write_text(out / "selection.json", json.dumps(result, indent=2) + "\n")
+        atomic_write_text(out / "selection.md", selection_markdown(result))
+        for name, image in images.items():
+            figures.save_png(image, out / f"{name}.png")
+        generator = {"state_dict": best.generator.state_dict(), "nz": best.hparams["nz"],
+                     "ngf": best.hparams["ngf"], "epoch": selection.fine_winner}  # fmt: skip
+        atomic_torch_save(generator, out / "best_generator.pt")
+        samples = generate(best.generator, best.sample_noise)
+        figures.save_png(figures.sample_grid(samples), out / "best_samples.png")
     _to_tensorboard(run, images, result)
     return result
 
