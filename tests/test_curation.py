@@ -229,6 +229,10 @@ def test_compare_puts_baseline_and_curated_side_by_side(curated, smoke_cfg, smok
     assert (out / "compare.png").is_file()
     with pytest.raises(UserError, match="already holds a comparison; choose another out_dir"):
         compare_runs(runs, settings, out)
+    (out / "compare.json").unlink()  # a comparison killed before its record: written again
+    (out / "compare.md").write_text("half-written")
+    compare_runs(runs, settings, out)
+    assert (out / "compare.md").read_text().splitlines()[4:] == body
 
 
 def test_flag_share_is_exact_with_seeded_ties_or_refused():

@@ -154,13 +154,14 @@ def compare_runs(
     """Side by side (a baseline and its curated retrainings, say): FID/KID of the selected,
     best and last epochs, and the focus curves.
 
-    Writes ``compare.md``, ``compare.json`` and ``compare.png`` into ``out_dir``, which must
-    not hold a comparison already.
+    Writes ``compare.png``, ``compare.md`` and, last, ``compare.json``, the record that the
+    comparison is complete: an ``out_dir`` holding one is refused; one where a killed comparison
+    left only the first two is written over.
     """
     if len(run_dirs) < 2:
         raise UserError(f"compare needs at least two run dirs, got {len(run_dirs)}")
     out = Path(out_dir)
-    if (out / "compare.md").exists():
+    if (out / "compare.json").exists():
         raise UserError(f"out_dir={out} already holds a comparison; choose another out_dir")
     rows = []
     series: dict[str, list[float]] = {}
@@ -198,11 +199,11 @@ def compare_runs(
         "regret",
     ]
     lines = ["# Baseline against curated runs", "", *table(headers, cells, "l" + "r" * 8)]
-    atomic_write_text(out / "compare.md", "\n".join(lines) + "\n")
-    atomic_write_text(out / "compare.json", json.dumps(rows, indent=2) + "\n")
     n = min(len(v) for v in series.values())
     image = figures.curves(
         list(range(1, n + 1)), {k: v[:n] for k, v in series.items()}, title="focus"
     )
     figures.save_png(image, out / "compare.png")
+    atomic_write_text(out / "compare.md", "\n".join(lines) + "\n")
+    atomic_write_text(out / "compare.json", json.dumps(rows, indent=2) + "\n")  # the record, last
     return {"rows": rows, "dir": str(out)}
