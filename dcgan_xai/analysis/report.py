@@ -177,6 +177,70 @@ def informative_samples(maps_by_epoch: dict[int, torch.Tensor], count: int) -> l
     return order[:count]
 
 
+def _measure_epochs(
+    run: RunDir,
+    dm: MNISTDataModule,
+    probe: Probe,
+    settings: AnalysisSettings,
+    selection: Selection,
+) -> tuple[
+    dict[int, dict[str, float]], dict[int, list[float]], dict[int, dict[str, float]], dict[str, Any]
+]:
+    """Per epoch: FID/KID of the fixed set (with ``quality``), and the logit's parts at the
+    first layer; the epochs a decision rests on re-scored on fresh sets. Each checkpoint is read
+    once for the first two."""
+    device = resolve_device(settings.device)
+    epochs, layer, nz = run.checkpoint_epochs(), settings.layers[0], run_config(run).model.nz
+    quality: dict[int, dict[str, float]] = {}
+    fresh: dict[int, list[float]] = {}
+    logit: dict[int, dict[str, float]] = {}
+    classifier: dict[str, Any] = {}
+    meter = None
+    if settings.quality:
+        meter, classifier = quality_meter_for(dm, settings, device)
+    for epoch in epochs:
+        module = load_module(run.checkpoint(epoch)).to(device)
+        logit[epoch] = logit_parts(module.discriminator, probe, layer, settings.bn_mode)
+        if meter is not None:
+            quality[epoch] = score_draws(meter, module.generator, nz, settings.fid_samples,
+                                         settings.fid_seed, epoch, 0, settings.batch_size)[0]  # fmt: skip
+    if meter is not None and settings.fid_draws:
+        fid0 = {e: quality[e]["fid"] for e in epochs}
+        decisive = {selection.fine_winner, epochs[-1], min(epochs, key=lambda e: (fid0[e], e))}
+        for epoch in sorted(decisive):
+            g = load_module(run.checkpoint(epoch)).generator.to(device)
+            rows = score_draws(meter, g, nz, settings.fid_samples, settings.fid_seed, epoch,
+                               settings.fid_draws, settings.batch_size, first_draw=1)  # fmt: skip
+            fresh[epoch] = [r["fid"] for r in rows]
+    return quality, fresh, logit, classifier
+
+
+def _epoch_table(
+    records: dict[int, dict[str, Any]],
+    quality: dict[int, dict[str, float]],
+    logit: dict[int, dict[str, float]],
+    settings: AnalysisSettings,
+) -> list[dict[str, Any]]:
+    """One row per epoch of what selection.json reports."""
+    table = []
+    for e in sorted(records):
+        record, q = records[e], quality.get(e, {})
+        s = record["summary"][settings.layers[0]]
+        table.append({
+            "epoch": e,
+            "focus": s[f"{settings.probe}_focus_mean"],
+            "coverage": s[f"{settings.probe}_coverage_mean"],
+            "degenerate": s[f"{settings.probe}_degenerate"],
+            "d_real": record["d_real"],
+            "d_fake": record["d_fake"],
+            "fid": q.get("fid"),
+            "kid": q.get("kid"),
+            "recomputed": bool(record.get("recomputed", False)),
+            **logit.get(e, {}),
+        })  # fmt: skip
+    return table
+
+
 def analyze_run(run_dir: str | Path, settings: AnalysisSettings | None = None) -> dict[str, Any]:
     """Select the best epoch of a run from D's Grad-CAM and check it against FID/KID.
 
@@ -189,12 +253,10 @@ def analyze_run(run_dir: str | Path, settings: AnalysisSettings | None = None) -
     """
     settings = settings or AnalysisSettings()
     settings.check()
-    device = resolve_device(settings.device)
     run = RunDir(run_dir)
     epochs = run.checkpoint_epochs()
     if not epochs:
         raise UserError(f"analyze: {run.checkpoints} holds no epoch=NNN.ckpt checkpoints")
-    cfg = run_config(run)
     dm = datamodule_for_run(run)
     probe = ensure_probe(run, dm)
     kind, arg = parse_samples(settings.samples, probe.labels.numel())
@@ -204,64 +266,8 @@ def analyze_run(run_dir: str | Path, settings: AnalysisSettings | None = None) -
     scores = {e: records[e]["summary"][layer][key] for e in epochs}
     selection = select_epoch(scores, settings.k)
 
-    quality: dict[int, dict[str, float]] = {}
-    fresh: dict[int, list[float]] = {}
-    logit: dict[int, dict[str, float]] = {}
-    classifier: dict[str, Any] = {}
-    meter = None
-    if settings.quality:
-        meter, classifier = quality_meter_for(dm, settings, device)
-    for epoch in epochs:  # each checkpoint is read once here
-        module = load_module(run.checkpoint(epoch)).to(device)
-        logit[epoch] = logit_parts(module.discriminator, probe, layer, settings.bn_mode)
-        if meter is not None:
-            quality[epoch] = score_draws(
-                meter,
-                module.generator,
-                cfg.model.nz,
-                settings.fid_samples,
-                settings.fid_seed,
-                epoch,
-                0,
-                settings.batch_size,
-            )[0]
-    if meter is not None and settings.fid_draws:
-        # the epochs a decision rests on, re-scored on fresh generated sets
-        fid0 = {e: quality[e]["fid"] for e in epochs}
-        decisive = {selection.fine_winner, epochs[-1], min(epochs, key=lambda e: (fid0[e], e))}
-        for epoch in sorted(decisive):
-            g = load_module(run.checkpoint(epoch)).generator.to(device)
-            rows = score_draws(
-                meter,
-                g,
-                cfg.model.nz,
-                settings.fid_samples,
-                settings.fid_seed,
-                epoch,
-                settings.fid_draws,
-                settings.batch_size,
-                first_draw=1,
-            )
-            fresh[epoch] = [r["fid"] for r in rows]
-
-    table = []
-    for e in epochs:
-        s = records[e]["summary"][layer]
-        q = quality.get(e, {})
-        table.append(
-            {
-                "epoch": e,
-                "focus": s[f"{settings.probe}_focus_mean"],
-                "coverage": s[f"{settings.probe}_coverage_mean"],
-                "degenerate": s[f"{settings.probe}_degenerate"],
-                "d_real": records[e]["d_real"],
-                "d_fake": records[e]["d_fake"],
-                "fid": q.get("fid"),
-                "kid": q.get("kid"),
-                "recomputed": bool(records[e].get("recomputed", False)),
-                **logit.get(e, {}),
-            }
-        )
+    quality, fresh, logit, classifier = _measure_epochs(run, dm, probe, settings, selection)
+    table = _epoch_table(records, quality, logit, settings)
     result: dict[str, Any] = {
         "run_dir": str(run.root),
         "settings": settings.__dict__,
