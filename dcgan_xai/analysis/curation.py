@@ -16,7 +16,7 @@ from dcgan_xai.analysis import figures
 from dcgan_xai.analysis.report import resolve_device
 from dcgan_xai.config import CURATE_RANGES, check_ranges
 from dcgan_xai.data.exclusion import MANIFEST_FIELDS, fingerprint
-from dcgan_xai.data.mnist import Split, to_unit_range
+from dcgan_xai.data.mnist import MNISTDataModule, Split, to_unit_range
 from dcgan_xai.data.sources import ensure_mnist
 from dcgan_xai.errors import UserError
 from dcgan_xai.files import atomic_write_text, file_digest, new_folder, write_csv
@@ -180,14 +180,11 @@ def curate_run(
     Returns:
         The content of ``summary.json`` (with ``dir``, and ``control_dir`` if written).
     """
-    check_ranges(
-        {"flag_threshold": flag_threshold, "flag_share": flag_share, "seed": seed,
-         "pixel_threshold": pixel_threshold, "mask_threshold": mask_threshold,
-         "batch_size": batch_size, "device": device},
-        CURATE_RANGES,
-    )  # fmt: skip
-    if name is not None and (not name or Path(name).name != name or name in (".", "..")):
-        raise UserError(f"name={name!r} is not allowed; it must be a plain folder name (no '/')")
+    settings = {"layer": layer, "method": method, "bn_mode": bn_mode,
+                "flag_threshold": flag_threshold, "flag_share": flag_share,
+                "pixel_threshold": pixel_threshold, "mask_threshold": mask_threshold,
+                "batch_size": batch_size, "seed": seed, "device": device}  # fmt: skip
+    check_ranges(settings, CURATE_RANGES)
     run = RunDir(run_dir)
     if name is not None:  # refused before the scoring, not after it
         _refuse_existing(run, name, control)
@@ -197,74 +194,69 @@ def curate_run(
     dm = datamodule_for_run(run, trained=True)
     assert dm.train_set is not None and dm.full_train_size is not None
     start = time.perf_counter()
-    scores = score_split(
-        model.discriminator,
-        dm.train_set,
-        layer,
-        bn_mode,
-        pixel_threshold,
-        mask_threshold,
-        batch_size,
-        device,
-        progress,
-        method,
-        keep_top=16,
-    )
+    scores = score_split(model.discriminator, dm.train_set, layer, bn_mode, pixel_threshold,
+                         mask_threshold, batch_size, device, progress, method, keep_top=16)  # fmt: skip
     seconds = time.perf_counter() - start
     if flag_share is not None:
         flagged, flag_threshold = flag_top_share(scores["coverage"], flag_share, seed)
     else:
         flagged = flag_images(scores["coverage"], flag_threshold)
     name = name or f"{path.stem.replace('=', '')}-{layer}-{method}-{bn_mode}-t{flag_threshold:.4g}"
-    common = {
+    _refuse_existing(run, name, control)
+    record = {
         "checkpoint": str(path.resolve()),
         "checkpoint_sha256": file_digest(path, "sha256"),
         "fingerprint": fingerprint(ensure_mnist(dm.root, dm.sources, dm.checksums)),
         "scored": len(dm.train_set),
         "total": dm.full_train_size,
+        "settings": {**settings, "flag_threshold": flag_threshold, "device": str(device)},
+        "seconds": seconds,
+        "images_per_second": len(dm.train_set) / seconds if seconds > 0 else None,
     }
-    settings = {
-        "layer": layer,
-        "method": method,
-        "bn_mode": bn_mode,
-        "flag_threshold": flag_threshold,
-        "flag_share": flag_share,
-        "pixel_threshold": pixel_threshold,
-        "mask_threshold": mask_threshold,
-        "batch_size": batch_size,
-        "seed": seed,
-        "device": str(device),
-    }
-    _refuse_existing(run, name, control)
-    assert dm.full_train_labels is not None
-    record = {**common, "settings": settings, "seconds": seconds,
-              "images_per_second": len(dm.train_set) / seconds if seconds > 0 else None}  # fmt: skip
+    return _write_curation(run, name, control, dm, scores, flagged, record)
+
+
+def _write_curation(
+    run: RunDir,
+    name: str,
+    control: bool,
+    dm: MNISTDataModule,
+    scores: dict[str, torch.Tensor],
+    flagged: torch.Tensor,
+    record: dict[str, Any],
+) -> dict[str, Any]:
+    """``curation/<name>/`` (and with ``control`` its random-removal control), each folder
+    whole, both together; returns the summary."""
+    assert dm.train_set is not None and dm.full_train_labels is not None
     out, control_dir = run.curation(name), run.curation(f"{name}-control")
-    with ExitStack() as folders:  # both folders appear together, each whole, or neither
+    with ExitStack() as folders:
         tmp = folders.enter_context(new_folder(out))
         summary = _write_manifest(tmp, scores, flagged, dm.full_train_labels, record)
+        threshold = record["settings"]["flag_threshold"]
         hist = figures.histogram(
-            scores["coverage"], flag_threshold, f"{name}: {summary['flagged']} flagged"
+            scores["coverage"], threshold, f"{name}: {summary['flagged']} flagged"
         )
         figures.save_png(hist, tmp / "coverage_hist.png")
         top = scores["top_positions"]  # the maps shown are the ones scored, in their own batch
         images = to_unit_range(dm.train_set.images[top])
-        figures.save_png(
-            figures.tiles_image(side_by_side(images, scores["top_maps"]), nrow=8),
-            tmp / "flagged_examples.png",
-        )
+        tiles = figures.tiles_image(side_by_side(images, scores["top_maps"]), nrow=8)
+        figures.save_png(tiles, tmp / "flagged_examples.png")
         summary["dir"] = str(out)
         if control:
-            arm = matched_control(scores["label"], flagged, seed)
+            arm = matched_control(scores["label"], flagged, record["settings"]["seed"])
+            arm_record = {**record, "seconds": 0.0, "images_per_second": None,
+                          "settings": {**record["settings"], "control_of": name}}  # fmt: skip
             _write_manifest(folders.enter_context(new_folder(control_dir)), scores, arm,
-                            dm.full_train_labels, {**record, "seconds": 0.0, "images_per_second": None,
-                                                   "settings": {**settings, "control_of": name}})  # fmt: skip
+                            dm.full_train_labels, arm_record)  # fmt: skip
             summary["control_dir"] = str(control_dir)
     return summary
 
 
 def _refuse_existing(run: RunDir, name: str, control: bool) -> None:
-    """A curation is never written over: refuse a name whose folder (or control's) exists."""
+    """A name is a plain folder name, and a curation is never written over: refuse a name whose
+    folder (or control's) exists."""
+    if not name or Path(name).name != name or name in (".", ".."):
+        raise UserError(f"name={name!r} is not allowed; it must be a plain folder name (no '/')")
     for folder in (name, f"{name}-control") if control else (name,):
         if run.curation(folder).exists():
             raise UserError(
