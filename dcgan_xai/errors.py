@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from collections.abc import Callable
 from typing import Any
+
+DISK_ERRORS = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EPERM)
 
 
 class UserError(Exception):
@@ -28,7 +31,7 @@ class Diverged(UserError):
 
 def report_user_errors(fn: Callable[[], Any]) -> Any:
     """Run ``fn``; turn a :class:`UserError` into one line on stderr and its exit code (2 bad
-    input, 3 interrupted, 4 diverged).
+    input, 3 interrupted, 4 diverged), and so a full, read-only or forbidden disk (exit 2).
 
     ``HYDRA_FULL_ERROR=1`` re-raises instead, so the traceback is shown.
     """
@@ -39,6 +42,13 @@ def report_user_errors(fn: Callable[[], Any]) -> Any:
             raise
         print(f"error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
+    except OSError as err:  # a full, read-only or forbidden place to write: the machine's word
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" or err.errno not in DISK_ERRORS:
+            raise
+        where = f" {err.filename}" if err.filename else ""
+        print(f"error: cannot write{where}: {err.strerror}; free space or choose a writable "
+              "place (nothing half-written was left under a final name)", file=sys.stderr)  # fmt: skip
+        sys.exit(UserError.exit_code)
 
 
 def check_overrides(config_name: str, args: list[str] | None = None) -> None:

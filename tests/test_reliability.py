@@ -290,3 +290,25 @@ def test_bad_curation_settings_are_refused_before_the_run_is_read(tmp_path, sett
         curate_run(tmp_path / "run", epoch=1, progress=False, **settings)
     assert "\n" not in str(err.value)
     assert not any((tmp_path / "run").iterdir())
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(tmp_path, monkeypatch, capsys):
+    from dcgan_xai.errors import report_user_errors
+    from dcgan_xai.files import atomic_write_text
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("os.fsync", full)
+    with pytest.raises(SystemExit) as exit_:
+        report_user_errors(lambda: atomic_write_text(tmp_path / "selection.json", "{}"))
+    assert exit_.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert (
+        len(lines) == 1
+        and lines[0].startswith("error: cannot write")
+        and "No space left" in lines[0]
+    )
+    assert not list(tmp_path.iterdir())  # no target, no temporary file
+    with pytest.raises(OSError, match="Is a directory"):  # other OS errors stay tracebacks
+        report_user_errors(lambda: (tmp_path / "d").mkdir() or open(tmp_path / "d"))
