@@ -119,15 +119,24 @@ def _numbered(folder: Path, pattern: re.Pattern[str]) -> list[int]:
 
 
 def read_csv(path: str | os.PathLike[str]) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+    """The rows of a CSV file; one that is not readable text CSV is one error naming it."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f))
+    except (csv.Error, UnicodeDecodeError) as err:
+        raise UserError(
+            f"{path} is not a readable CSV table ({type(err).__name__}: {err})"
+        ) from err
 
 
 def read_table(path: str | os.PathLike[str], parse: Any) -> list[dict[str, Any]]:
-    """Rows of a CSV table through ``parse``; a damaged line is one error naming it."""
+    """Rows of a CSV table through ``parse``; a damaged line (a value missing or extra, or
+    one ``parse`` refuses) is one error naming it."""
     rows = []
     for line, raw in enumerate(read_csv(path), start=2):
         try:
+            if None in raw or None in raw.values():
+                raise ValueError("it has more or fewer values than the header")
             rows.append(parse(raw))
         except (KeyError, TypeError, ValueError) as err:
             raise UserError(
@@ -456,7 +465,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     config = path.parent.parent / "config.yaml"
     saved, ours = (
         ckpt.get(RECORD_KEY) or {},
-        run_record(OmegaConf.load(config)) if config.is_file() else {},
+        run_record(load_config(config)) if config.is_file() else {},
     )
     diff = sorted(k for k in saved.keys() & ours.keys() if saved[k] != ours[k])
     if diff:
@@ -486,7 +495,22 @@ def run_config(run: RunDir) -> Any:
     path = run.root / "config.yaml"
     if not path.is_file():
         raise UserError(f"{run.root} has no config.yaml; is it a dcgan_xai run directory?")
-    return OmegaConf.load(path)
+    return load_config(path)
+
+
+def load_config(path: Path) -> DictConfig:
+    """A config file, or one error line naming it when it is not a readable YAML mapping."""
+    import yaml
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        cfg = OmegaConf.load(path)
+    except (yaml.YAMLError, OmegaConfBaseException, UnicodeDecodeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"{path} is not a readable config ({first})") from err
+    if not isinstance(cfg, DictConfig):
+        raise UserError(f"{path} is not a readable config (not a mapping)")
+    return cfg
 
 
 def datamodule_for_run(run: RunDir, trained: bool = False) -> MNISTDataModule:

@@ -38,6 +38,7 @@ from dcgan_xai.runs import (
     flat_settings,
     has_artifacts,
     is_first_process,
+    load_config,
     may_change,
     owned,
     record_invocation,
@@ -320,9 +321,7 @@ def _train_owned(cfg: DictConfig, run: RunDir, time_limit_s: float | None) -> di
         )
     recorded: DictConfig | None = None
     if cfg.resume and (run.root / "config.yaml").is_file():
-        loaded = OmegaConf.load(run.root / "config.yaml")
-        assert isinstance(loaded, DictConfig)
-        recorded = loaded
+        recorded = load_config(run.root / "config.yaml")
     cfg = with_numeric_path(cfg, recorded)
     if recorded is not None:
         check_same_config(recorded, cfg)

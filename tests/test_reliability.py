@@ -312,3 +312,41 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(tmp_path, monke
     assert not list(tmp_path.iterdir())  # no target, no temporary file
     with pytest.raises(OSError, match="Is a directory"):  # other OS errors stay tracebacks
         report_user_errors(lambda: (tmp_path / "d").mkdir() or open(tmp_path / "d"))
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("extra_value", r"scores.csv line 2 is damaged \(ValueError: it has more or fewer values than the header\)"),
+        ("huge_field", r"scores.csv is not a readable CSV table \(Error: field larger than field limit"),
+        ("not_utf8", r"scores.csv is not a readable CSV table \(UnicodeDecodeError"),
+        ("config_tag", r"config.yaml is not a readable config \("),
+        ("selection", r"selection.json is damaged \(KeyError: 'selected_epoch'\); run `python -m dcgan_xai.analyze"),
+    ],
+)  # fmt: skip
+def test_damaged_tables_and_records_are_one_line(smoke_run, smoke_cfg, tmp_path, damage, message):
+    import shutil
+
+    from dcgan_xai.analysis.curation import curate_run
+
+    run = RunDir(tmp_path / "r")
+    shutil.copytree(smoke_run["run_dir"], run.root)
+    lines = run.scores_csv.read_text().splitlines()
+    if damage == "extra_value":
+        run.scores_csv.write_text("\n".join([lines[0], lines[1] + ",7", *lines[2:]]) + "\n")
+    elif damage == "huge_field":
+        run.scores_csv.write_text("\n".join([lines[0], "x" * 200_000, *lines[2:]]) + "\n")
+    elif damage == "not_utf8":
+        run.scores_csv.write_bytes(run.scores_csv.read_bytes() + b"\xff\xfe,\n")
+    elif damage == "config_tag":
+        (run.root / "config.yaml").write_text("seed: !!python/object:os.system 1\n")
+    else:
+        run.analysis.mkdir(exist_ok=True)
+        (run.analysis / "selection.json").write_text('{"epoch": 2}')
+    same = "callbacks.gradcam.layers=[block1,block3]"
+    with pytest.raises(UserError, match=message) as err:
+        if damage == "selection":
+            curate_run(run.root, epoch="selected", progress=False)
+        else:
+            train(smoke_cfg(same, "resume=true", "trainer.max_epochs=3"), run.root)
+    assert "\n" not in str(err.value)

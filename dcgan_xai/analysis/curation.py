@@ -126,6 +126,8 @@ def matched_control(labels: torch.Tensor, flagged: torch.Tensor, seed: int = 0) 
 def resolve_checkpoint(run: RunDir, epoch: str | int | None, ckpt: str | None) -> Path:
     """``ckpt`` if given, else the run's checkpoint of ``epoch`` (a number or ``selected``)."""
     if ckpt:
+        if not Path(ckpt).is_file():
+            raise UserError(f"ckpt={ckpt} is not a checkpoint file")
         return Path(ckpt)
     if epoch is None or str(epoch) == "selected":
         selection = run.analysis / "selection.json"
@@ -134,7 +136,13 @@ def resolve_checkpoint(run: RunDir, epoch: str | int | None, ckpt: str | None) -
                 f"epoch=selected needs {selection}; run `python -m dcgan_xai.analyze "
                 f"run_dir={run.root}` first, or pass epoch=<N>"
             )
-        return run.checkpoint(int(json.loads(selection.read_text())["selected_epoch"]))
+        try:
+            epoch = int(json.loads(selection.read_text())["selected_epoch"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise UserError(
+                f"{selection} is damaged ({type(err).__name__}: {err}); run `python -m "
+                f"dcgan_xai.analyze run_dir={run.root}` again, or pass epoch=<N>"
+            ) from err
     try:
         number = int(epoch)
     except ValueError:

@@ -536,6 +536,8 @@ def _report_from_tables(study: StudySettings, root: Path) -> dict[str, Any]:
             raise UserError(f"study {study.name}: {root / name} is missing; run the study first")
     quality = _study_table(root / "quality.csv", parse_quality_row)
     scores = _study_table(root / "scores.csv", parse_score_row)
+    if not quality:
+        raise UserError(f"study {study.name}: {root / 'quality.csv'} holds no rows")
     meta = json.loads((root / "study.json").read_text())
     if "settings" in meta:  # decide and describe by the settings the tables were made with
         recorded = {**meta["settings"], "out_dir": study.out_dir, "report_only": study.report_only}
