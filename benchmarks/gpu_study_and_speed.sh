@@ -12,12 +12,15 @@
 # run it before spending GPU time. ONLY=speed runs the speed steps alone (about 3 minutes);
 # ONLY=study the study alone, with about 8 minutes of training (TRAIN_S=480). A study stopped by
 # its limit resumes where it stopped when run again on the same machine (its checkpoints stay
-# under $WORK while the machine is kept).
+# under $WORK while the machine is kept). A fresh machine per sitting: SITTING=<seeds> trains
+# whole runs of those seeds only; commit the returned tables under studies/$STUDY/ and the next
+# sitting (SITTING=<the next seeds>) carries them, so its report covers every seed trained so far.
 #
 # Results under $OUT (small files only, at most 8): summary.txt (every step's time and key lines),
 # study_REPORT.md, study_quality.csv and study_scores.csv (the study's raw tables: rebuild the
 # report anywhere with `python -m dcgan_xai.study +study=$STUDY report_only=true` after copying
-# them to studies/$STUDY/quality.csv, scores.csv), study.json, fid_by_run.png, and logs.tar.gz
+# them to studies/$STUDY/quality.csv, scores.csv), study.json, study_curation.csv (where the study
+# curates), fid_by_run.png, and logs.tar.gz
 # (every step's log, the study's outcome and decision tables, each job's status).
 set -uo pipefail
 OUT=${OUT:-outputs/gpu_study_and_speed}
@@ -117,16 +120,28 @@ EOF
 #    (joblib launcher), then the tables and the report. If no training got through its first
 #    epoch (the fast path failing on this GPU), the study runs again on the plain path. (timeout
 #    signals its whole process group, the launcher's worker processes with it.)
+#    SITTING=0,1,2,3 trains those seeds only: the tables of earlier sittings, committed under
+#    studies/$STUDY_NAME/, are put in the study's folder first, and the report covers them all.
 STUDY=($PY -m dcgan_xai.study -m +study=$STUDY_NAME hydra/launcher=joblib hydra.launcher.n_jobs=$JOBS out_dir="$WORK/studies")
+[ -n "${SITTING:-}" ] && STUDY+=("sitting=[$SITTING]")
+S="$WORK/studies/$STUDY_NAME"
+earlier_tables() {
+  mkdir -p "$S"
+  for f in quality.csv scores.csv curation.csv study.json; do
+    [ -f "studies/$STUDY_NAME/$f" ] && cp "studies/$STUDY_NAME/$f" "$S/$f"
+  done
+  return 0
+}
+earlier_tables
 t_study=$(date +%s)
 OMP_NUM_THREADS=2 step study "$STUDY_LIMIT" "${STUDY[@]}" "${STUDY_ARGS[@]}" "$@"
-S="$WORK/studies/$STUDY_NAME"
 left=$((STUDY_LIMIT - ($(date +%s) - t_study)))
 if [ "$left" -gt 120 ] && ! ls "$S"/runs/*/checkpoints/epoch=001.ckpt >/dev/null 2>&1; then
   echo "== no run finished an epoch on the fast path: the plain path, $left s" | tee -a "$SUMMARY"
   cp "$LOGS/study.log" "$LOGS/study_fast_path_failed.log"
   cp -r "$S/jobs" "$LOGS/study_fast_path_jobs" 2>/dev/null
   rm -rf "$S"
+  earlier_tables
   OMP_NUM_THREADS=2 step study "$left" "${STUDY[@]}" \
     train_timeout_s=$((left - 50)) 'train_overrides=["speed.on_device=false","speed.cuda_graph=false","trainer.log_every_n_steps=50","callbacks.quality.enabled=true","callbacks.gradcam.layers=[block1,block2,block3]","callbacks.gradcam.methods=[gradcam,gradcam_pre,gradcam_conv,hirescam]","callbacks.gradcam.bn_modes=[batch,eval]"]' "$@"
 fi
@@ -135,6 +150,7 @@ cp "$S/quality.csv" "$OUT/study_quality.csv" 2>/dev/null
 cp "$S/scores.csv" "$OUT/study_scores.csv" 2>/dev/null
 cp "$S/study.json" "$OUT/study.json" 2>/dev/null
 cp "$S/fid_by_run.png" "$OUT/fid_by_run.png" 2>/dev/null
+cp "$S/curation.csv" "$OUT/study_curation.csv" 2>/dev/null
 cp "$S/outcomes.csv" "$S/decisions.csv" "$LOGS/" 2>/dev/null
 cp -r "$S/jobs" "$LOGS/study_jobs" 2>/dev/null
 

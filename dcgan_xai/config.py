@@ -348,6 +348,9 @@ class StudySettings:
     out_dir: str = "studies"
     experiments: list[str] = field(default_factory=lambda: ["mnist64"])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    # the seeds this sitting trains (null: all); the report covers every seed, taking the rows
+    # of the others from the study's tables of earlier sittings (a fresh machine per sitting)
+    sitting: list[int] | None = None
     train_overrides: list[str] = field(default_factory=list)
     job: StudyJob = field(default_factory=lambda: StudyJob())
     train: bool = True  # false: analyse the runs as far as they got, training none
@@ -408,6 +411,12 @@ class StudySettings:
                 raise UserError(f"{name}={bad[0]!r} is not allowed; allowed: {', '.join(allowed)}")
         if not self.seeds:
             raise UserError("seeds is empty; give at least one seed")
+        if self.sitting is not None and (
+            not self.sitting or not set(self.sitting) <= set(self.seeds)
+        ):
+            raise UserError(
+                f"sitting={list(self.sitting)} is not allowed; it must be some of seeds={list(self.seeds)}"
+            )
         if not self.experiments:
             raise UserError("experiments is empty; give at least one experiment")
         job = self.job
@@ -478,9 +487,10 @@ def compose_config(config_name: str, overrides: list[str]) -> DictConfig:
         raise UserError(hydra_error_line(err)) from err
 
 
-def _csv(values: Any) -> str:
-    """A list as a sweep's comma-separated values (``${csv:${seeds}}``)."""
-    return ",".join(str(v) for v in values)
+def _csv(values: Any, instead: Any = None) -> str:
+    """A list as a sweep's comma-separated values (``${csv:${seeds}}``); with two lists, the
+    first unless it is null (``${csv:${sitting},${seeds}}``)."""
+    return ",".join(str(v) for v in (instead if values is None else values))
 
 
 def register_configs() -> None:

@@ -118,6 +118,24 @@ def test_cpu_sized_study_writes_its_report_and_rebuilds_it_from_its_tables(mnist
     assert read_csv(copy / "decisions.csv") == read_csv(out / "decisions.csv")
     assert (copy / "REPORT.md").read_text() == report
 
+    # two sittings on fresh machines: each finds only its own seed's run; the tables of the
+    # first travel to the second in the study's folder, and the report covers both seeds
+    split = tmp_path / "split" / "cpu"
+    study.out_dir, study.report_only = str(tmp_path / "split"), False
+    for seed in (0, 1):
+        shutil.rmtree(split / "runs", ignore_errors=True)
+        shutil.copytree(runs / f"smoke_seed_{seed}", split / "runs" / f"smoke_seed_{seed}")
+        study.sitting = [seed]
+        run_study(study, log=lambda _: None)
+    key = lambda r: (r["seed"], r["arm"], int(r["epoch"]), int(r["draw"]))  # noqa: E731
+    assert sorted(read_csv(split / "quality.csv"), key=key) == sorted(
+        read_csv(out / "quality.csv"), key=key
+    )
+    assert read_csv(split / "decisions.csv") == read_csv(out / "decisions.csv")
+    meta = json.loads((split / "study.json").read_text())
+    assert sorted(meta["status"]) == [str(split / "runs" / f"smoke_seed_{s}") for s in (0, 1)]
+    assert len(meta["sittings"]) == 2 and "sitting" not in meta["settings"]
+
 
 @pytest.mark.slow
 def test_study_curation_arm_retrains_curated_and_control(mnist_fixture, tmp_path):

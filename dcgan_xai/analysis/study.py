@@ -386,7 +386,7 @@ def run_study(study: StudySettings, log: Callable[[str], None] = print) -> dict[
         return {"status": study_job(study, study.job.experiment, study.job.seed, log)}
     start = time.time()
     for experiment in study.experiments:
-        for seed in study.seeds:
+        for seed in study.seeds if study.sitting is None else study.sitting:
             study_job(study, experiment, seed, log)
     return report(study, log, started=start, how="one process, one run at a time")
 
@@ -439,12 +439,57 @@ def report(
     study: StudySettings, log: Callable[[str], None], started: float, how: str
 ) -> dict[str, Any]:
     """Collect every run's tables (computing from checkpoints what is missing) and curation
-    results, write the study's tables and ``study.json``, and decide (:func:`_report_from_tables`).
+    results, with the rows of earlier sittings for runs not on this machine; write the study's
+    tables and ``study.json``, and decide (:func:`_report_from_tables`).
 
     ``started`` (``time.time()``) and ``how`` describe this sitting; ``study.json`` keeps the
     sittings before it, so a study resumed over several sittings reports its whole wall time.
     """
     root = study_root(study)
+    earlier = _earlier_sittings(root)
+    quality, scores, curation, status = _collect(study, root, earlier["runs"], log)
+    carried = set(itertools.product(study.experiments, study.seeds))
+    carried -= {(r["experiment"], r["seed"]) for r in quality}
+
+    def kept(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [r for r in rows if (r["experiment"], int(r["seed"])) in carried]
+
+    quality, scores = quality + kept(earlier["quality"]), scores + kept(earlier["scores"])
+    curation += kept(earlier["curation"])
+    status = {**{k: v for k, v in earlier["status"].items() if k not in status}, **status}
+    if not quality:
+        raise UserError(f"study {study.name}: no run has a checkpoint under {root / 'runs'}")
+    write_csv(root / "quality.csv", [*RUN_KEYS, *QUALITY_FIELDS], quality)
+    write_csv(root / "scores.csv", ["experiment", "seed", *SCORE_FIELDS], scores)
+    if curation:
+        write_csv(root / "curation.csv", list(curation[0]), curation)
+    sitting = {
+        "started": datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
+        "wall_s": round(time.time() - started),
+        "how": how,
+    }
+    sittings = [*earlier["sittings"], sitting]
+    settings = asdict(study)
+    for name in ("job", "report_only", "sitting"):
+        settings.pop(name)
+    meta = {
+        "device": _device_name(resolve_device(study.analysis.device)),
+        "wall_s": sum(int(x["wall_s"]) for x in sittings),
+        "sittings": sittings,
+        "status": status,
+        "settings": settings,
+        "rules": evidence.RULES,
+        "fid_floor": {e: fid_floor(study, e) for e in study.experiments},
+    }
+    atomic_write_text(root / "study.json", json.dumps(meta, indent=2) + "\n")
+    return _report_from_tables(study, root)
+
+
+def _collect(
+    study: StudySettings, root: Path, elsewhere: set[tuple[str, int]], log: Callable[[str], None]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]], dict[str, str]]:
+    """The quality, score and curation rows and the status of the runs on this machine; a run
+    in ``elsewhere`` (trained in an earlier sitting) without checkpoints here is skipped."""
     quality: list[dict[str, Any]] = []
     scores: list[dict[str, Any]] = []
     curation: list[dict[str, Any]] = []
@@ -455,6 +500,9 @@ def report(
         )
         for seed in study.seeds:
             run = RunDir(root / "runs" / run_name(experiment, seed))
+            if not run.checkpoint_epochs() and (experiment, seed) in elsewhere:
+                log(f"{run.root.name}: from the tables of an earlier sitting")
+                continue
             status[str(run.root)] = _status(root, run.root, run.root.name)
             if not run.checkpoint_epochs():
                 log(f"{run.root.name}: no checkpoint, left out ({status[str(run.root)]})")
@@ -469,40 +517,29 @@ def report(
             for label, _ in rules(study):
                 for name in ("curated", "control"):
                     arm = RunDir(arm_dir(run, label, name))
-                    if not arm.checkpoint_epochs():
-                        continue
-                    status[str(arm.root)] = _status(root, arm.root, run.root.name)
-                    q, _ = run_tables(arm, study, log)
-                    quality += [{**key, "arm": f"{name}_{label}", **r} for r in q]
-    if not quality:
-        raise UserError(f"study {study.name}: no run has a checkpoint under {root / 'runs'}")
-    write_csv(root / "quality.csv", [*RUN_KEYS, *QUALITY_FIELDS], quality)
-    write_csv(root / "scores.csv", ["experiment", "seed", *SCORE_FIELDS], scores)
-    if curation:
-        write_csv(root / "curation.csv", list(curation[0]), curation)
-    earlier = []
-    if (root / "study.json").is_file():
-        earlier = json.loads((root / "study.json").read_text()).get("sittings", [])
-    sitting = {
-        "started": datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
-        "wall_s": round(time.time() - started),
-        "how": how,
-    }
-    sittings = [*earlier, sitting]
-    settings = asdict(study)
-    for name in ("job", "report_only"):
-        settings.pop(name)
-    meta = {
-        "device": _device_name(resolve_device(study.analysis.device)),
-        "wall_s": sum(int(x["wall_s"]) for x in sittings),
-        "sittings": sittings,
-        "status": status,
-        "settings": settings,
-        "rules": evidence.RULES,
-        "fid_floor": {e: fid_floor(study, e) for e in study.experiments},
-    }
-    atomic_write_text(root / "study.json", json.dumps(meta, indent=2) + "\n")
-    return _report_from_tables(study, root)
+                    if arm.checkpoint_epochs():
+                        status[str(arm.root)] = _status(root, arm.root, run.root.name)
+                        q, _ = run_tables(arm, study, log)
+                        quality += [{**key, "arm": f"{name}_{label}", **r} for r in q]
+    return quality, scores, curation, status
+
+
+def _earlier_sittings(root: Path) -> dict[str, Any]:
+    """What earlier sittings left in the study's folder (tables, sittings, each run's status):
+    a sitting on a fresh machine trains some seeds, and the report keeps the others' rows."""
+    out: dict[str, Any] = {"quality": [], "scores": [], "curation": [], "sittings": [],
+                           "status": {}, "runs": set()}  # fmt: skip
+    if not (root / "study.json").is_file():
+        return out
+    meta = json.loads((root / "study.json").read_text())
+    out["sittings"], out["status"] = meta.get("sittings", []), meta.get("status", {})
+    for name in ("quality", "scores"):
+        if (root / f"{name}.csv").is_file():
+            out[name] = [{**r, "seed": int(r["seed"])} for r in read_csv(root / f"{name}.csv")]
+    if (root / "curation.csv").is_file():
+        out["curation"] = read_csv(root / "curation.csv")
+    out["runs"] = {(r["experiment"], r["seed"]) for r in out["quality"]}
+    return out
 
 
 def fid_floor(study: StudySettings, experiment: str) -> dict[str, Any]:
