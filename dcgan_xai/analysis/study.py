@@ -456,7 +456,7 @@ def report(
 
     quality, scores = quality + kept(earlier["quality"]), scores + kept(earlier["scores"])
     curation += kept(earlier["curation"])
-    status = {**{k: v for k, v in earlier["status"].items() if k not in status}, **status}
+    status = {**earlier["status"], **status}  # keyed runs/<run dir> wherever the study ran
     if not quality:
         raise UserError(f"study {study.name}: no run has a checkpoint under {root / 'runs'}")
     write_csv(root / "quality.csv", [*RUN_KEYS, *QUALITY_FIELDS], quality)
@@ -503,9 +503,9 @@ def _collect(
             if not run.checkpoint_epochs() and (experiment, seed) in elsewhere:
                 log(f"{run.root.name}: from the tables of an earlier sitting")
                 continue
-            status[str(run.root)] = _status(root, run.root, run.root.name)
+            status[f"runs/{run.root.name}"] = _status(root, run.root, run.root.name)
             if not run.checkpoint_epochs():
-                log(f"{run.root.name}: no checkpoint, left out ({status[str(run.root)]})")
+                log(f"{run.root.name}: no checkpoint, left out ({status[f'runs/{run.root.name}']})")
                 continue
             q, s = run_tables(run, study, log)
             key = {"experiment": experiment, "seed": seed}
@@ -518,7 +518,7 @@ def _collect(
                 for name in ("curated", "control"):
                     arm = RunDir(arm_dir(run, label, name))
                     if arm.checkpoint_epochs():
-                        status[str(arm.root)] = _status(root, arm.root, run.root.name)
+                        status[f"runs/{arm.root.name}"] = _status(root, arm.root, run.root.name)
                         q, _ = run_tables(arm, study, log)
                         quality += [{**key, "arm": f"{name}_{label}", **r} for r in q]
     return quality, scores, curation, status
@@ -532,7 +532,8 @@ def _earlier_sittings(root: Path) -> dict[str, Any]:
     if not (root / "study.json").is_file():
         return out
     meta = json.loads((root / "study.json").read_text())
-    out["sittings"], out["status"] = meta.get("sittings", []), meta.get("status", {})
+    out["sittings"] = meta.get("sittings", [])
+    out["status"] = {f"runs/{Path(k).name}": v for k, v in meta.get("status", {}).items()}
     for name in ("quality", "scores"):
         if (root / f"{name}.csv").is_file():
             out[name] = [{**r, "seed": int(r["seed"])} for r in read_csv(root / f"{name}.csv")]
