@@ -2,7 +2,23 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+
+_imported = False  # until the imports below are done, an exception would break them half-way
+
+
+def _sigterm_before_training(signum: int, frame: object) -> None:
+    print("error: interrupted by SIGTERM before training started; nothing was trained: start it "
+          "again with the same overrides", file=sys.stderr, flush=True)  # fmt: skip
+    if not _imported:
+        os._exit(3)
+    sys.exit(3)  # through main's clean-up of the run dir Hydra made
+
+
+if __name__ == "__main__":  # from the first line: SIGTERM while starting exits 3 with its line
+    signal.signal(signal.SIGTERM, _sigterm_before_training)
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -12,6 +28,8 @@ import dcgan_xai.config  # noqa: F401  (registers the schemas)
 from dcgan_xai.errors import check_overrides, report_user_errors
 from dcgan_xai.runs import discard_unstarted_run
 from dcgan_xai.training import train
+
+_imported = True
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

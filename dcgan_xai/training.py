@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import json
 import os
+import signal
+import threading
 import time
 import warnings
 from contextlib import nullcontext
@@ -344,6 +346,10 @@ def _train_owned(cfg: DictConfig, run: RunDir, time_limit_s: float | None) -> di
     if time_limit_s is not None:
         callbacks.append(TimeLimit(time.monotonic() + time_limit_s, cfg.trainer.log_every_n_steps))
     trainer = build_trainer(cfg, run, callbacks)
+    if threading.current_thread() is threading.main_thread():
+        # before the run's first file: Lightning's own SIGTERM handling takes over at fit
+        # (finished epochs stay, exit 3); the entry point's handler covered the start
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if trainer.is_global_zero:
         atomic_write_text(run.root / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         if exclusion is not None:

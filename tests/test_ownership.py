@@ -330,3 +330,24 @@ def test_a_training_start_leaves_the_temp_files_of_a_curate_writing_into_the_run
     train(smoke_cfg(same, "resume=true", "trainer.max_epochs=3"), run.root)
     assert (busy / ".manifest.csv.def456.dcgan_xai.tmp").read_text() == "being written"
     assert not (run.gradcam / ".scores.csv.abc.dcgan_xai.tmp").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("after_s", [0.5, 2.0, 4.0])
+def test_sigterm_while_starting_exits_3_with_its_line(tmp_path, mnist_fixture, after_s):
+    """Before training starts (imports, config, data), SIGTERM is exit 3 and one line, not 143
+    without a word; the run dir is left as it was."""
+    run = tmp_path / "r"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dcgan_xai.train", "experiment=smoke", f"hydra.run.dir={run}",
+         *data_overrides(*mnist_fixture), "trainer.max_epochs=200"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(after_s)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 3, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: interrupted by SIGTERM"), err
+    if "before training started" in last:
+        assert not run.exists() or not any(run.iterdir())
