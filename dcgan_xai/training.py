@@ -304,6 +304,8 @@ def train(
     """
     run = RunDir(run_dir)
     validate(cfg)
+    if run.root.exists() and not run.root.is_dir():
+        raise UserError(f"run dir {run.root} is a file, not a folder; choose another hydra.run.dir")
     with owned(run):
         return _train_owned(cfg, run, time_limit_s)
 

@@ -20,6 +20,15 @@ from tests.conftest import compose_train, write_fixture
 from tests.helpers import REPO, same_weights
 
 
+def test_a_run_dir_that_is_a_file_or_a_link_to_one_is_refused(smoke_cfg, tmp_path):
+    (tmp_path / "notes.txt").write_text("the user's")
+    (tmp_path / "link").symlink_to(tmp_path / "notes.txt")
+    for path in (tmp_path / "notes.txt", tmp_path / "link"):
+        with pytest.raises(UserError, match=r"run dir .* is a file, not a folder; choose another"):
+            train(smoke_cfg(), path)
+    assert (tmp_path / "notes.txt").read_text() == "the user's"
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [
