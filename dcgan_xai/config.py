@@ -394,31 +394,10 @@ class StudySettings:
 
     def check(self) -> None:
         self.analysis.check()
-        if not self.name or Path(self.name).name != self.name or self.name in (".", ".."):
-            raise UserError(
-                f"name={self.name} is not allowed; it must be a plain folder name (no '/'), "
-                f"the study's folder under out_dir={self.out_dir}"
-            )
-        for name, values, allowed in (
-            ("scores", self.scores, VARIANT_SCORES),
-            ("selections", self.selections, SELECTIONS),
-            ("probes", self.probes, PROBES),
-            ("bn_modes", self.bn_modes, BN_MODES),
-            ("methods", self.methods, METHODS),
-        ):
-            bad = [v for v in values if v not in allowed]
-            if bad:
-                raise UserError(f"{name}={bad[0]!r} is not allowed; allowed: {', '.join(allowed)}")
-        if not self.seeds:
-            raise UserError("seeds is empty; give at least one seed")
-        if self.sitting is not None and (
-            not self.sitting or not set(self.sitting) <= set(self.seeds)
-        ):
-            raise UserError(
-                f"sitting={list(self.sitting)} is not allowed; it must be some of seeds={list(self.seeds)}"
-            )
-        if not self.experiments:
-            raise UserError("experiments is empty; give at least one experiment")
+        check_ranges(self, STUDY_RANGES)
+        if self.sitting is not None and not set(self.sitting) <= set(self.seeds):
+            raise UserError(f"sitting={list(self.sitting)} is not allowed; it must be some of "
+                            f"seeds={list(self.seeds)}")  # fmt: skip
         job = self.job
         if (job.experiment is None) != (job.seed is None):
             raise UserError(
@@ -430,16 +409,6 @@ class StudySettings:
                 f"job.experiment={job.experiment} is not one of the study's experiments; "
                 f"allowed: {', '.join(self.experiments)}"
             )
-        if self.train_timeout_s is not None and self.train_timeout_s <= 0:
-            raise UserError(
-                f"train_timeout_s={self.train_timeout_s} is not allowed; it must be > 0"
-            )
-        for name, value, allowed in (
-            ("question", self.question, QUESTIONS),
-            ("curation_epoch", self.curation_epoch, ("selected", "last")),
-        ):
-            if value not in allowed:
-                raise UserError(f"{name}={value!r} is not allowed; allowed: {', '.join(allowed)}")
         if self.curation_layer == "pilot" and (
             self.pilot_seed in self.seeds or not self.curation_thresholds
         ):
@@ -447,23 +416,37 @@ class StudySettings:
                 f"curation_layer=pilot needs a pilot_seed outside seeds (got {self.pilot_seed}) "
                 "and a curation threshold"
             )
-        if not 0.0 < self.window <= 1.0:
-            raise UserError(f"window={self.window} is not allowed; it must be in (0, 1]")
-        for name in self.planned:
-            parts = name.split("/")
-            ok = (
-                len(parts) == 6
-                and parts[0] in METHODS
-                and parts[2] in BN_MODES
-                and parts[3] in PROBES
-                and parts[4] in VARIANT_SCORES
-                and parts[5] in SELECTIONS
-            )
-            if not ok:
-                raise UserError(
-                    f"planned variant {name!r} is not allowed; write method/layer/bn_mode/probe/"
-                    f"score/selection, e.g. {PAPER_VARIANT}"
-                )
+
+
+def _variant_ok(name: str) -> bool:
+    parts = name.split("/")
+    return (len(parts) == 6 and parts[0] in METHODS and parts[2] in BN_MODES
+            and parts[3] in PROBES and parts[4] in VARIANT_SCORES and parts[5] in SELECTIONS)  # fmt: skip
+
+
+def _some_of(allowed: Sequence[str]) -> tuple[str, Callable[[Any], bool]]:
+    return f"a list of {', '.join(allowed)}", lambda v: all(x in allowed for x in v)
+
+
+# What a study accepts besides its analysis settings (StudySettings.check).
+STUDY_RANGES: Ranges = (
+    ("name", ("a plain folder name (no '/'), the study's folder under out_dir",
+              lambda v: bool(v) and Path(v).name == v and v not in (".", ".."))),
+    ("experiments", ("one experiment or more", lambda v: len(v) > 0)),
+    ("seeds", ("one seed or more", lambda v: len(v) > 0)),
+    ("sitting", ("one seed or more, or null (all)", lambda v: v is None or len(v) > 0)),
+    ("train_timeout_s", ("> 0, or null", lambda v: v is None or v > 0)),
+    ("scores", _some_of(VARIANT_SCORES)),
+    ("selections", _some_of(SELECTIONS)),
+    ("probes", _some_of(PROBES)),
+    ("bn_modes", _some_of(BN_MODES)),
+    ("methods", _some_of(METHODS)),
+    ("question", _one_of(QUESTIONS)),
+    ("curation_epoch", _one_of(("selected", "last"))),
+    ("window", ("in (0, 1]", lambda v: 0 < v <= 1)),
+    ("planned", (f"variants method/layer/bn_mode/probe/score/selection, e.g. {PAPER_VARIANT}",
+                 lambda v: all(_variant_ok(x) for x in v))),
+)  # fmt: skip
 
 
 def compose_config(config_name: str, overrides: list[str]) -> DictConfig:

@@ -19,15 +19,16 @@ PLANNED = ["gradcam/block3/batch/real/focus/coarse", "hirescam/block3/batch/real
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"scores": ["sharpness"]}, "scores='sharpness' is not allowed"),
-        ({"methods": ["gradcam++"]}, r"methods='gradcam\+\+' is not allowed; allowed: gradcam, "),
+        ({"scores": ["sharpness"]}, r"scores=\['sharpness'\] is not allowed; it must be a list of focus"),
+        ({"methods": ["gradcam++"]}, r"methods=\['gradcam\+\+'\] is not allowed; it must be a list of gradcam, "),
         ({"train_timeout_s": 0}, "train_timeout_s=0 is not allowed; it must be > 0"),
         ({"job": StudyJob("smoke")}, "a study job needs both"),
         ({"job": StudyJob("mnist64_noise", 0)}, r"job.experiment=mnist64_noise is not one of the study's experiments; allowed: mnist64"),
         ({"window": 0.0}, r"window=0.0 is not allowed; it must be in \(0, 1\]"),
-        ({"experiments": []}, "experiments is empty"),
+        ({"experiments": []}, r"experiments=\[\] is not allowed; it must be one experiment or more"),
+        ({"seeds": [0], "sitting": [3]}, r"sitting=\[3\] is not allowed; it must be some of seeds=\[0\]"),
         ({"name": "../../escaped"}, r"name=../../escaped is not allowed; it must be a plain folder name"),
-        ({"planned": ["gradcam/block3/focus"]}, "planned variant 'gradcam/block3/focus' is not allowed"),
+        ({"planned": ["gradcam/block3/focus"]}, r"planned=\['gradcam/block3/focus'\] is not allowed; it must be variants method/layer/"),
     ],
 )  # fmt: skip
 def test_bad_study_settings(kwargs, message):
