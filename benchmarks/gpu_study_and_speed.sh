@@ -111,7 +111,7 @@ from dcgan_xai.metrics.quality import classifier_path, load_or_train_classifier
 dm = MNISTDataModule("data/mnist")
 dm.setup()
 device = "cuda" if torch.cuda.is_available() else "cpu"
-path = classifier_path(dm.root, dm.image_size, 3, dm.checksums["test-images"])
+path = classifier_path(dm.classifier_dir, dm.image_size, 3, dm.checksums["test-images"])
 _, acc = load_or_train_classifier(path, dm.train_set, dm.test_set, epochs=3, device=device)
 print(f"classifier {path}: test accuracy {acc:.4f}")
 EOF

@@ -222,3 +222,10 @@ def test_an_unwritable_cache_folder_resizes_in_memory(tmp_path, monkeypatch):
     with pytest.warns(UserWarning, match=r"cannot write the resize cache .*Permission denied"):
         dm.setup()
     assert len(dm.train_set) == 300 and not list((root / "cache").glob("*.pt"))
+
+
+def test_the_classifier_lives_beside_the_data_or_in_data_cache_dir(tmp_path):
+    plain = MNISTDataModule(tmp_path / "mnist")
+    assert plain.classifier_dir == tmp_path / "mnist" / "classifier"  # where it always was
+    elsewhere = MNISTDataModule(tmp_path / "mnist", cache_dir=tmp_path / "writable")
+    assert elsewhere.classifier_dir == tmp_path / "writable" / "classifier"  # a read-only root

@@ -74,10 +74,10 @@ def resolve_device(name: str) -> str:
 def classifier_for(
     dm: MNISTDataModule, settings: AnalysisSettings, device: str
 ) -> tuple[MNISTClassifier, float]:
-    """The data's MNIST classifier, cached under ``<data root>/classifier/`` (trained if missing)."""
+    """The data's MNIST classifier, cached in ``dm.classifier_dir`` (trained if missing)."""
     assert dm.train_set is not None and dm.test_set is not None
     path = classifier_path(
-        dm.root, dm.image_size, settings.classifier_epochs, dm.checksums["test-images"]
+        dm.classifier_dir, dm.image_size, settings.classifier_epochs, dm.checksums["test-images"]
     )
     return load_or_train_classifier(
         path,
@@ -97,7 +97,7 @@ def quality_meter_for(
     assert dm.test_set is not None
     model, accuracy = classifier_for(dm, settings, device)
     path = classifier_path(
-        dm.root, dm.image_size, settings.classifier_epochs, dm.checksums["test-images"]
+        dm.classifier_dir, dm.image_size, settings.classifier_epochs, dm.checksums["test-images"]
     )
     return reference_meter(
         model,

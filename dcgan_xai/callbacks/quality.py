@@ -70,7 +70,7 @@ class QualityCallback(L.Callback):
             cache_dir=dm.cache_dir,
         )
         path = classifier_path(
-            dm.root, dm.image_size, self.classifier_epochs, dm.checksums["test-images"]
+            dm.classifier_dir, dm.image_size, self.classifier_epochs, dm.checksums["test-images"]
         )
         if not path.is_file():
             full.setup()

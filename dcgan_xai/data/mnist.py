@@ -235,6 +235,10 @@ class MNISTDataModule(L.LightningDataModule):
             raise UserError(f"data.batch_size={batch_size} is not allowed; it must be >= 1")
         self.root = Path(root)
         self.cache_dir = Path(cache_dir) if cache_dir else self.root / "cache"
+        # the MNIST classifier's folder: beside the raw files, or in data.cache_dir when one is
+        # given (a read-only data root)
+        default = self.cache_dir == self.root / "cache"
+        self.classifier_dir = (self.root if default else self.cache_dir) / "classifier"
         self.image_size, self.batch_size, self.seed, self.limit = (
             image_size,
             batch_size,

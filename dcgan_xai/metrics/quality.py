@@ -108,9 +108,10 @@ def train_classifier(
     return model.eval(), accuracy(model, test)
 
 
-def classifier_path(root: str | Path, image_size: int, epochs: int, test_md5: str) -> Path:
-    """Where the classifier for a data root is cached (keyed by size, epochs and test file)."""
-    return Path(root) / "classifier" / f"mnist{image_size}-cnn-e{epochs}-seed0-{test_md5[:8]}.pt"
+def classifier_path(folder: str | Path, image_size: int, epochs: int, test_md5: str) -> Path:
+    """Where the classifier is cached in ``folder`` (a data module's ``classifier_dir``), keyed
+    by image size, epochs and the test file."""
+    return Path(folder) / f"mnist{image_size}-cnn-e{epochs}-seed0-{test_md5[:8]}.pt"
 
 
 def load_or_train_classifier(
