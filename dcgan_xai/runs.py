@@ -331,24 +331,16 @@ def held_by_another(run: RunDir) -> bool:
 
 
 @contextmanager
-def owned(run: RunDir) -> Iterator[None]:
-    """Hold ``<run>/.lock`` for the duration; a second training on the same dir is refused."""
-    if not is_first_process():
-        yield
-        return
-    created = not run.root.exists()
-    run.root.mkdir(parents=True, exist_ok=True)
-    lock = run.root / LOCK_NAME
+def held_lock(lock: Path, refused: str) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``lock``, which names this process while it holds it;
+    where another process holds it, refuse with ``refused`` (its ``{holder}`` filled in)."""
     with open(lock, "a+") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             fh.seek(0)
             holder = fh.read().strip() or "another process"
-            raise UserError(
-                f"run dir {run.root} is in use by another training ({holder}); wait for it to "
-                "end or choose another hydra.run.dir"
-            ) from None
+            raise UserError(refused.replace("{holder}", holder)) from None
         fh.seek(0)
         fh.truncate()
         fh.write(
@@ -358,11 +350,28 @@ def owned(run: RunDir) -> Iterator[None]:
         try:
             yield
         finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@contextmanager
+def owned(run: RunDir) -> Iterator[None]:
+    """Hold ``<run>/.lock`` for the duration; a second training on the same dir is refused."""
+    if not is_first_process():
+        yield
+        return
+    created = not run.root.exists()
+    run.root.mkdir(parents=True, exist_ok=True)
+    lock = run.root / LOCK_NAME
+    refused = (f"run dir {run.root} is in use by another training ({{holder}}); wait for it to "
+               "end or choose another hydra.run.dir")  # fmt: skip
+    with held_lock(lock, refused):
+        try:
+            yield
+        finally:
             if not has_artifacts(run):  # refused before training: leave nothing behind
                 lock.unlink(missing_ok=True)
                 if created and not any(run.root.iterdir()):
                     run.root.rmdir()
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def discard_unstarted_run(run_dir: str | Path) -> None:

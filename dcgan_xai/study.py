@@ -10,6 +10,7 @@ report is written.
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 from typing import Any
 
 import hydra
@@ -46,9 +47,14 @@ class ReportAfterSweep(Callback):
 
     def __init__(self) -> None:
         self.started = time.time()
+        self.lock = ExitStack()
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from dcgan_xai.analysis.study import study_lock
+
         self.started = time.time()
+        study = StudySettings.from_config(config)
+        report_user_errors(lambda: self.lock.enter_context(study_lock(study)))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from dcgan_xai.analysis.study import report
@@ -57,7 +63,8 @@ class ReportAfterSweep(Callback):
         study.job = StudyJob()
         launcher = str(config.hydra.launcher.get("_target_", "")).rsplit(".", 1)[-1]
         how = f"Hydra multirun, {launcher or 'its launcher'}"
-        print(report_user_errors(lambda: summary(report(study, print, self.started, how))))
+        with self.lock:
+            print(report_user_errors(lambda: summary(report(study, print, self.started, how))))
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="study")

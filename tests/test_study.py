@@ -235,3 +235,13 @@ def check_two_seed_study(out, output: str, launcher: str) -> None:
     assert meta["sittings"][0]["how"] == f"Hydra multirun, {launcher}"
     assert len(read_csv(out / "quality.csv")) == 2 * 2 * 3  # runs x epochs x (fixed + 2 fresh)
     assert "report: " in output and (out / "REPORT.md").is_file()
+
+
+def test_a_second_invocation_of_a_study_is_refused(tmp_path):
+    from dcgan_xai.analysis.study import run_study, study_lock
+
+    study = StudySettings(name="s", out_dir=str(tmp_path), experiments=["smoke"], seeds=[0])
+    with study_lock(study):  # the first invocation, training
+        with pytest.raises(UserError, match=r"study .*/s is in use by another invocation \(pid "):
+            run_study(study, log=lambda _: None)
+    assert not (tmp_path / "s" / "runs").exists()  # the refused one trained nothing

@@ -18,6 +18,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -43,6 +44,7 @@ from dcgan_xai.runs import (
     datamodule_for_config,
     datamodule_for_run,
     ensure_probe,
+    held_lock,
     load_module,
     parse_quality_row,
     parse_score_row,
@@ -385,10 +387,20 @@ def run_study(study: StudySettings, log: Callable[[str], None] = print) -> dict[
     if study.job.experiment is not None and study.job.seed is not None:
         return {"status": study_job(study, study.job.experiment, study.job.seed, log)}
     start = time.time()
-    for experiment in study.experiments:
-        for seed in study.seeds if study.sitting is None else study.sitting:
-            study_job(study, experiment, seed, log)
-    return report(study, log, started=start, how="one process, one run at a time")
+    with study_lock(study):
+        for experiment in study.experiments:
+            for seed in study.seeds if study.sitting is None else study.sitting:
+                study_job(study, experiment, seed, log)
+        return report(study, log, started=start, how="one process, one run at a time")
+
+
+def study_lock(study: StudySettings) -> AbstractContextManager[None]:
+    """``<study>/.lock``, held by the invocation that trains and reports the study (the one
+    process, or a multirun's launcher): a second invocation on the same study is refused."""
+    root = study_root(study)
+    root.mkdir(parents=True, exist_ok=True)
+    return held_lock(root / ".lock", f"study {root} is in use by another invocation ({{holder}}); "
+                     "wait for it to end")  # fmt: skip
 
 
 def study_job(
