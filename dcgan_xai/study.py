@@ -41,20 +41,24 @@ def summary(result: dict[str, Any]) -> str:
     return f"{'; '.join(planned)}; report: {result['dir']}/REPORT.md"
 
 
+# The study's lock, held by the launcher's process from the multirun's start to its report; kept
+# here, not on the callback, which the launcher pickles with each job.
+HELD = ExitStack()
+
+
 class ReportAfterSweep(Callback):
     """Hydra callback: once every job of the study's multirun has returned, collect the runs
     and write the report (the jobs only train and compute their own tables)."""
 
     def __init__(self) -> None:
         self.started = time.time()
-        self.lock = ExitStack()
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from dcgan_xai.analysis.study import study_lock
 
         self.started = time.time()
         study = StudySettings.from_config(config)
-        report_user_errors(lambda: self.lock.enter_context(study_lock(study)))
+        report_user_errors(lambda: HELD.enter_context(study_lock(study)))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from dcgan_xai.analysis.study import report
@@ -63,7 +67,7 @@ class ReportAfterSweep(Callback):
         study.job = StudyJob()
         launcher = str(config.hydra.launcher.get("_target_", "")).rsplit(".", 1)[-1]
         how = f"Hydra multirun, {launcher or 'its launcher'}"
-        with self.lock:
+        with HELD:
             print(report_user_errors(lambda: summary(report(study, print, self.started, how))))
 
 
