@@ -81,7 +81,7 @@ TRAIN_RANGES: Ranges = (
                              lambda v: list(v) == sorted(set(v)) and all(e >= 1 for e in v))),
     ("trainer.accelerator", _one_of(ACCELERATORS)),
     ("trainer.strategy", _one_of(STRATEGIES)),
-    ("trainer.precision", (f"one of {', '.join(PRECISIONS)}", lambda v: str(v) in PRECISIONS)),
+    ("trainer.precision", _one_of(PRECISIONS)),
     ("trainer.devices", ("auto, -1 (all), a count >= 1 or a list of device ids",
                          lambda v: v == "auto" or (isinstance(v, int) and (v >= 1 or v == -1))
                          or (isinstance(v, str) and v not in ("", "0"))

@@ -93,13 +93,20 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> str:
     return hashlib.sha256(buf.getvalue()).hexdigest()
 
 
-def safe_torch_load(path: str | os.PathLike[str], what: str) -> Any:
-    """``torch.load(weights_only=True)`` with a one-line error for a missing or damaged file."""
+def safe_torch_load(path: str | os.PathLike[str], what: str, sha256: str | None = None) -> Any:
+    """``torch.load(weights_only=True)`` with a one-line error for a missing or damaged file;
+    with ``sha256`` (the digest recorded when it was written; "" if none was), the bytes read
+    must have it."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{what} not found: {path}")
+    data = path.read_bytes()
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        how = "differs from the one recorded" if sha256 else "was not recorded"
+        raise UserError(f"{what} {path} is not the file training wrote there (its SHA-256 {how} "
+                        "when it was written); it is damaged or was replaced")  # fmt: skip
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, bad pickle, ...
         raise UserError(
             f"{what} {path} is damaged or truncated and cannot be read "

@@ -45,7 +45,6 @@ from dcgan_xai.files import (
     TEMP_SUFFIX,
     atomic_torch_save,
     atomic_write_text,
-    file_digest,
     safe_torch_load,
     write_csv,
 )
@@ -316,20 +315,6 @@ def is_first_process() -> bool:
     return all(os.environ.get(k, "0") == "0" for k in ("LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
 
 
-def held_by_another(run: RunDir) -> bool:
-    """Whether another process holds ``run``'s lock now (a refused start then touches nothing)."""
-    lock = run.root / LOCK_NAME
-    if not lock.is_file():
-        return False
-    with open(lock, "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(fh, fcntl.LOCK_UN)
-    return False
-
-
 @contextmanager
 def held_lock(lock: Path, refused: str) -> Iterator[None]:
     """Hold an exclusive lock on the file ``lock``, which names this process while it holds it;
@@ -462,13 +447,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     (where its folder has :data:`DIGESTS`; runs of older versions have none) and against the run
     whose ``checkpoints/`` it lies in (that run's ``config.yaml``)."""
     table = path.parent / DIGESTS
-    if table.is_file() and path.is_file():
-        recorded = json.loads(table.read_text()).get(path.name)
-        if recorded != file_digest(path, "sha256"):
-            how = "none was recorded" if recorded is None else "it differs from the recorded one"
-            raise UserError(f"checkpoint {path} is not the file training wrote there (its SHA-256: "
-                            f"{how} in {table}); it is damaged or was replaced")  # fmt: skip
-    ckpt = safe_torch_load(path, "checkpoint")
+    recorded = json.loads(table.read_text()).get(path.name, "") if table.is_file() else None
+    ckpt = safe_torch_load(path, "checkpoint", sha256=recorded)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
         raise UserError(f"checkpoint {path} was not written by dcgan_xai's training")
     config = path.parent.parent / "config.yaml"

@@ -314,6 +314,6 @@ def test_a_probe_of_a_run_that_never_explained_an_epoch_is_made_again(tmp_path):
 
 def test_focus_reads_the_mean_over_channels():
     image = -torch.ones(1, 3, 4, 4)
-    image[0, 1, :2] = 1.0  # bright only in the green channel, top half
+    image[0, 0, :2] = 1.0  # bright only in the first channel, top half: channel 0 alone says digit
     image[0, :, 3] = 1.0  # white in the bottom row
     assert digit_mask(image)[0].sum() == 4  # only the white row is above 0.5 in the mean

@@ -484,6 +484,8 @@ def report(
     settings = asdict(study)
     for name in ("job", "report_only", "sitting"):
         settings.pop(name)
+    # the floor depends on the settings only: an earlier sitting's is kept, not measured again
+    floor = earlier["fid_floor"] if earlier["settings"] == settings else {}
     meta = {
         "device": _device_name(resolve_device(study.analysis.device)),
         "wall_s": sum(int(x["wall_s"]) for x in sittings),
@@ -491,7 +493,7 @@ def report(
         "status": status,
         "settings": settings,
         "rules": evidence.RULES,
-        "fid_floor": {e: fid_floor(study, e) for e in study.experiments},
+        "fid_floor": {e: floor.get(e) or fid_floor(study, e) for e in study.experiments},
     }
     atomic_write_text(root / "study.json", json.dumps(meta, indent=2) + "\n")
     return _report_from_tables(study, root)
@@ -540,11 +542,12 @@ def _earlier_sittings(root: Path) -> dict[str, Any]:
     """What earlier sittings left in the study's folder (tables, sittings, each run's status):
     a sitting on a fresh machine trains some seeds, and the report keeps the others' rows."""
     out: dict[str, Any] = {"quality": [], "scores": [], "curation": [], "sittings": [],
-                           "status": {}, "runs": set()}  # fmt: skip
+                           "status": {}, "runs": set(), "settings": None, "fid_floor": {}}  # fmt: skip
     if not (root / "study.json").is_file():
         return out
     meta = json.loads((root / "study.json").read_text())
-    out["sittings"] = meta.get("sittings", [])
+    out["sittings"], out["settings"] = meta.get("sittings", []), meta.get("settings")
+    out["fid_floor"] = meta.get("fid_floor", {})
     out["status"] = {f"runs/{Path(k).name}": v for k, v in meta.get("status", {}).items()}
     for name in ("quality", "scores"):
         if (root / f"{name}.csv").is_file():

@@ -61,7 +61,8 @@ def noise_shapes(
     pl_module: L.LightningModule, given: Sequence[int] | None
 ) -> list[tuple[int, ...]]:
     """The noise shapes of one sample to try, in order: ``given``, the module's ``noise_shape``,
-    or from an ``nz``/``latent_dim`` hparam both (z, 1, 1) and (z,)."""
+    or from an ``nz``, ``latent_dim``, ``z_dim`` or ``latent_size`` hparam both (z, 1, 1) and
+    (z,), the DCGAN form first for ``nz``."""
     shape = given if given is not None else getattr(pl_module, "noise_shape", None)
     if shape is not None:
         return [tuple(int(n) for n in shape)]
@@ -112,7 +113,7 @@ def check_gan(
             )
         real = real.to(device)
         try:
-            out = discriminator(real)
+            out, inside = layer_outputs(discriminator, real, layers)
         except (RuntimeError, ValueError) as err:
             raise UserError(
                 f"the discriminator cannot take the probe's images {tuple(real.shape[1:])}: "
@@ -121,7 +122,7 @@ def check_gan(
         if out.numel() != 2:
             raise UserError(f"the discriminator returns {tuple(out.shape)} for 2 images; it must "
                             "return one logit (or probability) per image")  # fmt: skip
-        for name, out in layer_outputs(discriminator, real, layers).items():
+        for name, out in inside.items():
             if out.ndim != 4 or out.shape[-2] * out.shape[-1] < 2:
                 raise UserError(
                     f"Grad-CAM layer {name!r} gives {tuple(out.shape)} for 2 images: no spatial "
@@ -135,8 +136,8 @@ def check_gan(
 
 def layer_outputs(
     discriminator: nn.Module, images: torch.Tensor, layers: Sequence[str]
-) -> dict[str, torch.Tensor]:
-    """The output of each named layer of D on ``images`` (one forward pass)."""
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """D's output on ``images`` and that of each named layer, from one forward pass."""
     names = check_layers(discriminator, layers)
     seen: dict[str, torch.Tensor] = {}
     hooks = [
@@ -146,11 +147,11 @@ def layer_outputs(
         for n in names
     ]
     try:
-        discriminator(images)
+        out = discriminator(images)
     finally:
         for h in hooks:
             h.remove()
-    return seen
+    return out, seen
 
 
 class GradCamCallback(L.Callback):

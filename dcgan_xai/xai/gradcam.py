@@ -116,12 +116,12 @@ def normalize_maps(cam: torch.Tensor, how: str = "max") -> torch.Tensor:
             f"normalize={how} is not allowed; it must be one of {', '.join(NORMALIZATIONS)}"
         )
     flat = cam.flatten(1)
-    low = flat.amin(1).view(-1, 1, 1) if how == "minmax" else torch.zeros_like(cam[:, :1, :1])
-    peak = (
-        (flat.amax(1).view(-1, 1, 1) - low)
-        if how == "minmax"
-        else flat.abs().amax(1).view(-1, 1, 1)
-    )
+    low: torch.Tensor | float = 0.0
+    if how == "minmax":
+        low = flat.amin(1).view(-1, 1, 1)
+        peak = flat.amax(1).view(-1, 1, 1) - low
+    else:
+        peak = flat.abs().amax(1).view(-1, 1, 1)
     return torch.where(peak > 0, (cam - low) / peak.clamp_min(torch.finfo(cam.dtype).tiny), 0.0)
 
 
