@@ -21,25 +21,21 @@ import argparse
 import os
 import time
 from functools import partial
-from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 
 import dcgan_xai.config  # noqa: F401
 from benchmarks.common import machine
+from dcgan_xai.config import compose_config
 from dcgan_xai.models.step import GraphedStep, gan_step
 from dcgan_xai.training import build_datamodule, build_model, with_numeric_path
 
-CONF = str(Path(__file__).resolve().parents[1] / "dcgan_xai" / "conf")
-
 
 def config(args, batch: int):
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose("train", overrides=[
-            "experiment=mnist64", f"data.root={args.data}", f"data.batch_size={batch}",
-            f"model.ngf={args.width}", f"model.ndf={args.width}",
-            f"trainer.precision={args.precision}", *args.override])  # fmt: skip
+    cfg = compose_config("train", [
+        "experiment=mnist64", f"data.root={args.data}", f"data.batch_size={batch}",
+        f"model.ngf={args.width}", f"model.ndf={args.width}",
+        f"trainer.precision={args.precision}", *args.override])  # fmt: skip
     return with_numeric_path(cfg)
 
 

@@ -15,14 +15,13 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from pathlib import Path
 
 import lightning as L
 import torch
-from hydra import compose, initialize_config_dir
 
 import dcgan_xai.config  # noqa: F401
 from benchmarks.common import machine
+from dcgan_xai.config import compose_config
 from dcgan_xai.models.step import gan_step
 from dcgan_xai.runs import RunDir
 from dcgan_xai.training import (
@@ -32,8 +31,6 @@ from dcgan_xai.training import (
     build_trainer,
     with_numeric_path,
 )
-
-CONF = str(Path(__file__).resolve().parents[1] / "dcgan_xai" / "conf")
 
 
 class HostTime(L.Callback):
@@ -61,14 +58,13 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     print(f"machine: {machine()} (set to 1 thread)")
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose("train", overrides=[
-            "experiment=mnist64_cpu", "callbacks=none", f"data.root={args.data}",
-            f"data.batch_size={args.batch}", f"model.ngf={args.width}", f"model.ndf={args.width}",
-            "trainer.max_epochs=1", "trainer.precision=32-true", "trainer.accelerator=cpu",
-            f"trainer.limit_train_batches={args.warmup + args.steps + 1}",
-            "trainer.log_every_n_steps=50", "trainer.enable_progress_bar=false",
-            "logger.tensorboard=false"])  # fmt: skip
+    cfg = compose_config("train", [
+        "experiment=mnist64_cpu", "callbacks=none", f"data.root={args.data}",
+        f"data.batch_size={args.batch}", f"model.ngf={args.width}", f"model.ndf={args.width}",
+        "trainer.max_epochs=1", "trainer.precision=32-true", "trainer.accelerator=cpu",
+        f"trainer.limit_train_batches={args.warmup + args.steps + 1}",
+        "trainer.log_every_n_steps=50", "trainer.enable_progress_bar=false",
+        "logger.tensorboard=false"])  # fmt: skip
     cfg = with_numeric_path(cfg)
     bare, ours = [], []
     for _ in range(args.repeat):

@@ -18,16 +18,15 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from pathlib import Path
 
 import lightning as L
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 import dcgan_xai.config  # noqa: F401
 from benchmarks.common import PILMNIST, HostSyncs, full_width_nets, machine, reference_loop
+from dcgan_xai.config import compose_config
 from dcgan_xai.runs import RunDir
 from dcgan_xai.training import (
     build_callbacks,
@@ -36,8 +35,6 @@ from dcgan_xai.training import (
     build_trainer,
     with_numeric_path,
 )
-
-CONF = str(Path(__file__).resolve().parents[1] / "dcgan_xai" / "conf")
 
 
 def sync() -> None:
@@ -85,11 +82,10 @@ class CountSyncs(L.Callback):
 
 def bench_config(args, experiment: str, extra: list[str], *more: str) -> DictConfig:
     """The training config one benchmark step uses: one epoch of warm-up + timed steps."""
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return compose("train", overrides=[f"experiment={experiment}", *extra, f"data.root={args.data}",
-                                           f"data.batch_size={args.batch}", "trainer.max_epochs=1",
-                                           f"trainer.limit_train_batches={args.warmup + args.steps}",
-                                           "trainer.enable_progress_bar=false", *more])  # fmt: skip
+    return compose_config("train", [f"experiment={experiment}", *extra, f"data.root={args.data}",
+                                       f"data.batch_size={args.batch}", "trainer.max_epochs=1",
+                                       f"trainer.limit_train_batches={args.warmup + args.steps}",
+                                       "trainer.enable_progress_bar=false", *more])  # fmt: skip
 
 
 def project_fit(cfg: DictConfig, extra: list[L.Callback]) -> None:

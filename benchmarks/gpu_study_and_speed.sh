@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU set in one call of about 9 minutes: the speed figures first, then the paper-size study
-# (dcgan_xai/conf/study/claim_gpu2.yaml, plan studies/claim_gpu2/PLAN.md; STUDY=<name> for another)
+# (conf/study/claim_gpu2.yaml, plan studies/claim_gpu2/PLAN.md; STUDY=<name> for another)
 # and the README's main command, each step with its own time limit so that one
 # failure leaves the others' results.
 #
@@ -62,7 +62,7 @@ if [ "$DRY_RUN" = 1 ]; then
   JOBS=2
   STUDY_ARGS=("experiments=[smoke]" "seeds=[0,1]" analysis.fid_samples=200
     train_timeout_s=240 analysis.classifier_epochs=3
-    'train_overrides=["trainer.max_epochs=3","speed.on_device=true","speed.channels_last=true","trainer.precision=bf16-mixed","trainer.log_every_n_steps=50","callbacks.quality.enabled=true","callbacks.quality.samples=200","callbacks.quality.fresh_draws=2","callbacks.gradcam.layers=[block1,block2,block3]","callbacks.gradcam.methods=[gradcam,gradcam_pre,gradcam_conv,hirescam]","callbacks.gradcam.bn_modes=[batch,eval]"]')
+    'train_overrides=["trainer.max_epochs=3","speed.on_device=true","speed.channels_last=true","trainer.precision=bf16-mixed","trainer.log_every_n_steps=50","callbacks.quality.enabled=true","callbacks.quality.fid_samples=200","callbacks.quality.fid_draws=2","callbacks.gradcam.layers=[block1,block2,block3]","callbacks.gradcam.methods=[gradcam,gradcam_pre,gradcam_conv,hirescam]","callbacks.gradcam.bn_modes=[batch,eval]"]')
   STUDY_LIMIT=300
   MAIN_ARGS=(trainer.accelerator=cpu trainer.limit_train_batches=3 trainer.max_epochs=2)
   MAIN_LIMIT=120

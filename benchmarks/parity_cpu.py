@@ -2,7 +2,7 @@
 
     python -m dcgan_xai.train -m experiment=mnist64_cpu_noise seed=0,1,2 \\
         trainer.precision=32-true,bf16-mixed callbacks.quality.enabled=true \\
-        callbacks.quality.samples=5000 callbacks.quality.fresh_draws=2 \\
+        callbacks.quality.fid_samples=5000 callbacks.quality.fid_draws=2 \\
         trainer.enable_progress_bar=false hydra.sweep.dir=outputs/parity/sweep
     python -m benchmarks.parity_cpu outputs/parity/sweep
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-import dcgan_xai.config  # noqa: F401  (registers the schemas)
-from dcgan_xai.config import AnalysisSettings
-from dcgan_xai.errors import UserError, check_overrides, report_user_errors
+from dcgan_xai.config import AnalysisSettings, check_overrides
+from dcgan_xai.errors import UserError, report_user_errors
 
 
 def run(cfg: DictConfig) -> str:

@@ -7,6 +7,8 @@ OmegaConf with an error naming the key.
 from __future__ import annotations
 
 import math
+import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -18,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from dcgan_xai.data.sources import MD5, SOURCES
 from dcgan_xai.errors import UserError, hydra_error_line
 from dcgan_xai.xai.gradcam import BN_MODES, METHODS, NORMALIZATIONS
+from dcgan_xai.xai.scores import ScoreThresholds
 
 SCORES = ("focus", "coverage")
 PROBES = ("real", "fake")
@@ -61,6 +64,22 @@ ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true", "single_device")
 PRECISIONS = ("auto", "32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "16-true")
 
+# The shared settings' ranges (ScoreThresholds, FidProtocol), checked wherever they are used.
+THRESHOLD_RANGES: Ranges = tuple((f.name, FRACTION) for f in fields(ScoreThresholds))
+FID_RANGES: Ranges = (
+    ("fid_samples", ("in 2..1,000,000", lambda v: 2 <= v <= 1_000_000)),
+    ("fid_draws", _at_least(0)),
+    ("fid_seed", SEED),
+    ("batch_size", _at_least(1)),
+    ("classifier_epochs", _at_least(1)),
+    ("min_accuracy", FRACTION),
+)
+
+
+def _under(prefix: str, ranges: Ranges) -> Ranges:
+    return tuple((prefix + key, rule) for key, rule in ranges)
+
+
 # The ranges of the training config that its types cannot state, one row per key: the first
 # value outside its range is refused in one line before anything starts (training.validate).
 TRAIN_RANGES: Ranges = (
@@ -93,17 +112,10 @@ TRAIN_RANGES: Ranges = (
                                      lambda v: v is None or (math.isfinite(v) and v > 0))),
     ("callbacks.gradcam.probe_size", _at_least(1)),
     ("callbacks.gradcam.every_n_epochs", _at_least(1)),
-    ("callbacks.gradcam.pixel_threshold", FRACTION),
-    ("callbacks.gradcam.flag_threshold", FRACTION),
-    ("callbacks.gradcam.mask_threshold", FRACTION),
     ("callbacks.gradcam.normalize", _one_of(NORMALIZATIONS)),
-    ("callbacks.quality.samples", _at_least(2)),
-    ("callbacks.quality.fresh_draws", _at_least(0)),
-    ("callbacks.quality.seed", SEED),
+    *_under("callbacks.gradcam.", THRESHOLD_RANGES),
     ("callbacks.quality.every_n_epochs", _at_least(1)),
-    ("callbacks.quality.batch_size", _at_least(1)),
-    ("callbacks.quality.classifier_epochs", _at_least(1)),
-    ("callbacks.quality.min_accuracy", FRACTION),
+    *_under("callbacks.quality.", FID_RANGES),
 )  # fmt: skip
 
 
@@ -128,24 +140,15 @@ ANALYSIS_RANGES: Ranges = (
     ("score", _one_of(SCORES)),
     ("k", ("a coarse step in 1..1000 epochs", lambda v: 1 <= v <= 1000)),
     ("figure_epochs", ("epochs >= 1", lambda v: all(e >= 1 for e in v))),
-    ("pixel_threshold", FRACTION),
-    ("flag_threshold", FRACTION),
-    ("mask_threshold", FRACTION),
-    ("fid_samples", ("in 2..1,000,000", lambda v: 2 <= v <= 1_000_000)),
-    ("fid_draws", _at_least(0)),
-    ("fid_seed", SEED),
-    ("batch_size", _at_least(1)),
-    ("classifier_epochs", _at_least(1)),
-    ("min_accuracy", FRACTION),
+    *THRESHOLD_RANGES,
+    *FID_RANGES,
     ("device", DEVICE),
 )
 
 # What curate accepts (its command and curate_run).
 CURATE_RANGES: Ranges = (
-    ("flag_threshold", FRACTION),
+    *THRESHOLD_RANGES,
     ("flag_share", ("in [0, 1], or null", lambda v: v is None or 0 <= v <= 1)),
-    ("pixel_threshold", FRACTION),
-    ("mask_threshold", FRACTION),
     ("batch_size", _at_least(1)),
     ("seed", SEED),
     ("device", DEVICE),
@@ -154,12 +157,16 @@ CURATE_RANGES: Ranges = (
 
 @dataclass
 class DataConfig:
+    """MNIST resized once to 64x64 (bilinear, antialiased), scaled to [-1, 1]."""
+
     root: str = "data/mnist"
     image_size: int = 64
     batch_size: int = 128
-    limit: int | None = None
-    exclude: str | None = None
-    cache_dir: str | None = None
+    limit: int | None = None  # a stratified subset of this many training images
+    exclude: str | None = None  # a curation's manifest.csv: those images are left out
+    cache_dir: str | None = (
+        None  # the resize cache; None: <root>/cache (set it if root is read-only)
+    )
     sources: list[str] = field(default_factory=lambda: list(SOURCES))
     checksums: dict[str, str] = field(default_factory=lambda: dict(MD5))
 
@@ -207,30 +214,34 @@ class TrainerConfig:
 
 
 @dataclass
-class GradCamConfig:
+class FidProtocol:
+    """How FID and KID are measured (``dcgan_xai.metrics.quality``), by the quality callback,
+    ``analyze`` and the study alike."""
+
+    fid_samples: int = 10000  # generated images per set; the real reference: this many test images
+    fid_draws: int = 2  # independent generated sets besides the fixed-noise one (FID's noise)
+    fid_seed: int = 0  # seeds the noise and the reference subset
+    batch_size: int = 500  # images per forward pass
+    classifier_epochs: int = 3  # epochs of the MNIST classifier (names its cache file)
+    min_accuracy: float = 0.99  # a classifier below this test accuracy is refused
+
+
+@dataclass
+class GradCamConfig(ScoreThresholds):
     enabled: bool = True
     layers: list[str] = field(default_factory=lambda: ["block3"])
-    bn_modes: list[str] = field(default_factory=lambda: ["batch"])
-    methods: list[str] = field(default_factory=lambda: ["gradcam"])
+    bn_modes: list[str] = field(default_factory=lambda: ["batch"])  # batch, eval; first: primary
+    methods: list[str] = field(default_factory=lambda: ["gradcam"])  # METHODS; first: primary
     probe_size: int = 64
     every_n_epochs: int = 1
-    pixel_threshold: float = 0.5
-    flag_threshold: float = 0.7
-    mask_threshold: float = 0.5
     normalize: str = "max"  # or minmax (see dcgan_xai.xai.gradcam.normalize_maps)
     log_images: bool = True
 
 
 @dataclass
-class QualityConfig:
+class QualityConfig(FidProtocol):
     enabled: bool = False
-    samples: int = 10000
-    fresh_draws: int = 2
-    seed: int = 0
     every_n_epochs: int = 1
-    batch_size: int = 500
-    classifier_epochs: int = 3
-    min_accuracy: float = 0.99
 
 
 @dataclass
@@ -257,7 +268,7 @@ class TrainConfig:
 
 
 @dataclass
-class AnalysisSettings:
+class AnalysisSettings(ScoreThresholds, FidProtocol):
     """What :func:`analyze_run` computes. Every field is recorded in ``selection.json``."""
 
     layers: list[str] = field(default_factory=lambda: ["block3"])
@@ -268,16 +279,7 @@ class AnalysisSettings:
     k: int = 5
     figure_epochs: list[int] = field(default_factory=lambda: [5, 10, 15, 20, 25])
     samples: str = "informative:8"
-    pixel_threshold: float = 0.5
-    flag_threshold: float = 0.7
-    mask_threshold: float = 0.5
     quality: bool = True
-    fid_samples: int = 10000
-    fid_draws: int = 2
-    fid_seed: int = 0
-    batch_size: int = 500
-    classifier_epochs: int = 3
-    min_accuracy: float = 0.99
     device: str = "auto"
 
     @classmethod
@@ -301,27 +303,24 @@ class AnalyzeConfig(AnalysisSettings):
 class AggregateConfig(AnalysisSettings):
     sweep_dir: str | None = None
     reanalyze: bool = False
-    compare: list[str] | None = None
-    out_dir: str = "outputs/compare"
+    compare: list[str] | None = None  # [<run dir>, ...]: those runs side by side, in out_dir
+    out_dir: str = "outputs/compare/${now:%Y-%m-%d}/${now:%H-%M-%S-%f}"  # where compare writes
 
 
 @dataclass
-class CurateConfig:
+class CurateConfig(ScoreThresholds):
     run_dir: str | None = None
-    epoch: str = "selected"
+    epoch: str = "selected"  # or an epoch number; ckpt=<path> overrides both
     ckpt: str | None = None
     layer: str = "block3"
-    method: str = "gradcam"
+    method: str = "gradcam"  # METHODS
     bn_mode: str = "batch"
-    flag_threshold: float = 0.7
-    flag_share: float | None = None
-    pixel_threshold: float = 0.5
-    mask_threshold: float = 0.5
+    flag_share: float | None = None  # e.g. 0.05: flag exactly 5% (ties: a draw seeded by seed)
     batch_size: int = 1024
-    name: str | None = None
+    name: str | None = None  # None: <checkpoint>-<layer>-<method>-<bn_mode>-t<flag_threshold>
     device: str = "auto"
     progress: bool = True
-    control: bool = False
+    control: bool = False  # also write <name>-control: as many images per digit, at random
     seed: int = 0
 
 
@@ -449,11 +448,12 @@ STUDY_RANGES: Ranges = (
 )  # fmt: skip
 
 
-def compose_config(config_name: str, overrides: list[str]) -> DictConfig:
-    """``dcgan_xai/conf/<config_name>.yaml`` composed with ``overrides``, as its command would.
+def compose_config(config_name: str, overrides: list[str], hydra: bool = False) -> DictConfig:
+    """``dcgan_xai/conf/<config_name>.yaml`` composed with ``overrides``, as its command would
+    (with its ``hydra`` node when ``hydra``); the project's ``conf/`` is searched too.
 
-    Inside a running Hydra app (a study job) the app's config search path is used, so configs a
-    user added with ``hydra.searchpath`` are found. A bad override is a :class:`UserError`.
+    Inside a running Hydra app (a study job) the app's config search path is used. A bad
+    override is a :class:`UserError`.
     """
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -462,12 +462,27 @@ def compose_config(config_name: str, overrides: list[str]) -> DictConfig:
 
     try:
         if GlobalHydra.instance().is_initialized():
-            return compose(config_name, overrides=overrides)
+            return compose(config_name, overrides=overrides, return_hydra_config=hydra)
         conf = str(Path(__file__).resolve().parent / "conf")
         with initialize_config_dir(config_dir=conf, version_base="1.3"):
-            return compose(config_name, overrides=overrides)
+            return compose(config_name, overrides=overrides, return_hydra_config=hydra)
     except (HydraException, OmegaConfBaseException) as err:
         raise UserError(hydra_error_line(err)) from err
+
+
+def check_overrides(config_name: str) -> None:
+    """Compose the command's config with the command line's overrides, as Hydra will: a bad
+    key, value or type is one line on stderr and exit code 2 instead of Hydra's several lines.
+    Sweeps and flags (``-m``, ``--cfg``, ...) are left to Hydra, and so is everything when
+    ``HYDRA_FULL_ERROR=1``."""
+    args = sys.argv[1:]
+    if os.environ.get("HYDRA_FULL_ERROR") == "1" or any(a.startswith("-") for a in args):
+        return
+    try:
+        compose_config(config_name, args, hydra=True)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
 
 
 def _csv(values: Any, instead: Any = None) -> str:

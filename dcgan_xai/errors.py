@@ -51,31 +51,6 @@ def report_user_errors(fn: Callable[[], Any]) -> Any:
         sys.exit(UserError.exit_code)
 
 
-def check_overrides(config_name: str, args: list[str] | None = None) -> None:
-    """Compose ``dcgan_xai/conf/<config_name>.yaml`` with the command line's overrides, as Hydra will.
-
-    A bad key, value or type is reported as one line on stderr with exit code 2, instead of
-    Hydra's several lines. Sweeps and flags (``-m``, ``--cfg``, ...) are left to Hydra, and so
-    is everything when ``HYDRA_FULL_ERROR=1``.
-    """
-    args = sys.argv[1:] if args is None else args
-    if os.environ.get("HYDRA_FULL_ERROR") == "1" or any(a.startswith("-") for a in args):
-        return
-    from pathlib import Path
-
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    conf = str(Path(__file__).resolve().parent / "conf")
-    try:
-        with initialize_config_dir(config_dir=conf, version_base="1.3"):
-            compose(config_name=config_name, overrides=args, return_hydra_config=True)
-    except (HydraException, OmegaConfBaseException) as err:
-        print(f"error: {hydra_error_line(err)}", file=sys.stderr)
-        sys.exit(2)
-
-
 def hydra_error_line(err: BaseException) -> str:
     """A Hydra or OmegaConf composition error as one line: its message and cause, without the
     config search path, the full key and type details and the hint about HYDRA_FULL_ERROR."""

@@ -417,8 +417,13 @@ RESUME_MAY_CHANGE = (
 )
 
 
+# settings that earlier versions named otherwise, as today's names (so their runs resume)
+RENAMED = {f"callbacks.quality.{old}": f"callbacks.quality.fid_{new}"
+           for old, new in (("samples", "samples"), ("fresh_draws", "draws"), ("seed", "seed"))}  # fmt: skip
+
+
 def flat_settings(cfg: Any) -> dict[str, Any]:
-    """A config's resolved settings as ``{"model.lr": 0.0002, ...}``."""
+    """A config's resolved settings as ``{"model.lr": 0.0002, ...}`` (under today's names)."""
 
     def flat(node: Any, prefix: str) -> dict[str, Any]:
         if not isinstance(node, dict):
@@ -427,7 +432,9 @@ def flat_settings(cfg: Any) -> dict[str, Any]:
             k: v for key, value in node.items() for k, v in flat(value, f"{prefix}{key}.").items()
         }
 
-    return flat(OmegaConf.to_container(cfg, resolve=True), "")
+    return {
+        RENAMED.get(k, k): v for k, v in flat(OmegaConf.to_container(cfg, resolve=True), "").items()
+    }
 
 
 def may_change(key: str) -> bool:

@@ -18,8 +18,8 @@ import lightning.pytorch  # noqa: F401  before Hydra sets up logging: Lightning'
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from dcgan_xai.config import StudyJob, StudySettings
-from dcgan_xai.errors import check_overrides, report_user_errors
+from dcgan_xai.config import StudyJob, StudySettings, check_overrides
+from dcgan_xai.errors import report_user_errors
 
 
 def run(cfg: DictConfig) -> str:

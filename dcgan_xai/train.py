@@ -24,8 +24,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-import dcgan_xai.config  # noqa: F401  (registers the schemas)
-from dcgan_xai.errors import check_overrides, report_user_errors
+from dcgan_xai.config import check_overrides
+from dcgan_xai.errors import report_user_errors
 from dcgan_xai.runs import discard_unstarted_run
 from dcgan_xai.training import train
 

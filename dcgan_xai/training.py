@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from dcgan_xai.callbacks.gradcam import GradCamCallback
 from dcgan_xai.callbacks.progress import EpochLine, StepBar, TimeLimit, TimeLimitReached
 from dcgan_xai.callbacks.quality import QualityCallback
-from dcgan_xai.config import TRAIN_RANGES, TrainConfig, check_ranges
+from dcgan_xai.config import TRAIN_RANGES, FidProtocol, TrainConfig, check_ranges
 from dcgan_xai.data.exclusion import fingerprint, load_exclusion
 from dcgan_xai.data.mnist import MNISTDataModule
 from dcgan_xai.data.sources import ensure_mnist
@@ -156,7 +156,8 @@ def build_callbacks(cfg: DictConfig, run: RunDir) -> list[L.Callback]:
     if gc.enabled:
         callbacks.append(GradCamCallback(run.root, **fields(gc, "enabled"), seed=cfg.seed))
     if q.enabled:
-        callbacks.append(QualityCallback(run.root, **fields(q, "enabled")))
+        protocol = FidProtocol(**fields(q, "enabled", "every_n_epochs"))
+        callbacks.append(QualityCallback(run.root, protocol, q.every_n_epochs))
     callbacks.append(EpochCheckpoint(run.checkpoints))
     return callbacks
 

@@ -6,15 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-import dcgan_xai.config  # noqa: F401
+from dcgan_xai.config import compose_config
 from dcgan_xai.data.idx import write_idx
 from dcgan_xai.data.sources import FILES
 from dcgan_xai.files import file_digest
-
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "dcgan_xai" / "conf")
 
 
 def fake_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -54,17 +51,8 @@ def mnist_fixture(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[
 def compose_train(root: Path, checksums: dict[str, str], *overrides: str) -> DictConfig:
     """The ``train`` config with ``experiment=smoke`` pointed at a fixture."""
     sums = ",".join(f"{k}:{v}" for k, v in checksums.items())
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(
-            config_name="train",
-            overrides=[
-                "experiment=smoke",
-                f"data.root={root}",
-                "data.sources=[local]",
-                f"data.checksums={{{sums}}}",
-                *overrides,
-            ],
-        )
+    return compose_config("train", ["experiment=smoke", f"data.root={root}", "data.sources=[local]",
+                                    f"data.checksums={{{sums}}}", *overrides])  # fmt: skip
 
 
 @pytest.fixture

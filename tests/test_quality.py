@@ -44,7 +44,7 @@ def test_quality_callback_writes_fid_per_epoch_and_set(smoke_cfg, tmp_path):
     from dcgan_xai.training import train
     from tests.helpers import event_tags
 
-    cfg = smoke_cfg("callbacks.quality.enabled=true", "callbacks.quality.samples=50",
+    cfg = smoke_cfg("callbacks.quality.enabled=true", "callbacks.quality.fid_samples=50",
                     "callbacks.quality.classifier_epochs=10", "callbacks.quality.min_accuracy=0.9")  # fmt: skip
     train(cfg, tmp_path)
     rows = read_quality(RunDir(tmp_path))

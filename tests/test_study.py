@@ -58,7 +58,7 @@ def test_cpu_sized_study_writes_its_report_and_rebuilds_it_from_its_tables(mnist
     # from its checkpoints
     study = StudySettings(
         name="cpu", out_dir=str(tmp_path), experiments=["smoke"], seeds=[0, 1],
-        train_overrides=[*data, "trainer.max_epochs=3", "callbacks.quality.samples=100",
+        train_overrides=[*data, "trainer.max_epochs=3", "callbacks.quality.fid_samples=100",
                          "callbacks.quality.classifier_epochs=10", "callbacks.quality.min_accuracy=0.9",
                          "callbacks.gradcam.methods=[gradcam,hirescam]",
                          "callbacks.gradcam.layers=[block1,block2,block3]",

@@ -1,10 +1,13 @@
-"""A built wheel holds everything a run needs: installed outside the checkout, it trains."""
+"""A built wheel holds everything a run needs: installed outside the checkout, it trains a
+user's own experiment from the ``conf/`` of the directory it runs in."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import sysconfig
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -13,7 +16,7 @@ from tests.helpers import REPO, data_overrides
 
 
 @pytest.mark.slow
-def test_a_built_wheel_trains_the_smoke_experiment_outside_the_checkout(tmp_path, mnist_fixture):
+def test_a_built_wheel_trains_a_users_own_experiment_outside_the_checkout(tmp_path, mnist_fixture):
     root, sums = mnist_fixture
     wheels = tmp_path / "wheels"
     subprocess.run(
@@ -22,6 +25,10 @@ def test_a_built_wheel_trains_the_smoke_experiment_outside_the_checkout(tmp_path
         check=True, capture_output=True, timeout=300,
     )  # fmt: skip
     (wheel,) = wheels.glob("dcgan_xai-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        shipped = [n for n in zf.namelist() if n.startswith("dcgan_xai/conf/")]
+    assert "dcgan_xai/conf/experiment/mnist64.yaml" in shipped
+    assert not [n for n in shipped if "smoke" in n or "plateau" in n or "/study/" in n], shipped
     env_dir = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(env_dir)], check=True, timeout=300)
     python = env_dir / "bin" / "python"
@@ -43,7 +50,10 @@ def test_a_built_wheel_trains_the_smoke_experiment_outside_the_checkout(tmp_path
         cwd=elsewhere, check=True, capture_output=True, text=True,
     ).stdout.strip()  # fmt: skip
     assert where.startswith(purelib), where  # the wheel's copy, not the checkout's
-    for form, experiment in (("plain", "experiment=smoke"), ("plus", "+experiment=smoke")):
+    mine = elsewhere / "conf" / "experiment" / "mine.yaml"  # the user's own experiment
+    mine.parent.mkdir(parents=True)
+    shutil.copy(REPO / "conf" / "experiment" / "smoke.yaml", mine)
+    for form, experiment in (("plain", "experiment=mine"), ("plus", "+experiment=mine")):
         run_dir = elsewhere / form
         proc = subprocess.run(
             [str(python), "-m", "dcgan_xai.train", experiment, *data_overrides(root, sums),

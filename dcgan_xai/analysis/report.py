@@ -23,14 +23,7 @@ from dcgan_xai.data.mnist import MNISTDataModule, to_unit_range
 from dcgan_xai.data.probe import Probe
 from dcgan_xai.errors import UserError
 from dcgan_xai.files import atomic_torch_save, atomic_write_text, new_folder
-from dcgan_xai.metrics.quality import (
-    MNISTClassifier,
-    QualityMeter,
-    classifier_path,
-    load_or_train_classifier,
-    reference_meter,
-    score_draws,
-)
+from dcgan_xai.metrics.quality import fid_meter, score_draws
 from dcgan_xai.models.sampling import generate, probe_images
 from dcgan_xai.runs import (
     RunDir,
@@ -69,45 +62,6 @@ def resolve_device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return name
-
-
-def classifier_for(
-    dm: MNISTDataModule, settings: AnalysisSettings, device: str
-) -> tuple[MNISTClassifier, float]:
-    """The data's MNIST classifier, cached in ``dm.classifier_dir`` (trained if missing)."""
-    assert dm.train_set is not None and dm.test_set is not None
-    path = classifier_path(
-        dm.classifier_dir, dm.image_size, settings.classifier_epochs, dm.checksums["test-images"]
-    )
-    return load_or_train_classifier(
-        path,
-        dm.train_set,
-        dm.test_set,
-        epochs=settings.classifier_epochs,
-        min_accuracy=settings.min_accuracy,
-        device=device,
-    )
-
-
-def quality_meter_for(
-    dm: MNISTDataModule, settings: AnalysisSettings, device: str
-) -> tuple[QualityMeter, dict[str, Any]]:
-    """The FID/KID meter of ``settings`` for the data (see :func:`reference_meter`) and the
-    record that goes with its numbers."""
-    assert dm.test_set is not None
-    model, accuracy = classifier_for(dm, settings, device)
-    path = classifier_path(
-        dm.classifier_dir, dm.image_size, settings.classifier_epochs, dm.checksums["test-images"]
-    )
-    return reference_meter(
-        model,
-        accuracy,
-        path,
-        dm.test_set.images,
-        settings.fid_samples,
-        settings.fid_seed,
-        settings.batch_size,
-    )
 
 
 def epoch_records(
@@ -197,7 +151,7 @@ def _measure_epochs(
     classifier: dict[str, Any] = {}
     meter = None
     if settings.quality:
-        meter, classifier = quality_meter_for(dm, settings, device)
+        meter, classifier = fid_meter(dm, settings, device)
     for epoch in epochs:
         module = load_module(run.checkpoint(epoch)).to(device)
         logit[epoch] = logit_parts(module.discriminator, probe, layer, settings.bn_mode)

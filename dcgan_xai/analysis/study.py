@@ -29,13 +29,13 @@ import torch
 from dcgan_xai.analysis import evidence, figures
 from dcgan_xai.analysis.curation_arms import arm_dir, arms, pilot_layer, record, rules, study_root
 from dcgan_xai.analysis.evidence import Fid, Variant
-from dcgan_xai.analysis.report import quality_meter_for, resolve_device
+from dcgan_xai.analysis.report import resolve_device
 from dcgan_xai.analysis.study_report import fid_figure, study_report
 from dcgan_xai.config import StudySettings, compose_config
 from dcgan_xai.data.mnist import to_unit_range
 from dcgan_xai.errors import Interrupted, UserError
 from dcgan_xai.files import atomic_write_text, write_csv
-from dcgan_xai.metrics.quality import reference_images, score_draws
+from dcgan_xai.metrics.quality import fid_meter, reference_images, score_draws
 from dcgan_xai.models.sampling import probe_images
 from dcgan_xai.runs import (
     QUALITY_FIELDS,
@@ -167,7 +167,7 @@ def run_tables(
     if missing:
         log(f"{run.root.name}: FID of {len(missing)} epochs from checkpoints")
         dm = datamodule_for_run(run)
-        meter, record = quality_meter_for(dm, a, device)
+        meter, record = fid_meter(dm, a, device)
         for e in missing:
             g = load_module(run.checkpoint(e)).generator.to(device)
             rows = score_draws(
@@ -565,7 +565,7 @@ def fid_floor(study: StudySettings, experiment: str) -> dict[str, Any]:
     cfg = compose_config("train", [f"experiment={experiment}", *study.train_overrides])
     dm = datamodule_for_config(cfg)
     assert dm.train_set is not None
-    meter, record = quality_meter_for(dm, a, resolve_device(a.device))
+    meter, record = fid_meter(dm, a, resolve_device(a.device))
     real = reference_images(dm.train_set.images, a.fid_samples, a.fid_seed + 1)
     fid = meter.score(to_unit_range(real))["fid"]
     return {"fid": fid, "images": f"{real.shape[0]} random train images (seed {a.fid_seed + 1})",

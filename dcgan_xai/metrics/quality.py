@@ -13,7 +13,9 @@ from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
-from dcgan_xai.data.mnist import Split, to_unit_range
+from dcgan_xai.config import FidProtocol
+from dcgan_xai.data.mnist import MNISTDataModule, Split, load_split, to_unit_range
+from dcgan_xai.data.sources import ensure_mnist
 from dcgan_xai.errors import UserError
 from dcgan_xai.files import atomic_torch_save, file_digest, safe_torch_load
 from dcgan_xai.models.sampling import generate
@@ -116,7 +118,7 @@ def classifier_path(folder: str | Path, image_size: int, epochs: int, test_md5: 
 
 def load_or_train_classifier(
     path: Path,
-    train: Split,
+    train: Split | None,
     test: Split,
     seed: int = 0,
     epochs: int = 3,
@@ -134,6 +136,7 @@ def load_or_train_classifier(
         model.load_state_dict(saved["state_dict"])
         acc = float(saved["accuracy"])
     else:
+        assert train is not None, "no cached classifier: its training split is needed"
         start = time.perf_counter()
         model, acc = train_classifier(train, test, seed, epochs, device=device)
         model = model.cpu()
@@ -249,6 +252,26 @@ def noise_seed(seed: int, epoch: int, draw: int) -> int:
     """The seed of generated set ``draw`` at ``epoch``: draw 0 is the fixed set (the same noise
     at every epoch, for smooth curves); draws 1, 2, ... are fresh, independent sets."""
     return seed if draw == 0 else (seed * 1_000_003 + epoch) * 1_009 + draw
+
+
+def fid_meter(
+    dm: MNISTDataModule, protocol: FidProtocol, device: str | torch.device
+) -> tuple[QualityMeter, dict[str, Any]]:
+    """The FID/KID meter of ``protocol`` on ``dm``'s data (see :func:`reference_meter`) and the
+    record that goes with its numbers. The classifier is cached in ``dm.classifier_dir``; where
+    it is missing it is trained on the full train split (whatever ``dm``'s limit and exclusion)."""
+    path = classifier_path(
+        dm.classifier_dir, dm.image_size, protocol.classifier_epochs, dm.checksums["test-images"]
+    )
+    files = ensure_mnist(dm.root, dm.sources, dm.checksums)
+    test = dm.test_set or load_split(files, "test", dm.image_size, dm.cache_dir)
+    train = None if path.is_file() else load_split(files, "train", dm.image_size, dm.cache_dir)
+    classifier, accuracy = load_or_train_classifier(
+        path, train, test, epochs=protocol.classifier_epochs,
+        min_accuracy=protocol.min_accuracy, device=device,
+    )  # fmt: skip
+    return reference_meter(classifier, accuracy, path, test.images, protocol.fid_samples,
+                           protocol.fid_seed, protocol.batch_size)  # fmt: skip
 
 
 def score_draws(

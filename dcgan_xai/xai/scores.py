@@ -2,10 +2,25 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 
-def digit_mask(images: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+@dataclass
+class ScoreThresholds:
+    """The thresholds of the map scores, each in [0, 1]: the one default for the callback,
+    ``analyze``, ``curate`` and the study (their config schemas take these fields)."""
+
+    pixel_threshold: float = 0.5  # a map's pixel is covered from this value on
+    flag_threshold: float = 0.7  # an image is flagged when its map covers more than this share
+    mask_threshold: float = 0.5  # a pixel is the digit's above this, in the image's [0, 1] scale
+
+
+_T = ScoreThresholds
+
+
+def digit_mask(images: torch.Tensor, threshold: float = _T.mask_threshold) -> torch.Tensor:
     """Pixels of the digit (N, H, W): the mean over channels, in [0, 1] scale, above
     ``threshold``; images (N, C, H, W) or (N, H, W) in [-1, 1]."""
     gray = images.float().mean(1) if images.ndim == 4 else images.float()
@@ -17,7 +32,9 @@ def is_degenerate(maps: torch.Tensor) -> torch.Tensor:
     return (maps.flatten(1) == 0).all(dim=1)
 
 
-def focus(maps: torch.Tensor, images: torch.Tensor, mask_threshold: float = 0.5) -> torch.Tensor:
+def focus(
+    maps: torch.Tensor, images: torch.Tensor, mask_threshold: float = _T.mask_threshold
+) -> torch.Tensor:
     """Share of each map's energy on the digit: sum(CAM * mask) / sum(CAM); 0 if degenerate.
 
     Args:
@@ -34,12 +51,12 @@ def focus(maps: torch.Tensor, images: torch.Tensor, mask_threshold: float = 0.5)
     return torch.where(total > 0, on_digit / total.clamp_min(torch.finfo(maps.dtype).tiny), 0.0)
 
 
-def focus_chance(images: torch.Tensor, mask_threshold: float = 0.5) -> torch.Tensor:
+def focus_chance(images: torch.Tensor, mask_threshold: float = _T.mask_threshold) -> torch.Tensor:
     """The focus a uniform map scores on each image: the digit's share of its pixels, (N,)."""
     return digit_mask(images, mask_threshold).flatten(1).float().mean(1)
 
 
-def coverage(maps: torch.Tensor, pixel_threshold: float = 0.5) -> torch.Tensor:
+def coverage(maps: torch.Tensor, pixel_threshold: float = _T.pixel_threshold) -> torch.Tensor:
     """Share of each map's pixels with CAM >= ``pixel_threshold``: (N,) in [0, 1]."""
     return (maps >= pixel_threshold).flatten(1).float().mean(1)
 
@@ -47,9 +64,9 @@ def coverage(maps: torch.Tensor, pixel_threshold: float = 0.5) -> torch.Tensor:
 def summarize(
     maps: torch.Tensor,
     images: torch.Tensor,
-    pixel_threshold: float = 0.5,
-    flag_threshold: float = 0.7,
-    mask_threshold: float = 0.5,
+    pixel_threshold: float = _T.pixel_threshold,
+    flag_threshold: float = _T.flag_threshold,
+    mask_threshold: float = _T.mask_threshold,
 ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """Per-image scores and their summary over a batch of maps.
 
