@@ -28,7 +28,8 @@ import dcgan_xai.config  # noqa: F401
 from benchmarks.common import machine
 from dcgan_xai.config import compose_config
 from dcgan_xai.models.step import GraphedStep, gan_step
-from dcgan_xai.training import build_datamodule, build_model, with_numeric_path
+from dcgan_xai.numerics import with_numeric_path
+from dcgan_xai.training import build_datamodule, build_model
 
 
 def config(args, batch: int):

@@ -23,13 +23,13 @@ import dcgan_xai.config  # noqa: F401
 from benchmarks.common import machine
 from dcgan_xai.config import compose_config
 from dcgan_xai.models.step import gan_step
-from dcgan_xai.runs import RunDir
+from dcgan_xai.numerics import with_numeric_path
+from dcgan_xai.runs.layout import RunDir
 from dcgan_xai.training import (
     build_callbacks,
     build_datamodule,
     build_model,
     build_trainer,
-    with_numeric_path,
 )
 
 

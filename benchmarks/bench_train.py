@@ -27,13 +27,13 @@ from torch.utils.data import DataLoader
 import dcgan_xai.config  # noqa: F401
 from benchmarks.common import PILMNIST, HostSyncs, full_width_nets, machine, reference_loop
 from dcgan_xai.config import compose_config
-from dcgan_xai.runs import RunDir
+from dcgan_xai.numerics import with_numeric_path
+from dcgan_xai.runs.layout import RunDir
 from dcgan_xai.training import (
     build_callbacks,
     build_datamodule,
     build_model,
     build_trainer,
-    with_numeric_path,
 )
 
 

@@ -28,7 +28,8 @@ from omegaconf import OmegaConf
 
 from dcgan_xai.analysis.evidence import fid_by_epoch
 from dcgan_xai.analysis.markdown import pm, table
-from dcgan_xai.runs import RunDir, read_quality
+from dcgan_xai.runs.layout import RunDir
+from dcgan_xai.runs.tables import QUALITY
 
 
 def runs_by_precision(sweep: Path) -> dict[str, dict[int, dict]]:
@@ -36,7 +37,7 @@ def runs_by_precision(sweep: Path) -> dict[str, dict[int, dict]]:
     out: dict[str, dict[int, dict]] = {}
     for config in sorted(sweep.glob("**/config.yaml")):
         cfg = OmegaConf.load(config)
-        rows = read_quality(RunDir(config.parent))
+        rows = QUALITY.read(RunDir(config.parent))
         if rows:
             out.setdefault(str(cfg.trainer.precision), {})[int(cfg.seed)] = fid_by_epoch(rows)
     return out

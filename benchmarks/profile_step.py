@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 import dcgan_xai.config  # noqa: F401
 from benchmarks.bench_train import bench_config, parse_config
 from benchmarks.common import PILMNIST, full_width_nets, machine, reference_loop
-from dcgan_xai.runs import RunDir
+from dcgan_xai.runs.layout import RunDir
 from dcgan_xai.training import build_callbacks, build_datamodule, build_model, build_trainer
 
 

@@ -12,10 +12,12 @@ Forcing either way: ``trainer.precision=32-true`` (or ``bf16-mixed``), ``speed.c
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 
 # The processor features that make bf16 matrix products native on x86: AMX tiles (Sapphire
 # Rapids and later) and AVX512-BF16 (Cooper Lake, Zen 4 and later).
@@ -106,3 +108,19 @@ def choose(
     if graph is None:
         graph = cuda and one_process and precision in GRAPH_PRECISIONS and not speed.compile
     return NumericPath(precision, bool(channels_last), on_device, bool(graph), why)
+
+
+def with_numeric_path(cfg: Any, recorded: Any = None) -> Any:
+    """A copy of ``cfg`` with ``trainer.precision=auto`` and the unset ``speed.*`` chosen for
+    this machine (:mod:`dcgan_xai.numerics`) and the choice logged; a resumed run (``recorded``:
+    its config) keeps the precision it was trained in."""
+    cfg = copy.deepcopy(cfg)
+    if recorded is not None and cfg.trainer.precision == "auto":
+        cfg.trainer.precision = recorded.trainer.precision
+    t = cfg.trainer
+    path = choose(str(t.precision), cfg.speed, str(t.accelerator), single_process(t))
+    cfg.trainer.precision = path.precision
+    cfg.speed.channels_last, cfg.speed.on_device = path.channels_last, path.on_device
+    cfg.speed.cuda_graph = path.cuda_graph
+    rank_zero_info(path.describe())
+    return cfg

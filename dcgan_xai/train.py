@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 
 from dcgan_xai.config import check_overrides
 from dcgan_xai.errors import report_user_errors
-from dcgan_xai.runs import discard_unstarted_run
+from dcgan_xai.runs.ownership import discard_unstarted_run
 from dcgan_xai.training import train
 
 _imported = True

@@ -20,7 +20,8 @@ from dcgan_xai.analysis import figures
 from dcgan_xai.analysis.evidence import fid_by_epoch, plateau, pooled_noise, window_epochs
 from dcgan_xai.analysis.markdown import num, pm, table
 from dcgan_xai.files import atomic_write_text
-from dcgan_xai.runs import RunDir, read_quality
+from dcgan_xai.runs.layout import RunDir
+from dcgan_xai.runs.tables import QUALITY
 
 
 def _steps(cfg) -> str:
@@ -39,9 +40,9 @@ def main() -> None:
     p.add_argument("--window", type=float, default=0.5)
     args = p.parse_args()
     run = RunDir(args.run_dir)
-    fid = fid_by_epoch(read_quality(run))
+    fid = fid_by_epoch(QUALITY.read(run))
     cfg = OmegaConf.load(run.root / "config.yaml")
-    verdict = plateau(fid, args.window, pooled_noise(read_quality(run)))
+    verdict = plateau(fid, args.window, pooled_noise(QUALITY.read(run)))
     win = window_epochs(list(fid), args.window)
     stamps = sorted(p.stat().st_mtime for p in run.checkpoints.glob("epoch=*.ckpt"))
     per_epoch = (stamps[-1] - stamps[0]) / max(len(stamps) - 1, 1)
@@ -54,8 +55,8 @@ def main() -> None:
         f"{cfg.model.instance_noise_decay_epochs} epochs, {cfg.data.limit} images, batch "
         f"{cfg.data.batch_size}, {cfg.trainer.max_epochs} epochs, seed {cfg.seed}, precision "
         f"{cfg.trainer.precision}. n = 1 run. FID per epoch: {fid[max(fid)].n} fresh sets of "
-        f"{read_quality(run)[0]['samples']} samples (mean ± SD) and the fixed-noise set, against "
-        f"{read_quality(run)[0]['reference']}.",
+        f"{QUALITY.read(run)[0]['samples']} samples (mean ± SD) and the fixed-noise set, against "
+        f"{QUALITY.read(run)[0]['reference']}.",
         f"About {per_epoch:.0f} s per epoch (training, Grad-CAM and FID; from checkpoint times).",
         "",
         f"**Plateau: {'yes' if verdict['plateau'] else 'no'}.** Window epochs "

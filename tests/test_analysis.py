@@ -13,7 +13,7 @@ from dcgan_xai.config import AnalysisSettings
 from dcgan_xai.data.mnist import MNISTDataModule, to_unit_range
 from dcgan_xai.errors import UserError
 from dcgan_xai.metrics.quality import QualityMeter, load_or_train_classifier
-from dcgan_xai.runs import RunDir, load_gradcam_epoch, load_probe
+from dcgan_xai.runs.layout import RunDir, load_gradcam_epoch, load_probe
 from tests.helpers import REPO
 
 FAST = dict(fid_samples=100, classifier_epochs=10, min_accuracy=0.9, k=2, device="cpu")

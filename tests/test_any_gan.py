@@ -15,7 +15,8 @@ from dcgan_xai.callbacks.gradcam import GradCamCallback
 from dcgan_xai.data.mnist import to_unit_range
 from dcgan_xai.data.probe import make_probe
 from dcgan_xai.errors import UserError
-from dcgan_xai.runs import RunDir, load_gradcam_epoch, load_probe, read_scores, save_probe
+from dcgan_xai.runs.layout import RunDir, load_gradcam_epoch, load_probe, save_probe
+from dcgan_xai.runs.tables import SCORES
 from dcgan_xai.state import preserved_state
 from dcgan_xai.xai import digit_mask, grad_cam
 from dcgan_xai.xai.gradcam import set_bn_mode
@@ -105,7 +106,7 @@ def test_the_callback_explains_any_lightning_gan_without_changing_its_training(t
     probe = load_probe(run)
     assert probe.noise.shape == (8, 8)  # the latent_dim hparam gave the noise shape
     assert torch.bincount(probe.labels, minlength=4).tolist() == [2, 2, 2, 2]
-    rows = read_scores(run)
+    rows = SCORES.read(run)
     assert [(r["epoch"], r["layer"]) for r in rows] == [
         (1, "down"), (1, "features"), (2, "down"), (2, "features"),
     ]  # fmt: skip

@@ -4,20 +4,21 @@ import torch
 
 from dcgan_xai.data.mnist import to_unit_range
 from dcgan_xai.models.module import DCGAN
-from dcgan_xai.runs import SCORE_FIELDS, RunDir, load_gradcam_epoch, load_probe, read_scores
+from dcgan_xai.runs.layout import RunDir, load_gradcam_epoch, load_probe
+from dcgan_xai.runs.tables import SCORES
 from dcgan_xai.xai import grad_cam
 from tests.helpers import event_tags
 
 
 def test_scores_csv_has_one_row_per_epoch_and_layer(smoke_run):
     run = RunDir(smoke_run["run_dir"])
-    rows = read_scores(run)
+    rows = SCORES.read(run)
     assert [(r["epoch"], r["layer"]) for r in rows] == [
         (1, "block1"), (1, "block3"), (2, "block1"), (2, "block3"),
     ]  # fmt: skip
     for row in rows:
         assert (row["method"], row["bn_mode"]) == ("gradcam", "batch")
-        for key in SCORE_FIELDS[4:]:
+        for key in SCORES.fields[4:]:
             assert 0.0 <= row[key] <= 1.0 or (key.endswith("nondeg") and math.isnan(row[key])), key
 
 
@@ -44,7 +45,7 @@ def test_epoch_file_holds_maps_scores_and_settings(smoke_run):
                 scores["coverage"].mean(),
                 torch.tensor(record["summary"][layer][f"{kind}_coverage_mean"]),
             )
-    rows = {r["layer"]: r for r in read_scores(run) if r["epoch"] == 2}
+    rows = {r["layer"]: r for r in SCORES.read(run) if r["epoch"] == 2}
     assert rows["block3"]["real_focus_mean"] == record["summary"]["block3"]["real_focus_mean"]
 
 

@@ -7,12 +7,14 @@ import pytest
 import torch
 
 from dcgan_xai.analysis.curation import curate_run, flag_images
+from dcgan_xai.config import CurationSettings
 from dcgan_xai.data.exclusion import read_manifest
 from dcgan_xai.data.mnist import to_unit_range
 from dcgan_xai.data.sources import FILES
 from dcgan_xai.errors import UserError
 from dcgan_xai.files import file_digest
-from dcgan_xai.runs import RunDir, read_csv
+from dcgan_xai.runs.layout import RunDir
+from dcgan_xai.runs.tables import read_csv
 from dcgan_xai.training import build_datamodule, train
 from dcgan_xai.xai import coverage
 
@@ -38,12 +40,13 @@ def curated(smoke_run, mnist_fixture):
     root, _ = mnist_fixture
     before = {name: file_digest(root / name) for name in FILES.values()}
     first = curate_run(
-        smoke_run["run_dir"], epoch=2, flag_threshold=0.7, batch_size=64, progress=False
+        smoke_run["run_dir"],
+        CurationSettings(epoch=2, flag_threshold=0.7, batch_size=64, progress=False),
     )
     rows, _ = read_manifest(f"{first['dir']}/manifest.csv")
     median = float(torch.tensor([r["coverage"] for r in rows]).nanmedian())  # unscored: NaN
-    half = curate_run(smoke_run["run_dir"], epoch=2, flag_threshold=median, batch_size=64, name="half",
-                      progress=False)  # fmt: skip
+    half = curate_run(smoke_run["run_dir"], CurationSettings(epoch=2, flag_threshold=median, batch_size=64, name="half",
+                      progress=False))  # fmt: skip
     return first, half, before
 
 
@@ -149,7 +152,7 @@ def test_a_manifest_saved_with_a_bom_reads_like_one_without(curated, tmp_path):
 def test_curate_names_stay_inside_the_run(smoke_run, tmp_path):
     for name in (str(tmp_path / "outside"), "../up", ""):
         with pytest.raises(UserError, match="must be a plain folder name"):
-            curate_run(smoke_run["run_dir"], epoch=2, name=name, progress=False)
+            curate_run(smoke_run["run_dir"], CurationSettings(epoch=2, name=name, progress=False))
     assert not (tmp_path / "outside").exists()
 
 
@@ -200,9 +203,9 @@ def test_epoch_selected_needs_an_analysis(smoke_cfg, tmp_path):
     with pytest.raises(
         UserError, match="epoch=selected needs .*selection.json; run `python -m dcgan_xai.analyze"
     ):
-        curate_run(run["run_dir"], epoch="selected", progress=False)
+        curate_run(run["run_dir"], CurationSettings(epoch="selected", progress=False))
     with pytest.raises(UserError, match=r"epoch=7 has no checkpoint in .*; available: \[1\]"):
-        curate_run(run["run_dir"], epoch=7, progress=False)
+        curate_run(run["run_dir"], CurationSettings(epoch=7, progress=False))
 
 
 def test_compare_puts_baseline_and_curated_side_by_side(curated, smoke_cfg, smoke_run, tmp_path):
@@ -285,8 +288,8 @@ def test_excluding_images_keeps_the_order_of_the_kept_ones(mnist_fixture):
 
 
 def test_curation_scores_the_trained_subset_and_writes_a_control(smoke_run):
-    s = curate_run(smoke_run["run_dir"], epoch=2, layer="block3", method="hirescam",
-                   flag_share=0.25, name="share-hires", progress=False, control=True)  # fmt: skip
+    s = curate_run(smoke_run["run_dir"], CurationSettings(epoch=2, layer="block3", method="hirescam",
+                   flag_share=0.25, name="share-hires", progress=False, control=True))  # fmt: skip
     rows = read_csv(Path(s["dir"]) / "manifest.csv")
     assert len(rows) == s["total"] == 300 and s["scored"] == 256  # smoke: data.limit=256
     scored = [r for r in rows if r["coverage"] != "nan"]
@@ -303,7 +306,7 @@ def test_curation_scores_the_trained_subset_and_writes_a_control(smoke_run):
 
 def test_curate_batch_size_and_oversize_manifests_are_refused(smoke_run, curated, tmp_path):
     with pytest.raises(UserError, match="batch_size=0 is not allowed; it must be >= 1"):
-        curate_run(smoke_run["run_dir"], epoch=2, batch_size=0, progress=False)
+        curate_run(smoke_run["run_dir"], CurationSettings(epoch=2, batch_size=0, progress=False))
     first, _, _ = curated
     manifest = _edit(first["dir"], tmp_path, "huge")
     with open(manifest, "r+b") as f:
@@ -316,7 +319,7 @@ def test_curate_batch_size_and_oversize_manifests_are_refused(smoke_run, curated
 
 def test_the_flagged_examples_show_the_maps_that_were_scored(smoke_run):
     from dcgan_xai.analysis.curation import score_split
-    from dcgan_xai.runs import datamodule_for_run, load_module
+    from dcgan_xai.runs.load import datamodule_for_run, load_module
     from dcgan_xai.xai.gradcam import grad_cam
 
     run = RunDir(smoke_run["run_dir"])
@@ -341,10 +344,12 @@ def test_a_curation_lands_whole_or_not_at_all_and_is_never_written_over(
     beside another curation's summary), and a second curation under a name is refused."""
     run = RunDir(tmp_path / "r")
     shutil.copytree(smoke_run["run_dir"], run.root)
-    kept = curate_run(run.root, epoch=2, name="c", progress=False, control=True)
+    kept = curate_run(run.root, CurationSettings(epoch=2, name="c", progress=False, control=True))
     before = {p.name: p.read_bytes() for p in Path(kept["dir"]).iterdir()}
     with pytest.raises(UserError, match=r"curation .*/curation/c already exists; choose another"):
-        curate_run(run.root, epoch=1, name="c", flag_threshold=0.1, progress=False)
+        curate_run(
+            run.root, CurationSettings(epoch=1, name="c", flag_threshold=0.1, progress=False)
+        )
     assert {p.name: p.read_bytes() for p in Path(kept["dir"]).iterdir()} == before
 
     def killed(*args, **kwargs):  # dies after manifest.csv and summary.json, before the figures
@@ -353,5 +358,5 @@ def test_a_curation_lands_whole_or_not_at_all_and_is_never_written_over(
     listed = sorted(p.name for p in (run.root / "curation").iterdir())
     monkeypatch.setattr("dcgan_xai.analysis.figures.save_png", killed)
     with pytest.raises(KeyboardInterrupt):
-        curate_run(run.root, epoch=1, name="d", progress=False, control=True)
+        curate_run(run.root, CurationSettings(epoch=1, name="d", progress=False, control=True))
     assert sorted(p.name for p in (run.root / "curation").iterdir()) == listed  # no d, no temp

@@ -16,7 +16,7 @@ LAYERS = [
     {"data"},
     {"xai"},
     {"models"},
-    {"config"},
+    {"config", "checks"},
     {"metrics"},
     {"runs"},
     {"callbacks"},
@@ -101,3 +101,26 @@ def test_the_config_schema_loads_without_captum():
     code = "import sys, dcgan_xai.config, dcgan_xai.training; print('captum' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# the rooms of the run-dir package, lowest first: each imports only the rooms below it
+RUNS_ROOMS = ["layout", "tables", "ownership", "resume", "load"]
+
+
+def test_the_run_dir_package_imports_downward():
+    edges = graph()
+    rooms = {f"dcgan_xai.runs.{r}": i for i, r in enumerate(RUNS_ROOMS)}
+    assert {m for m in edges if m.startswith("dcgan_xai.runs.")} == set(rooms)
+    upward = [f"{a} -> {b}" for a in rooms for b in edges[a] if b in rooms and rooms[b] >= rooms[a]]
+    assert not upward
+
+
+def test_the_pure_cores_import_no_lightning_and_no_config():
+    """``xai`` (the Grad-CAM core) and ``analysis.selection``/``analysis.evidence`` (the
+    decision rules) take tensors and rows, not configs, runs or trainers."""
+    for name in ("xai", "analysis/selection.py", "analysis/evidence.py"):
+        paths = [PACKAGE / name] if name.endswith(".py") else (PACKAGE / name).rglob("*.py")
+        for path in paths:
+            text = path.read_text()
+            assert "import lightning" not in text and "from lightning" not in text, path
+            assert not {m for m in imports(path) if m.split(".")[1] in ("config", "runs")}, path

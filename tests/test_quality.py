@@ -40,14 +40,15 @@ def test_score_draws_scores_each_set_and_leaves_the_meter_as_it_was():
 
 
 def test_quality_callback_writes_fid_per_epoch_and_set(smoke_cfg, tmp_path):
-    from dcgan_xai.runs import RunDir, read_quality
+    from dcgan_xai.runs.layout import RunDir
+    from dcgan_xai.runs.tables import QUALITY
     from dcgan_xai.training import train
     from tests.helpers import event_tags
 
     cfg = smoke_cfg("callbacks.quality.enabled=true", "callbacks.quality.fid_samples=50",
                     "callbacks.quality.classifier_epochs=10", "callbacks.quality.min_accuracy=0.9")  # fmt: skip
     train(cfg, tmp_path)
-    rows = read_quality(RunDir(tmp_path))
+    rows = QUALITY.read(RunDir(tmp_path))
     assert [(r["epoch"], r["draw"]) for r in rows] == [(e, d) for e in (1, 2) for d in (0, 1, 2)]
     assert {r["reference"] for r in rows} == {"50 random test images (seed 0)"}
     assert all(r["fid"] > 0 and r["classifier_accuracy"] >= 0.9 for r in rows)

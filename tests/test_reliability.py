@@ -9,12 +9,14 @@ import pytest
 import torch
 
 from dcgan_xai.analysis.curation import curate_run
-from dcgan_xai.config import AnalysisSettings
+from dcgan_xai.config import AnalysisSettings, CurationSettings
 from dcgan_xai.data.sources import FILES
 from dcgan_xai.errors import UserError
 from dcgan_xai.files import file_digest
 from dcgan_xai.models.module import NonFiniteLossError
-from dcgan_xai.runs import RunDir, load_gradcam_epoch, load_module, read_csv
+from dcgan_xai.runs.layout import RunDir, load_gradcam_epoch
+from dcgan_xai.runs.load import load_module
+from dcgan_xai.runs.tables import read_csv
 from dcgan_xai.training import build_callbacks, build_datamodule, build_model, build_trainer, train
 from tests.conftest import compose_train, write_fixture
 from tests.helpers import REPO, same_weights
@@ -296,7 +298,7 @@ def test_bad_analysis_settings_are_refused_in_one_line(settings, message):
 def test_bad_curation_settings_are_refused_before_the_run_is_read(tmp_path, settings, message):
     (tmp_path / "run").mkdir()
     with pytest.raises(UserError, match=message) as err:
-        curate_run(tmp_path / "run", epoch=1, progress=False, **settings)
+        curate_run(tmp_path / "run", CurationSettings(epoch=1, progress=False, **settings))
     assert "\n" not in str(err.value)
     assert not any((tmp_path / "run").iterdir())
 
@@ -355,7 +357,7 @@ def test_damaged_tables_and_records_are_one_line(smoke_run, smoke_cfg, tmp_path,
     same = "callbacks.gradcam.layers=[block1,block3]"
     with pytest.raises(UserError, match=message) as err:
         if damage == "selection":
-            curate_run(run.root, epoch="selected", progress=False)
+            curate_run(run.root, CurationSettings(epoch="selected", progress=False))
         else:
             train(smoke_cfg(same, "resume=true", "trainer.max_epochs=3"), run.root)
     assert "\n" not in str(err.value)

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from dcgan_xai.runs import RunDir, read_scores
+from dcgan_xai.runs.layout import RunDir
+from dcgan_xai.runs.tables import SCORES
 from tests.helpers import REPO
 from tests.test_study import check_two_seed_study, two_seed_study
 from tests.test_sweeps import fixture_overrides
@@ -55,7 +56,7 @@ def test_two_job_sweep_through_the_submitit_launcher(slurm, mnist_fixture, tmp_p
     for job in ("0", "1"):
         run = RunDir(sweep / job)
         assert run.checkpoint_epochs() == [1, 2], job
-        assert [r["epoch"] for r in read_scores(run)] == [1, 2]
+        assert [r["epoch"] for r in SCORES.read(run)] == [1, 2]
         assert f"seed: {job}" in (run.root / "config.yaml").read_text()
 
 

@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 from dcgan_xai import numerics
 from dcgan_xai.config import SpeedConfig
 from dcgan_xai.models.module import Speed
-from dcgan_xai.runs import RunDir
+from dcgan_xai.runs.layout import RunDir
 from dcgan_xai.training import build_model, train
 from tests.helpers import same_weights, scalar_values
 

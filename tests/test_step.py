@@ -11,14 +11,14 @@ from benchmarks.common import HostSyncs
 from dcgan_xai import numerics
 from dcgan_xai.data.mnist import to_unit_range
 from dcgan_xai.models.module import DCGAN, step_generator
-from dcgan_xai.runs import RunDir
+from dcgan_xai.numerics import with_numeric_path
+from dcgan_xai.runs.layout import RunDir
 from dcgan_xai.training import (
     build_callbacks,
     build_datamodule,
     build_model,
     build_trainer,
     fields,
-    with_numeric_path,
 )
 from tests.helpers import same_weights
 

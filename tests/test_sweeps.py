@@ -7,7 +7,8 @@ import pytest
 
 from dcgan_xai.analysis.aggregate import aggregate_sweep
 from dcgan_xai.config import AnalysisSettings
-from dcgan_xai.runs import RunDir, read_csv, read_scores
+from dcgan_xai.runs.layout import RunDir
+from dcgan_xai.runs.tables import SCORES, read_csv
 from tests.helpers import REPO
 
 
@@ -36,7 +37,7 @@ def test_local_multirun_creates_one_run_per_job(sweep):
     for job in jobs:
         run = RunDir(job)
         assert run.checkpoint_epochs() == [1, 2] and run.gradcam_epochs() == [1, 2]
-        assert len(read_scores(run)) == 2
+        assert len(SCORES.read(run)) == 2
     configs = [(j / "config.yaml").read_text() for j in jobs]
     assert "seed: 0" in configs[0] and "seed: 1" in configs[1]
 
@@ -56,7 +57,7 @@ def test_aggregate_matches_each_jobs_files(sweep):
     ]
     for row in rows:
         run = RunDir(sweep / row["job"])
-        scores = {s["epoch"]: s for s in read_scores(run)}
+        scores = {s["epoch"]: s for s in SCORES.read(run)}
         assert float(row["focus"]) == pytest.approx(scores[int(row["epoch"])]["real_focus_mean"])
         selection = json.loads((run.analysis / "selection.json").read_text())
         own = {e["epoch"]: e for e in selection["epochs"]}
@@ -81,7 +82,7 @@ def test_ddp_on_two_cpu_processes_writes_artifacts_once(mnist_fixture, tmp_path)
     assert "distributed_backend=gloo" in proc.stderr + proc.stdout
     run = RunDir(run_dir)
     assert run.checkpoint_epochs() == [1, 2]
-    assert [(r["epoch"], r["layer"]) for r in read_scores(run)] == [(1, "block3"), (2, "block3")]
+    assert [(r["epoch"], r["layer"]) for r in SCORES.read(run)] == [(1, "block3"), (2, "block3")]
     assert run.probe.is_file() and run.gradcam_epochs() == [1, 2]
     import torch
 

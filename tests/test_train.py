@@ -6,10 +6,12 @@ import sys
 import pytest
 from omegaconf.errors import ConfigAttributeError, ValidationError
 
+from dcgan_xai.checks import validate
 from dcgan_xai.config import compose_config
 from dcgan_xai.errors import UserError
-from dcgan_xai.runs import RunDir, read_csv
-from dcgan_xai.training import train, validate
+from dcgan_xai.runs.layout import RunDir
+from dcgan_xai.runs.tables import read_csv
+from dcgan_xai.training import train
 from tests.helpers import REPO, event_tags, same_weights, scalar_values
 
 
@@ -196,7 +198,7 @@ def _configs(group: str) -> list[str]:
 
 @pytest.mark.parametrize("experiment", _configs("experiment"))
 def test_every_experiment_composes_and_validates(experiment):
-    from dcgan_xai.training import validate
+    from dcgan_xai.checks import validate
 
     cfg = compose_config("train", [f"experiment={experiment}"])
     validate(cfg)
@@ -266,7 +268,7 @@ def test_every_default_is_the_schemas():
 def test_settings_of_earlier_versions_are_read_under_todays_names():
     from omegaconf import OmegaConf
 
-    from dcgan_xai.runs import flat_settings
+    from dcgan_xai.runs.resume import flat_settings
 
     old = OmegaConf.create(
         {"callbacks": {"quality": {"samples": 500, "fresh_draws": 1, "seed": 3}}}

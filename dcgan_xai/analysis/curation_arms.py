@@ -19,9 +19,11 @@ from typing import Any
 from dcgan_xai.analysis import evidence
 from dcgan_xai.analysis.curation import curate_run
 from dcgan_xai.analysis.selection import select_epoch
-from dcgan_xai.config import PAPER_VARIANT, StudySettings
+from dcgan_xai.config import PAPER_VARIANT, CurationSettings, StudySettings
 from dcgan_xai.files import atomic_write_text
-from dcgan_xai.runs import RunDir, load_module, read_scores
+from dcgan_xai.runs.layout import RunDir
+from dcgan_xai.runs.load import load_module
+from dcgan_xai.runs.tables import SCORES
 from dcgan_xai.xai.gradcam import layer_names
 
 Log = Callable[[str], None]
@@ -30,7 +32,7 @@ Log = Callable[[str], None]
 def selected_epoch(run: RunDir, k: int) -> tuple[int, bool]:
     """The epoch the paper's rule picks from ``run``'s own scores, and whether every coarse
     candidate tied (then the pick is only the tie rule's: the earlier epoch)."""
-    series = evidence.score_series(read_scores(run), evidence.Variant.parse(PAPER_VARIANT))
+    series = evidence.score_series(SCORES.read(run), evidence.Variant.parse(PAPER_VARIANT))
     series = {e: v for e, v in series.items() if e in run.checkpoint_epochs()}
     return select_epoch(series, k).fine_winner, evidence.choose(series, "coarse", k) is None
 
@@ -75,10 +77,9 @@ def curation(
         if same:
             control_dir = str(run.curation(f"{name}-control")) if control else None
             return {**summary, "dir": str(path.parent), "control_dir": control_dir}
-    return curate_run(
-        run.root, epoch=epoch, layer=layer, method=study.curation_method, name=name,
-        progress=False, control=control, seed=seed, **rule,
-    )  # fmt: skip
+    return curate_run(run.root, CurationSettings(
+        epoch=str(epoch), layer=layer, method=study.curation_method, name=name, progress=False,
+        control=control, seed=seed, **rule))  # fmt: skip
 
 
 def pilot_layer(

@@ -15,14 +15,8 @@ from dcgan_xai.data.mnist import to_unit_range
 from dcgan_xai.data.probe import Probe, make_probe
 from dcgan_xai.errors import UserError
 from dcgan_xai.models.sampling import generate, probe_images
-from dcgan_xai.runs import (
-    RunDir,
-    load_probe,
-    save_gradcam_epoch,
-    save_probe,
-    score_rows,
-    update_scores,
-)
+from dcgan_xai.runs.layout import RunDir, load_probe, save_gradcam_epoch, save_probe
+from dcgan_xai.runs.tables import SCORES, score_rows
 from dcgan_xai.state import preserved_state
 from dcgan_xai.xai.epoch import explain_epoch
 from dcgan_xai.xai.gradcam import check_layers, explained_module, layer_names
@@ -259,7 +253,7 @@ class GradCamCallback(L.Callback):
         if not reuse:
             self.probe = make_probe(images, labels, self.probe_size, self.seed, shape)
             save_probe(self.run, self.probe)
-        update_scores(self.run, [], keep_through=done)
+        SCORES.update(self.run, [], keep_through=done)
         for epoch in self.run.gradcam_epochs():
             if epoch > done:
                 self.run.gradcam_file(epoch).unlink()
@@ -313,7 +307,7 @@ class GradCamCallback(L.Callback):
         assert primary is not None
         primary["epoch"] = epoch
         save_gradcam_epoch(self.run, epoch, primary)
-        update_scores(self.run, rows)
+        SCORES.update(self.run, rows)
         metrics["gradcam/probe_d_real"] = primary["d_real"]
         metrics["gradcam/probe_d_fake"] = primary["d_fake"]
         self._log(trainer, primary, metrics, epoch)

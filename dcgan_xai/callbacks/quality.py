@@ -9,7 +9,8 @@ import lightning as L
 
 from dcgan_xai.config import FidProtocol
 from dcgan_xai.metrics.quality import QualityMeter, fid_meter, score_draws
-from dcgan_xai.runs import RunDir, update_quality
+from dcgan_xai.runs.layout import RunDir
+from dcgan_xai.runs.tables import QUALITY
 
 
 class QualityCallback(L.Callback):
@@ -37,7 +38,7 @@ class QualityCallback(L.Callback):
             return
         dm = trainer.datamodule  # type: ignore[attr-defined]
         self.meter, self.record = fid_meter(dm, self.protocol, pl_module.device)
-        update_quality(self.run, [], keep_through=trainer.current_epoch)
+        QUALITY.update(self.run, [], keep_through=trainer.current_epoch)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch = trainer.current_epoch + 1
@@ -46,7 +47,7 @@ class QualityCallback(L.Callback):
         p = self.protocol
         rows = score_draws(self.meter, pl_module.generator, pl_module.hparams["nz"],  # type: ignore[arg-type]
                            p.fid_samples, p.fid_seed, epoch, p.fid_draws, p.batch_size)  # fmt: skip
-        update_quality(self.run, [{"epoch": epoch, **r, **self.record} for r in rows])
+        QUALITY.update(self.run, [{"epoch": epoch, **r, **self.record} for r in rows])
         if trainer.logger is not None:
             fresh = [r["fid"] for r in rows[1:]]
             metrics = {"quality/fid": rows[0]["fid"], "quality/kid": rows[0]["kid"]}

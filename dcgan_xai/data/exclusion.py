@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from dcgan_xai.data.sources import ensure_mnist
 from dcgan_xai.errors import UserError
 from dcgan_xai.files import file_digest
 
@@ -125,3 +126,20 @@ def load_exclusion(path: str | Path, expected: Mapping[str, Any]) -> torch.Tenso
             "train on (raise the threshold)"
         )
     return torch.tensor(flagged, dtype=torch.long)
+
+
+def read_exclusion(data: Any) -> tuple[torch.Tensor | None, dict[str, Any] | None]:
+    """The indices a data config's ``exclude`` manifest leaves out, and the record of it kept
+    with the run (``exclusion.json``)."""
+    if not data.exclude:
+        return None, None
+    files = ensure_mnist(data.root, list(data.sources), dict(data.checksums))
+    expected = fingerprint(files)
+    exclude = load_exclusion(data.exclude, expected)
+    record = {
+        "manifest": str(Path(data.exclude).resolve()),
+        "manifest_md5": file_digest(data.exclude),
+        "fingerprint": expected,
+        "excluded": int(exclude.numel()),
+    }
+    return exclude, record

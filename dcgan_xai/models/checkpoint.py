@@ -41,7 +41,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None
     ) -> None:
-        """Write it with the run's record (:func:`dcgan_xai.runs.run_record`), then record its
+        """Write it with the run's record (:func:`dcgan_xai.runs.resume.run_record`), then record its
         SHA-256 beside it (:func:`record_digest`)."""
         if storage_options is not None:
             raise TypeError("storage_options is not supported by AtomicCheckpointIO")

@@ -1,0 +1,3 @@
+"""dcgan_xai: explain a DCGAN's discriminator with Grad-CAM."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,209 @@
+"""One table across a sweep: per job and epoch, Grad-CAM scores and FID; per job, the choice."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from dcgan_xai.analysis import figures
+from dcgan_xai.analysis.markdown import num, table
+from dcgan_xai.analysis.report import analyze_run, load_or_analyze
+from dcgan_xai.config import AnalysisSettings
+from dcgan_xai.errors import UserError
+from dcgan_xai.files import atomic_write_text, write_csv
+from dcgan_xai.runs.layout import RunDir, run_config
+
+EPOCH_FIELDS = [
+    "job",
+    "seed",
+    "epoch",
+    "focus",
+    "coverage",
+    "degenerate",
+    "d_real",
+    "d_fake",
+    "fid",
+    "kid",
+    "selected",
+]
+JOB_FIELDS = [
+    "job",
+    "seed",
+    "epochs",
+    "selected_epoch",
+    "selected_fid",
+    "best_epoch",
+    "best_fid",
+    "last_fid",
+    "regret",
+    "worse_than_last",
+]
+
+
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    """Run directories under a sweep (any depth), ordered by path."""
+    found = sorted(
+        p.parent for p in sweep_dir.rglob("config.yaml") if (p.parent / "checkpoints").is_dir()
+    )
+    if not found:
+        raise UserError(f"aggregate: no run directories with checkpoints under {sweep_dir}")
+    return found
+
+
+def _stats(values: list[float]) -> str:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return "n/a"
+    spread = statistics.pstdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.2f} ± {spread:.2f}"
+
+
+def aggregate_sweep(
+    sweep_dir: str | Path, settings: AnalysisSettings, reanalyze: bool = False
+) -> dict[str, Any]:
+    """Analyse (or read the analysis of) every job of a sweep and write one table.
+
+    Writes ``<sweep>/aggregate/epochs.csv`` (one row per job and epoch), ``jobs.csv`` (one row
+    per job), ``summary.md`` (both, with mean and spread over jobs) and ``curves.png``.
+    """
+    sweep = Path(sweep_dir)
+    epoch_rows, job_rows = [], []
+    curves: dict[str, list[float]] = {}
+    for job in job_dirs(sweep):
+        result = analyze_run(job, settings) if reanalyze else load_or_analyze(job, settings)
+        name = str(job.relative_to(sweep)) or job.name
+        seed = run_config(RunDir(job)).seed
+        selected = result["selected_epoch"]
+        for row in result["epochs"]:
+            epoch_rows.append(
+                {
+                    "job": name,
+                    "seed": seed,
+                    **{k: row[k] for k in EPOCH_FIELDS[2:-1]},
+                    "selected": row["epoch"] == selected,
+                }
+            )
+        v = result.get("verdict") or {}
+        job_rows.append(
+            {
+                "job": name,
+                "seed": seed,
+                "epochs": len(result["epochs"]),
+                "selected_epoch": selected,
+                **{k: v.get(k) for k in JOB_FIELDS[4:]},
+            }
+        )
+        curves[f"{name} focus"] = [r["focus"] for r in result["epochs"]]
+    out = sweep / "aggregate"
+    write_csv(out / "epochs.csv", EPOCH_FIELDS, epoch_rows)
+    write_csv(out / "jobs.csv", JOB_FIELDS, job_rows)
+    lines = [
+        f"# Sweep {sweep}",
+        "",
+        "| job | seed | epochs | selected | its FID | best epoch | best FID | last FID | regret |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in job_rows:
+        cells = [r["job"], r["seed"], r["epochs"], r["selected_epoch"]] + [
+            "n/a" if r[k] is None else (f"{r[k]:.2f}" if isinstance(r[k], float) else r[k])
+            for k in ("selected_fid", "best_epoch", "best_fid", "last_fid", "regret")
+        ]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    lines += [
+        "",
+        "Mean ± spread (population std) over jobs: "
+        f"selected FID {_stats([r['selected_fid'] for r in job_rows])}, "
+        f"best FID {_stats([r['best_fid'] for r in job_rows])}, "
+        f"last FID {_stats([r['last_fid'] for r in job_rows])}, "
+        f"regret {_stats([r['regret'] for r in job_rows])}.",
+    ]
+    worse = [r for r in job_rows if r["worse_than_last"]]
+    if any(r["worse_than_last"] is not None for r in job_rows):
+        lines.append(
+            f"The Grad-CAM choice was worse than the last epoch in {len(worse)} of {len(job_rows)} jobs."
+        )
+    atomic_write_text(out / "summary.md", "\n".join(lines) + "\n")
+    n = min(len(v) for v in curves.values())
+    image = figures.curves(
+        list(range(1, n + 1)), {k: v[:n] for k, v in curves.items()}, title="focus per job"
+    )
+    figures.save_png(image, out / "curves.png")
+    return {"dir": str(out), "jobs": job_rows, "epochs": epoch_rows}
+
+
+COMPARE_FIELDS = (
+    "run_dir",
+    "excluded",
+    "selected_epoch",
+    "selected_fid",
+    "best_epoch",
+    "best_fid",
+    "last_fid",
+    "last_kid",
+    "regret",
+)
+
+
+def compare_runs(
+    run_dirs: Sequence[str | Path], settings: AnalysisSettings, out_dir: str | Path
+) -> dict[str, Any]:
+    """Side by side (a baseline and its curated retrainings, say): FID/KID of the selected,
+    best and last epochs, and the focus curves.
+
+    Writes ``compare.png``, ``compare.md`` and, last, ``compare.json``, the record that the
+    comparison is complete: an ``out_dir`` holding one is refused; one where a killed comparison
+    left only the first two is written over.
+    """
+    if len(run_dirs) < 2:
+        raise UserError(f"compare needs at least two run dirs, got {len(run_dirs)}")
+    out = Path(out_dir)
+    if (out / "compare.json").exists():
+        raise UserError(f"out_dir={out} already holds a comparison; choose another out_dir")
+    rows = []
+    series: dict[str, list[float]] = {}
+    for run_dir in run_dirs:
+        result = load_or_analyze(run_dir, settings)
+        exclusion = RunDir(run_dir).root / "exclusion.json"
+        v = result.get("verdict") or {}
+        rows.append(
+            {
+                "run_dir": str(run_dir),
+                "excluded": json.loads(exclusion.read_text())["excluded"]
+                if exclusion.is_file()
+                else 0,
+                "selected_epoch": result["selected_epoch"],
+                "selected_fid": v.get("selected_fid"),
+                "best_epoch": v.get("best_epoch"),
+                "best_fid": v.get("best_fid"),
+                "last_fid": v.get("last_fid"),
+                "last_kid": result["epochs"][-1]["kid"],
+                "regret": v.get("regret"),
+            }
+        )
+        series[f"{Path(run_dir).name} focus"] = [r["focus"] for r in result["epochs"]]
+    digits = {"selected_fid": 2, "best_fid": 2, "last_fid": 2, "last_kid": 4, "regret": 2}
+    cells = [[num(r[k], digits[k]) if k in digits else r[k] for k in COMPARE_FIELDS] for r in rows]
+    headers = [
+        "run",
+        "images excluded",
+        "selected epoch",
+        "its FID",
+        "best epoch",
+        "best FID",
+        "last FID",
+        "last KID",
+        "regret",
+    ]
+    lines = ["# Baseline against curated runs", "", *table(headers, cells, "l" + "r" * 8)]
+    n = min(len(v) for v in series.values())
+    image = figures.curves(
+        list(range(1, n + 1)), {k: v[:n] for k, v in series.items()}, title="focus"
+    )
+    figures.save_png(image, out / "compare.png")
+    atomic_write_text(out / "compare.md", "\n".join(lines) + "\n")
+    atomic_write_text(out / "compare.json", json.dumps(rows, indent=2) + "\n")  # the record, last
+    return {"rows": rows, "dir": str(out)}

@@ -1,0 +1,33 @@
+"""Entry point: ``python -m dcgan_xai.curate run_dir=<run dir> epoch=selected``."""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from dcgan_xai.config import check_overrides
+from dcgan_xai.errors import UserError, report_user_errors
+
+
+def run(cfg: DictConfig) -> str:
+    from dcgan_xai.analysis.curation import curate_run
+
+    if cfg.run_dir is None:
+        raise UserError("run_dir is required: python -m dcgan_xai.curate run_dir=<run dir>")
+    args = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(args, dict)
+    s = curate_run(**args)  # type: ignore[arg-type]
+    return (
+        f"flagged {s['flagged']} of {s['total']} training images (coverage > "
+        f"{s['settings']['flag_threshold']}) in {s['seconds']:.1f} s; manifest: {s['dir']}/manifest.csv"
+    )
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="curate")
+def main(cfg: DictConfig) -> None:
+    print(report_user_errors(lambda: run(cfg)))
+
+
+if __name__ == "__main__":
+    check_overrides("curate")
+    main()

@@ -1,0 +1,1 @@
+"""Generator quality: an MNIST classifier trained here, and FID/KID in its feature space."""

@@ -1,0 +1,43 @@
+"""Running a module without leaving a trace on it: the guard every explanation, trial compile
+and probe evaluation runs under. A leaf of the package."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+
+@contextmanager
+def preserved_state(module: nn.Module) -> Iterator[None]:
+    """Restore, on exit, everything a forward/backward pass could change on ``module``.
+
+    That is: each submodule's train/eval mode, every buffer (BatchNorm running statistics),
+    every parameter's ``.grad`` and ``requires_grad``, and the CPU and CUDA RNG states
+    (``torch.random.fork_rng``). Buffers and gradients are restored in place, in the same
+    tensor objects (a captured CUDA graph keeps writing into them).
+    """
+    modes = [(m, m.training) for m in module.modules()]
+    buffers = [(b, b.detach().clone()) for b in module.buffers()]
+    params = [
+        (p, p.requires_grad, p.grad, None if p.grad is None else p.grad.clone())
+        for p in module.parameters()
+    ]
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=cuda):
+        try:
+            yield
+        finally:
+            for m, training in modes:
+                m.training = training
+            with torch.no_grad():
+                for b, saved in buffers:
+                    b.copy_(saved)
+            for p, requires_grad, grad, saved_grad in params:
+                p.requires_grad_(requires_grad)
+                if grad is not None and saved_grad is not None:
+                    with torch.no_grad():
+                        grad.copy_(saved_grad)
+                p.grad = grad

@@ -1,0 +1,110 @@
+"""A run's CSV tables: one generic :class:`Table` (columns, keys, parsing, reading, merging)
+and the two a training writes.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from dcgan_xai.errors import UserError
+from dcgan_xai.files import (
+    write_csv,
+)
+from dcgan_xai.runs.layout import RunDir
+
+
+@dataclass(frozen=True)
+class Table:
+    """A CSV table of a run (at ``where`` inside it): its columns, the key columns (one row per
+    key, the newest wins) and its integer and float columns (the others stay text)."""
+
+    where: str
+    fields: tuple[str, ...]
+    keys: tuple[str, ...]
+    ints: tuple[str, ...] = ()
+    floats: tuple[str, ...] = ()
+
+    def parse(self, raw: dict[str, str]) -> dict[str, Any]:
+        """A row with its numbers parsed."""
+        row: dict[str, Any] = dict(raw)
+        row.update({k: int(raw[k]) for k in self.ints})
+        row.update({k: float(raw[k]) for k in self.floats})
+        return row
+
+    def key(self, row: dict[str, Any]) -> tuple[Any, ...]:
+        return tuple(row[k] for k in self.keys)
+
+    def read(self, run: RunDir) -> list[dict[str, Any]]:
+        """The run's rows, numbers parsed, sorted by key; none where the table is missing."""
+        path = run.root / self.where
+        return sorted(read_table(path, self.parse), key=self.key) if path.is_file() else []
+
+    def update(
+        self, run: RunDir, rows: list[dict[str, Any]], keep_through: int | None = None
+    ) -> None:
+        """Merge ``rows`` into the run's table; rows of epochs after ``keep_through`` are
+        dropped first (a resumed run redoes them)."""
+        old = [r for r in self.read(run) if keep_through is None or r["epoch"] <= keep_through]
+        merged = {self.key(r): r for r in [*old, *rows]}
+        write_csv(run.root / self.where, self.fields, [merged[k] for k in sorted(merged)])
+
+
+_SCORES = [f"{probe}_{name}" for probe in ("real", "fake")
+           for name in ("focus_mean", "focus_std", "focus_nondeg", "focus_chance",
+                        "coverage_mean", "coverage_std", "degenerate", "flagged")]  # fmt: skip
+# gradcam/scores.csv: one row per (epoch, method, BN mode, layer)
+SCORES = Table("gradcam/scores.csv", ("epoch", "method", "bn_mode", "layer", *_SCORES,
+               "d_real", "d_fake"), ("epoch", "method", "bn_mode", "layer"), ints=("epoch",),
+               floats=(*_SCORES, "d_real", "d_fake"))  # fmt: skip
+# quality/scores.csv: one row per (epoch, generated set)
+QUALITY = Table("quality/scores.csv", ("epoch", "draw", "noise_seed", "samples", "fid", "kid",
+                "kid_std", "reference", "classifier_accuracy", "classifier_md5"),
+                ("epoch", "draw"), ints=("epoch", "draw", "noise_seed", "samples"),
+                floats=("fid", "kid", "kid_std", "classifier_accuracy"))  # fmt: skip
+
+
+def read_csv(path: str | os.PathLike[str]) -> list[dict[str, str]]:
+    """The rows of a CSV file; one that is not readable text CSV is one error naming it."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f))
+    except (csv.Error, UnicodeDecodeError) as err:
+        raise UserError(
+            f"{path} is not a readable CSV table ({type(err).__name__}: {err})"
+        ) from err
+
+
+def read_table(path: str | os.PathLike[str], parse: Any) -> list[dict[str, Any]]:
+    """Rows of a CSV table through ``parse``; a damaged line (a value missing or extra, or
+    one ``parse`` refuses) is one error naming it."""
+    rows = []
+    for line, raw in enumerate(read_csv(path), start=2):
+        try:
+            if None in raw or None in raw.values():
+                raise ValueError("it has more or fewer values than the header")
+            rows.append(parse(raw))
+        except (KeyError, TypeError, ValueError) as err:
+            raise UserError(
+                f"{path} line {line} is damaged ({type(err).__name__}: {err}); delete that line "
+                "(a resumed run writes the rows of the epochs it trains again)"
+            ) from err
+    return rows
+
+
+def score_rows(epoch: int, record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ``scores.csv`` rows of one explanation record (one per layer)."""
+    return [
+        {
+            "epoch": epoch,
+            "method": record["method"],
+            "bn_mode": record["bn_mode"],
+            "layer": name,
+            **record["summary"][name],
+            "d_real": record["d_real"],
+            "d_fake": record["d_fake"],
+        }
+        for name in record["layers"]
+    ]
