@@ -55,7 +55,7 @@ step() {
   timeout -k 20 "$limit" "$@" >"$LOGS/$name.log" 2>&1
   local rc=$?
   echo "== $name: rc=$rc, $(($(date +%s) - t0)) s (limit $limit s)" | tee -a "$SUMMARY"
-  grep -E "images/s|ratio|per epoch|s \(|trained |stopped|failed|finished|confirms|refutes|inconclusive|classifier|Error|error:" "$LOGS/$name.log" | tail -40 | tee -a "$SUMMARY"
+  grep -E "images/s|ratio|per epoch|s \(|trained |stopped|failed|finished|confirms|refutes|inconclusive|classifier|difference|Error|error:" "$LOGS/$name.log" | tail -40 | tee -a "$SUMMARY"
 }
 
 if [ "$DRY_RUN" = 1 ]; then
@@ -69,6 +69,7 @@ if [ "$DRY_RUN" = 1 ]; then
   BENCH_TRAIN=(--steps 2 --warmup 1 --workers 2 --experiment smoke --config auto=smoke
     --config eager_bf16=smoke,speed.on_device=true,speed.channels_last=true,trainer.precision=bf16-mixed,speed.cuda_graph=false)
   BENCH_GRAPH=(--batches 16,32 --steps 3 --warmup 2 --width 8)
+  BENCH_SEEDS=(--seeds 3 --batch 16 --steps 3 --warmup 2 --width 8)
   BENCH_GRADCAM=(--images 512 --fid-samples 200 --train-steps 2)
   PROFILE=(--steps 2 --warmup 1 --batch 16 --config plain=smoke --config fast=smoke,speed.channels_last=true,trainer.precision=bf16-mixed)
 else
@@ -84,6 +85,7 @@ else
     --config graph_bf16=mnist64,trainer.precision=bf16-mixed,speed.cuda_graph=true
     --config eager_bf16=mnist64,trainer.precision=bf16-mixed,speed.cuda_graph=false)
   BENCH_GRAPH=()
+  BENCH_SEEDS=(--seeds 8 --batch 128 --steps 100 --warmup 10)
   BENCH_GRADCAM=()
   PROFILE=(--steps 30 --warmup 15 --workers 8 --config plain=mnist64
     --config auto=mnist64 --config eager_bf16=mnist64,trainer.precision=bf16-mixed,speed.cuda_graph=false)
@@ -95,6 +97,8 @@ if [ "$ONLY" != study ]; then
 #    ceiling; the callbacks, curation scoring and FID against an epoch of training.
 step bench_train "${BENCH_TRAIN_LIMIT:-100}" $PY -m benchmarks.bench_train "${BENCH_TRAIN[@]}"
 step bench_graph 60 $PY -m benchmarks.bench_graph "${BENCH_GRAPH[@]}"
+# 8 seeds in one process (K streams, the grouped ensemble) against 8 processes and one training
+step bench_seeds 75 $PY -m benchmarks.bench_seeds "${BENCH_SEEDS[@]}"
 step bench_gradcam 50 $PY -m benchmarks.bench_gradcam "${BENCH_GRADCAM[@]}"
 # 2. Where a step's time goes (host or device), for the paths that miss the speed goal.
 step profile 70 $PY -m benchmarks.profile_step "${PROFILE[@]}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -21,6 +22,11 @@ from dcgan_xai.data.sources import MD5, SOURCES
 from dcgan_xai.errors import UserError, hydra_error_line
 from dcgan_xai.xai.gradcam import BN_MODES, METHODS, NORMALIZATIONS
 from dcgan_xai.xai.scores import ScoreThresholds
+
+# the primary configs search <cwd>/conf (a project's own experiments); without one, say nothing
+warnings.filterwarnings(
+    "ignore", message=r"provider=hydra.searchpath in main, path=conf is not available"
+)
 
 SCORES = ("focus", "coverage")
 PROBES = ("real", "fake")
@@ -484,16 +490,26 @@ def compose_config(config_name: str, overrides: list[str], hydra: bool = False) 
         raise UserError(hydra_error_line(err)) from err
 
 
+def command_ranges(config_name: str) -> Ranges:
+    """The range table of a command's config (``train``, ``analyze``, ...)."""
+    analysis = ANALYSIS_RANGES
+    return {"train": TRAIN_RANGES, "analyze": analysis, "aggregate": analysis,
+            "curate": CURATE_RANGES, "study": (*STUDY_RANGES, *_under("analysis.", analysis))
+            }[config_name]  # fmt: skip
+
+
 def check_overrides(config_name: str) -> None:
     """Compose the command's config with the command line's overrides, as Hydra will: a bad
     key, value or type is one line on stderr and exit code 2 instead of Hydra's several lines.
-    Sweeps and flags (``-m``, ``--cfg``, ...) are left to Hydra, and so is everything when
-    ``HYDRA_FULL_ERROR=1``."""
+    A value out of its range (:func:`command_ranges`) is refused the same way, before Hydra
+    makes the run's folder. Sweeps and flags (``-m``, ``--cfg``, ...) are left to Hydra, and so
+    is everything when ``HYDRA_FULL_ERROR=1``."""
     args = sys.argv[1:]
     if os.environ.get("HYDRA_FULL_ERROR") == "1" or any(a.startswith("-") for a in args):
         return
     try:
-        compose_config(config_name, args, hydra=True)
+        cfg = compose_config(config_name, args, hydra=True)
+        check_ranges(cfg, command_ranges(config_name))  # before Hydra makes any folder
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

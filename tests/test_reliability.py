@@ -1,8 +1,10 @@
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -19,7 +21,7 @@ from dcgan_xai.runs.load import load_module
 from dcgan_xai.runs.tables import read_csv
 from dcgan_xai.training import build_callbacks, build_datamodule, build_model, build_trainer, train
 from tests.conftest import compose_train, write_fixture
-from tests.helpers import REPO, same_weights
+from tests.helpers import REPO, data_overrides, same_weights
 
 
 def test_a_run_dir_that_is_a_file_or_a_link_to_one_is_refused(smoke_cfg, tmp_path):
@@ -31,9 +33,8 @@ def test_a_run_dir_that_is_a_file_or_a_link_to_one_is_refused(smoke_cfg, tmp_pat
     assert (tmp_path / "notes.txt").read_text() == "the user's"
 
 
-@pytest.mark.parametrize(
-    "overrides, message",
-    [
+# every bad training input: its overrides and the one line that refuses it
+BAD_TRAINING_INPUT = [
         (["data.image_size=32"], r"data.image_size=32 is not allowed; .* \(allowed: 64\)"),
         (["callbacks.gradcam.layers=[block7]"],
          r"unknown Grad-CAM layer 'block7' in callbacks.gradcam.layers; valid layers of model.arch=paper: block1, block2, block3"),
@@ -79,8 +80,10 @@ def test_a_run_dir_that_is_a_file_or_a_link_to_one_is_refused(smoke_cfg, tmp_pat
         (["trainer.max_epochs=0"], r"trainer.max_epochs=0 is not allowed; it must be >= 1"),
         (["data.batch_size=0"], r"data.batch_size=0 is not allowed; it must be >= 1"),
         (["model.instance_noise=-0.1"], r"model.instance_noise=-0.1 is not allowed; it must be a finite number >= 0"),
-    ],
-)  # fmt: skip
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("overrides, message", BAD_TRAINING_INPUT)
 def test_bad_training_input_is_refused_before_anything_is_written(
     smoke_cfg, tmp_path, overrides, message
 ):
@@ -89,6 +92,36 @@ def test_bad_training_input_is_refused_before_anything_is_written(
         train(smoke_cfg(*overrides), run_dir)
     assert "\n" not in str(err.value)
     assert not run_dir.exists() or not any(run_dir.iterdir())
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): file_digest(p) for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+
+
+@pytest.mark.slow
+def test_every_bad_training_input_is_one_line_from_the_command_and_changes_nothing(
+    mnist_fixture, tmp_path
+):
+    """The table above through ``python -m dcgan_xai.train``, into a dir that holds the user's
+    own files: exit 2, one line on stderr, no traceback, every file as it was (by checksum)."""
+    root, sums = mnist_fixture
+    run_dir = tmp_path / "mine"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".notes.tmp").write_text("the user's notes")
+    (run_dir / ".hydra" / "config.yaml").write_text("mine: true\n")
+    before = _digests(tmp_path)
+    failures = []
+    for overrides, message in BAD_TRAINING_INPUT:
+        done = subprocess.run([sys.executable, "-m", "dcgan_xai.train", "experiment=smoke",
+                               *data_overrides(root, sums), f"hydra.run.dir={run_dir}", *overrides],
+                              capture_output=True, text=True, cwd=REPO, timeout=300)  # fmt: skip
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        if (done.returncode != 2 or len(lines) != 1 or not re.search(message, lines[0])
+                or _digests(tmp_path) != before):  # fmt: skip
+            failures.append((overrides, done.returncode, done.stderr[-500:]))
+    assert not failures
 
 
 @pytest.mark.parametrize(

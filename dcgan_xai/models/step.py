@@ -48,8 +48,9 @@ def gan_step(
     Args:
         generator, discriminator: the nets (D returns logits).
         opt_g, opt_d: their optimizers.
-        real: (N, C, H, W) real images in [-1, 1].
-        z: (N, nz, 1, 1) noise.
+        real: (N, C, H, W) real images in [-1, 1] (K folded models: (N, K*C, H, W), see
+            :mod:`dcgan_xai.models.grouped`).
+        z: (N, nz, 1, 1) noise (K folded models: (N, K*nz, 1, 1)).
         noise: instance noise already scaled by its standard deviation, added to what D sees:
             for the real images, the detached fakes and the fakes of G's step, in that order.
         backward: how a loss is backpropagated (Lightning's ``manual_backward`` under DDP).
@@ -58,7 +59,8 @@ def gan_step(
     grad are cached), so G's step sees D's updated weights, as in fp32.
 
     Returns:
-        (4,) float32: D's loss, G's loss, mean D(x) and mean D(G(z)) (see :data:`STEP_METRICS`).
+        (4,) float32: D's loss, G's loss, mean D(x) and mean D(G(z)) (see :data:`STEP_METRICS`);
+        for K folded models (4, K), a column per model.
     """
 
     def seen(x: torch.Tensor, i: int) -> torch.Tensor:
@@ -68,26 +70,33 @@ def gan_step(
     with frozen(generator):
         logit_real = discriminator(seen(real, 0))  # (N,)
         logit_fake = discriminator(seen(fake.detach(), 1))
-        d_loss = F.binary_cross_entropy_with_logits(
-            logit_real, torch.ones_like(logit_real)
-        ) + F.binary_cross_entropy_with_logits(logit_fake, torch.zeros_like(logit_fake))
+        d_loss = _bce(logit_real, 1.0) + _bce(logit_fake, 0.0)
         opt_d.zero_grad(set_to_none=True)
-        backward(d_loss)
+        backward(d_loss.sum())
         opt_d.step()
     with frozen(discriminator):
         logit_gen = discriminator(seen(fake, 2))
-        g_loss = F.binary_cross_entropy_with_logits(logit_gen, torch.ones_like(logit_gen))
+        g_loss = _bce(logit_gen, 1.0)
         opt_g.zero_grad(set_to_none=True)
-        backward(g_loss)
+        backward(g_loss.sum())
         opt_g.step()
     return torch.stack(
         [
             d_loss.detach().float(),
             g_loss.detach().float(),
-            torch.sigmoid(logit_real.detach().float()).mean(),
-            torch.sigmoid(logit_fake.detach().float()).mean(),
+            torch.sigmoid(logit_real.detach().float()).mean(0),
+            torch.sigmoid(logit_fake.detach().float()).mean(0),
         ]
     )
+
+
+def _bce(logit: torch.Tensor, target: float) -> torch.Tensor:
+    """BCE-with-logits against ``target``: the batch mean of logits (N,); of logits (N, K) of K
+    folded models, each model's mean (K,), whose sum is backpropagated (each gradient its own)."""
+    targets = torch.full_like(logit, target)
+    if logit.ndim == 1:
+        return F.binary_cross_entropy_with_logits(logit, targets)
+    return F.binary_cross_entropy_with_logits(logit, targets, reduction="none").mean(0)
 
 
 class GraphedStep:

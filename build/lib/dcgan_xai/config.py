@@ -81,7 +81,7 @@ def _under(prefix: str, ranges: Ranges) -> Ranges:
 
 
 # The ranges of the training config that its types cannot state, one row per key: the first
-# value outside its range is refused in one line before anything starts (training.validate).
+# value outside its range is refused in one line before anything starts (checks.validate).
 TRAIN_RANGES: Ranges = (
     ("seed", SEED),
     ("data.batch_size", _at_least(1)),
@@ -267,6 +267,14 @@ class TrainConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
+def settings_in(cls: Any, cfg: DictConfig) -> Any:
+    """The dataclass ``cls`` of the settings in a composed config (its other keys dropped)."""
+    names = {f.name for f in fields(cls)}
+    values = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(values, dict)
+    return cls(**{k: v for k, v in values.items() if k in names})
+
+
 @dataclass
 class AnalysisSettings(ScoreThresholds, FidProtocol):
     """What :func:`analyze_run` computes. Every field is recorded in ``selection.json``."""
@@ -285,10 +293,7 @@ class AnalysisSettings(ScoreThresholds, FidProtocol):
     @classmethod
     def from_config(cls, cfg: DictConfig) -> AnalysisSettings:
         """The settings in a composed ``analyze``/``aggregate`` config (its other keys dropped)."""
-        names = {f.name for f in fields(cls)}
-        values = OmegaConf.to_container(cfg, resolve=True)
-        assert isinstance(values, dict)
-        return cls(**{k: v for k, v in values.items() if k in names})  # type: ignore[arg-type]
+        return settings_in(cls, cfg)
 
     def check(self) -> None:
         check_ranges(self, ANALYSIS_RANGES)
@@ -308,8 +313,9 @@ class AggregateConfig(AnalysisSettings):
 
 
 @dataclass
-class CurateConfig(ScoreThresholds):
-    run_dir: str | None = None
+class CurationSettings(ScoreThresholds):
+    """What :func:`~dcgan_xai.analysis.curation.curate_run` does. Recorded in ``summary.json``."""
+
     epoch: str = "selected"  # or an epoch number; ckpt=<path> overrides both
     ckpt: str | None = None
     layer: str = "block3"
@@ -322,6 +328,14 @@ class CurateConfig(ScoreThresholds):
     progress: bool = True
     control: bool = False  # also write <name>-control: as many images per digit, at random
     seed: int = 0
+
+    def check(self) -> None:
+        check_ranges(self, CURATE_RANGES)
+
+
+@dataclass
+class CurateConfig(CurationSettings):
+    run_dir: str | None = None
 
 
 VARIANT_SCORES = ("focus", "coverage", "focus_delta", "coverage_delta")

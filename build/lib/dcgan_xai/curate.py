@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from dcgan_xai.config import check_overrides
+from dcgan_xai.config import CurationSettings, check_overrides, settings_in
 from dcgan_xai.errors import UserError, report_user_errors
 
 
@@ -14,9 +14,7 @@ def run(cfg: DictConfig) -> str:
 
     if cfg.run_dir is None:
         raise UserError("run_dir is required: python -m dcgan_xai.curate run_dir=<run dir>")
-    args = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(args, dict)
-    s = curate_run(**args)  # type: ignore[arg-type]
+    s = curate_run(cfg.run_dir, settings_in(CurationSettings, cfg))
     return (
         f"flagged {s['flagged']} of {s['total']} training images (coverage > "
         f"{s['settings']['flag_threshold']}) in {s['seconds']:.1f} s; manifest: {s['dir']}/manifest.csv"

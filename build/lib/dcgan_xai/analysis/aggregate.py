@@ -17,31 +17,11 @@ from dcgan_xai.errors import UserError
 from dcgan_xai.files import atomic_write_text, write_csv
 from dcgan_xai.runs.layout import RunDir, run_config
 
-EPOCH_FIELDS = [
-    "job",
-    "seed",
-    "epoch",
-    "focus",
-    "coverage",
-    "degenerate",
-    "d_real",
-    "d_fake",
-    "fid",
-    "kid",
-    "selected",
-]
-JOB_FIELDS = [
-    "job",
-    "seed",
-    "epochs",
-    "selected_epoch",
-    "selected_fid",
-    "best_epoch",
-    "best_fid",
-    "last_fid",
-    "regret",
-    "worse_than_last",
-]
+EPOCH_FIELDS = ["job", "seed", "epoch", "focus", "coverage", "degenerate", "d_real", "d_fake",
+                "fid", "kid", "selected"]  # fmt: skip
+VERDICT_FIELDS = ["selected_fid", "best_epoch", "best_fid", "last_fid", "regret"]
+JOB_FIELDS = ["job", "seed", "epochs", "selected_epoch", *VERDICT_FIELDS, "worse_than_last"]
+DIGITS = {"selected_fid": 2, "best_fid": 2, "last_fid": 2, "last_kid": 4, "regret": 2}
 
 
 def job_dirs(sweep_dir: Path) -> list[Path]:
@@ -62,6 +42,19 @@ def _stats(values: list[float]) -> str:
     return f"{statistics.fmean(values):.2f} ± {spread:.2f}"
 
 
+def _cells(rows: list[dict[str, Any]], columns: Sequence[str]) -> list[list[Any]]:
+    return [[num(r[k], DIGITS.get(k, 0)) if k in DIGITS or r[k] is None else r[k] for k in columns]
+            for r in rows]  # fmt: skip
+
+
+def _focus_curves(series: dict[str, list[float]], path: Path, title: str) -> None:
+    n = min(len(v) for v in series.values())
+    image = figures.curves(
+        list(range(1, n + 1)), {k: v[:n] for k, v in series.items()}, title=title
+    )
+    figures.save_png(image, path)
+
+
 def aggregate_sweep(
     sweep_dir: str | Path, settings: AnalysisSettings, reanalyze: bool = False
 ) -> dict[str, Any]:
@@ -75,63 +68,30 @@ def aggregate_sweep(
     curves: dict[str, list[float]] = {}
     for job in job_dirs(sweep):
         result = analyze_run(job, settings) if reanalyze else load_or_analyze(job, settings)
-        name = str(job.relative_to(sweep)) or job.name
-        seed = run_config(RunDir(job)).seed
-        selected = result["selected_epoch"]
-        for row in result["epochs"]:
-            epoch_rows.append(
-                {
-                    "job": name,
-                    "seed": seed,
-                    **{k: row[k] for k in EPOCH_FIELDS[2:-1]},
-                    "selected": row["epoch"] == selected,
-                }
-            )
-        v = result.get("verdict") or {}
-        job_rows.append(
-            {
-                "job": name,
-                "seed": seed,
-                "epochs": len(result["epochs"]),
-                "selected_epoch": selected,
-                **{k: v.get(k) for k in JOB_FIELDS[4:]},
-            }
-        )
+        name, seed = str(job.relative_to(sweep)) or job.name, run_config(RunDir(job)).seed
+        chosen, v = result["selected_epoch"], result.get("verdict") or {}
+        epoch_rows += [{"job": name, "seed": seed, **{k: row[k] for k in EPOCH_FIELDS[2:-1]},
+                        "selected": row["epoch"] == chosen} for row in result["epochs"]]  # fmt: skip
+        job_rows.append({"job": name, "seed": seed, "epochs": len(result["epochs"]),
+                         "selected_epoch": chosen, **{k: v.get(k) for k in JOB_FIELDS[4:]}})  # fmt: skip
         curves[f"{name} focus"] = [r["focus"] for r in result["epochs"]]
     out = sweep / "aggregate"
     write_csv(out / "epochs.csv", EPOCH_FIELDS, epoch_rows)
     write_csv(out / "jobs.csv", JOB_FIELDS, job_rows)
-    lines = [
-        f"# Sweep {sweep}",
-        "",
-        "| job | seed | epochs | selected | its FID | best epoch | best FID | last FID | regret |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in job_rows:
-        cells = [r["job"], r["seed"], r["epochs"], r["selected_epoch"]] + [
-            "n/a" if r[k] is None else (f"{r[k]:.2f}" if isinstance(r[k], float) else r[k])
-            for k in ("selected_fid", "best_epoch", "best_fid", "last_fid", "regret")
-        ]
-        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    lines += [
-        "",
-        "Mean ± spread (population std) over jobs: "
-        f"selected FID {_stats([r['selected_fid'] for r in job_rows])}, "
-        f"best FID {_stats([r['best_fid'] for r in job_rows])}, "
-        f"last FID {_stats([r['last_fid'] for r in job_rows])}, "
-        f"regret {_stats([r['regret'] for r in job_rows])}.",
-    ]
-    worse = [r for r in job_rows if r["worse_than_last"]]
+    headers = ["job", "seed", "epochs", "selected", "its FID", "best epoch", "best FID",
+               "last FID", "regret"]  # fmt: skip
+    spread = ", ".join(f"{label} {_stats([r[k] for r in job_rows])}" for label, k in (
+        ("selected FID", "selected_fid"), ("best FID", "best_fid"), ("last FID", "last_fid"),
+        ("regret", "regret")))  # fmt: skip
+    lines = [f"# Sweep {sweep}", "", *table(headers, _cells(job_rows, JOB_FIELDS[:-1]), "l" + "r" * 8),
+             "", f"Mean ± spread (population std) over jobs: {spread}."]  # fmt: skip
     if any(r["worse_than_last"] is not None for r in job_rows):
+        worse = sum(bool(r["worse_than_last"]) for r in job_rows)
         lines.append(
-            f"The Grad-CAM choice was worse than the last epoch in {len(worse)} of {len(job_rows)} jobs."
+            f"The Grad-CAM choice was worse than the last epoch in {worse} of {len(job_rows)} jobs."
         )
     atomic_write_text(out / "summary.md", "\n".join(lines) + "\n")
-    n = min(len(v) for v in curves.values())
-    image = figures.curves(
-        list(range(1, n + 1)), {k: v[:n] for k, v in curves.items()}, title="focus per job"
-    )
-    figures.save_png(image, out / "curves.png")
+    _focus_curves(curves, out / "curves.png", "focus per job")
     return {"dir": str(out), "jobs": job_rows, "epochs": epoch_rows}
 
 
@@ -139,10 +99,7 @@ COMPARE_FIELDS = (
     "run_dir",
     "excluded",
     "selected_epoch",
-    "selected_fid",
-    "best_epoch",
-    "best_fid",
-    "last_fid",
+    *VERDICT_FIELDS[:-1],
     "last_kid",
     "regret",
 )
@@ -163,47 +120,23 @@ def compare_runs(
     out = Path(out_dir)
     if (out / "compare.json").exists():
         raise UserError(f"out_dir={out} already holds a comparison; choose another out_dir")
-    rows = []
-    series: dict[str, list[float]] = {}
+    rows, series = [], {}
     for run_dir in run_dirs:
         result = load_or_analyze(run_dir, settings)
-        exclusion = RunDir(run_dir).root / "exclusion.json"
-        v = result.get("verdict") or {}
-        rows.append(
-            {
-                "run_dir": str(run_dir),
-                "excluded": json.loads(exclusion.read_text())["excluded"]
-                if exclusion.is_file()
-                else 0,
-                "selected_epoch": result["selected_epoch"],
-                "selected_fid": v.get("selected_fid"),
-                "best_epoch": v.get("best_epoch"),
-                "best_fid": v.get("best_fid"),
-                "last_fid": v.get("last_fid"),
-                "last_kid": result["epochs"][-1]["kid"],
-                "regret": v.get("regret"),
-            }
-        )
+        exclusion, v = RunDir(run_dir).root / "exclusion.json", result.get("verdict") or {}
+        excluded = json.loads(exclusion.read_text())["excluded"] if exclusion.is_file() else 0
+        rows.append({"run_dir": str(run_dir), "excluded": excluded,
+                     "selected_epoch": result["selected_epoch"], **{k: v.get(k) for k in VERDICT_FIELDS},
+                     "last_kid": result["epochs"][-1]["kid"]})  # fmt: skip
         series[f"{Path(run_dir).name} focus"] = [r["focus"] for r in result["epochs"]]
-    digits = {"selected_fid": 2, "best_fid": 2, "last_fid": 2, "last_kid": 4, "regret": 2}
-    cells = [[num(r[k], digits[k]) if k in digits else r[k] for k in COMPARE_FIELDS] for r in rows]
-    headers = [
-        "run",
-        "images excluded",
-        "selected epoch",
-        "its FID",
-        "best epoch",
-        "best FID",
-        "last FID",
-        "last KID",
-        "regret",
+    headers = ["run", "images excluded", "selected epoch", "its FID", "best epoch", "best FID",
+               "last FID", "last KID", "regret"]  # fmt: skip
+    lines = [
+        "# Baseline against curated runs",
+        "",
+        *table(headers, _cells(rows, COMPARE_FIELDS), "l" + "r" * 8),
     ]
-    lines = ["# Baseline against curated runs", "", *table(headers, cells, "l" + "r" * 8)]
-    n = min(len(v) for v in series.values())
-    image = figures.curves(
-        list(range(1, n + 1)), {k: v[:n] for k, v in series.items()}, title="focus"
-    )
-    figures.save_png(image, out / "compare.png")
+    _focus_curves(series, out / "compare.png", "focus")
     atomic_write_text(out / "compare.md", "\n".join(lines) + "\n")
     atomic_write_text(out / "compare.json", json.dumps(rows, indent=2) + "\n")  # the record, last
     return {"rows": rows, "dir": str(out)}

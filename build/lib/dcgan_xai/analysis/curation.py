@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from dcgan_xai.analysis import figures
 from dcgan_xai.analysis.report import resolve_device
-from dcgan_xai.config import CURATE_RANGES, check_ranges
+from dcgan_xai.config import CurationSettings
 from dcgan_xai.data.exclusion import MANIFEST_FIELDS, fingerprint
 from dcgan_xai.data.mnist import MNISTDataModule, Split, to_unit_range
 from dcgan_xai.data.sources import ensure_mnist
@@ -158,24 +158,7 @@ def resolve_checkpoint(run: RunDir, epoch: str | int | None, ckpt: str | None) -
     return run.checkpoint(number)
 
 
-def curate_run(
-    run_dir: str | Path,
-    epoch: str | int | None = "selected",
-    ckpt: str | None = None,
-    layer: str = "block3",
-    method: str = "gradcam",
-    bn_mode: str = "batch",
-    flag_threshold: float = 0.7,
-    flag_share: float | None = None,
-    pixel_threshold: float = 0.5,
-    mask_threshold: float = 0.5,
-    batch_size: int = 1024,
-    name: str | None = None,
-    device: str = "auto",
-    progress: bool = True,
-    control: bool = False,
-    seed: int = 0,
-) -> dict[str, Any]:
+def curate_run(run_dir: str | Path, settings: CurationSettings | None = None) -> dict[str, Any]:
     """Score the images the run trained on at one checkpoint and write ``curation/<name>/``.
 
     Writes ``manifest.csv`` (one row per train image: index, label, coverage, focus, flagged;
@@ -189,40 +172,42 @@ def curate_run(
     Returns:
         The content of ``summary.json`` (with ``dir``, and ``control_dir`` if written).
     """
-    settings = {"layer": layer, "method": method, "bn_mode": bn_mode,
-                "flag_threshold": flag_threshold, "flag_share": flag_share,
-                "pixel_threshold": pixel_threshold, "mask_threshold": mask_threshold,
-                "batch_size": batch_size, "seed": seed, "device": device}  # fmt: skip
-    check_ranges(settings, CURATE_RANGES)
+    s = settings or CurationSettings()
+    s.check()
     run = RunDir(run_dir)
-    if name is not None:  # refused before the scoring, not after it
-        _refuse_existing(run, name, control)
-    path = resolve_checkpoint(run, epoch, ckpt)
+    if s.name is not None:  # refused before the scoring, not after it
+        _refuse_existing(run, s.name, s.control)
+    path = resolve_checkpoint(run, s.epoch, s.ckpt)
     model = load_module(path)
-    device = resolve_device(device)
+    device = resolve_device(s.device)
     dm = datamodule_for_run(run, trained=True)
     assert dm.train_set is not None and dm.full_train_size is not None
     start = time.perf_counter()
-    scores = score_split(model.discriminator, dm.train_set, layer, bn_mode, pixel_threshold,
-                         mask_threshold, batch_size, device, progress, method, keep_top=16)  # fmt: skip
+    scores = score_split(model.discriminator, dm.train_set, s.layer, s.bn_mode, s.pixel_threshold,
+                         s.mask_threshold, s.batch_size, device, s.progress, s.method, keep_top=16)  # fmt: skip
     seconds = time.perf_counter() - start
-    if flag_share is not None:
-        flagged, flag_threshold = flag_top_share(scores["coverage"], flag_share, seed)
+    threshold = s.flag_threshold
+    if s.flag_share is not None:
+        flagged, threshold = flag_top_share(scores["coverage"], s.flag_share, s.seed)
     else:
-        flagged = flag_images(scores["coverage"], flag_threshold)
-    name = name or f"{path.stem.replace('=', '')}-{layer}-{method}-{bn_mode}-t{flag_threshold:.4g}"
-    _refuse_existing(run, name, control)
+        flagged = flag_images(scores["coverage"], threshold)
+    name = (
+        s.name or f"{path.stem.replace('=', '')}-{s.layer}-{s.method}-{s.bn_mode}-t{threshold:.4g}"
+    )
+    _refuse_existing(run, name, s.control)
+    recorded = {k: getattr(s, k) for k in ("layer", "method", "bn_mode", "flag_threshold",
+                "flag_share", "pixel_threshold", "mask_threshold", "batch_size", "seed")}  # fmt: skip
     record = {
         "checkpoint": str(path.resolve()),
         "checkpoint_sha256": file_digest(path, "sha256"),
         "fingerprint": fingerprint(ensure_mnist(dm.root, dm.sources, dm.checksums)),
         "scored": len(dm.train_set),
         "total": dm.full_train_size,
-        "settings": {**settings, "flag_threshold": flag_threshold, "device": str(device)},
+        "settings": {**recorded, "flag_threshold": threshold, "device": str(device)},
         "seconds": seconds,
         "images_per_second": len(dm.train_set) / seconds if seconds > 0 else None,
     }
-    return _write_curation(run, name, control, dm, scores, flagged, record)
+    return _write_curation(run, name, s.control, dm, scores, flagged, record)
 
 
 def _write_curation(

@@ -19,7 +19,7 @@ from typing import Any
 from dcgan_xai.analysis import evidence
 from dcgan_xai.analysis.curation import curate_run
 from dcgan_xai.analysis.selection import select_epoch
-from dcgan_xai.config import PAPER_VARIANT, StudySettings
+from dcgan_xai.config import PAPER_VARIANT, CurationSettings, StudySettings
 from dcgan_xai.files import atomic_write_text
 from dcgan_xai.runs.layout import RunDir
 from dcgan_xai.runs.load import load_module
@@ -77,10 +77,9 @@ def curation(
         if same:
             control_dir = str(run.curation(f"{name}-control")) if control else None
             return {**summary, "dir": str(path.parent), "control_dir": control_dir}
-    return curate_run(
-        run.root, epoch=epoch, layer=layer, method=study.curation_method, name=name,
-        progress=False, control=control, seed=seed, **rule,
-    )  # fmt: skip
+    return curate_run(run.root, CurationSettings(
+        epoch=str(epoch), layer=layer, method=study.curation_method, name=name, progress=False,
+        control=control, seed=seed, **rule))  # fmt: skip
 
 
 def pilot_layer(

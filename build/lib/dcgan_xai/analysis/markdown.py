@@ -42,11 +42,10 @@ def table(
 def selection_markdown(result: dict[str, Any]) -> str:
     """``analysis/selection.md`` of :func:`dcgan_xai.analysis.report.analyze_run`'s result."""
     s, sel = result["settings"], result["selection"]
-    layer = s["layers"][0]
     lines = [
         f"# Epoch selection for {result['run_dir']}",
         "",
-        f"Score: mean {s['score']} of the {s['probe']} probe at {layer}, method "
+        f"Score: mean {s['score']} of the {s['probe']} probe at {s['layers'][0]}, method "
         f"{s.get('method', 'gradcam')}, BN mode {s['bn_mode']}; coarse step k={sel['k']}.",
         "",
         f"- coarse epochs: {sel['coarse_epochs']}; coarse winner: {sel['coarse_winner']}",
@@ -55,63 +54,66 @@ def selection_markdown(result: dict[str, Any]) -> str:
     if result.get("focus_chance") is not None:
         chance = num(result["focus_chance"], 3)
         lines.append(f"- focus of a uniform map on this probe (chance level): {chance}")
+    return "\n".join([*lines, *_warnings(result), *_verdict(result), *_epoch_table(result)]) + "\n"
+
+
+def _warnings(result: dict[str, Any]) -> list[str]:
+    lines = []
     if result.get("no_choice"):
-        lines += [
-            "",
-            "**No choice: every coarse candidate epoch scores the same, so the selected epoch is "
-            "only the tie rule's (the earliest) and carries no information.**",
-        ]
+        lines += ["", "**No choice: every coarse candidate epoch scores the same, so the selected "
+                  "epoch is only the tie rule's (the earliest) and carries no information.**"]  # fmt: skip
     if all(row["degenerate"] >= 1.0 for row in result["epochs"]):
-        lines += [
-            "",
-            f"**Warning: every probe map at {layer} is degenerate (all zero) at every epoch, so "
-            "the score carries no information and the choice falls to the tie rule (earliest "
-            "epoch).** Try another layer or BN mode.",
-        ]
-    v = result.get("verdict")
-    if v:
-        lines += [
-            f"- selected FID {num(v['selected_fid'], 2)}; best epoch {v['best_epoch']} "
-            f"(FID {num(v['best_fid'], 2)}); last epoch FID {num(v['last_fid'], 2)}; "
-            f"regret {num(v['regret'], 2)}",
-            f"- Spearman rho between {s['score']} and FID over epochs: "
-            f"{num(v['spearman_score_fid'], 2)}",
-            f"- FID of {s['fid_samples']} generated images against {result['fid_reference']}; "
-            f"classifier test accuracy {num(result['classifier_accuracy'], 4)}, file MD5 "
-            f"`{result['classifier_md5']}`",
-        ]
-        for e, x in (v.get("fresh") or {}).get("fid", {}).items():
-            lines.append(
-                f"- epoch {e} on {x['sets']} fresh generated sets: FID {pm(x['mean'], x['sd'])}"
-            )
-        lines += ["", f"**{v['statement']}**"]
-    logit = "logit" in result["epochs"][0]
+        lines += ["", f"**Warning: every probe map at {result['settings']['layers'][0]} is "
+                  "degenerate (all zero) at every epoch, so the score carries no information and "
+                  "the choice falls to the tie rule (earliest epoch).** Try another layer or BN "
+                  "mode."]  # fmt: skip
+    return lines
+
+
+def _verdict(result: dict[str, Any]) -> list[str]:
+    v, s = result.get("verdict"), result["settings"]
+    if not v:
+        return []
+    lines = [
+        f"- selected FID {num(v['selected_fid'], 2)}; best epoch {v['best_epoch']} "
+        f"(FID {num(v['best_fid'], 2)}); last epoch FID {num(v['last_fid'], 2)}; "
+        f"regret {num(v['regret'], 2)}",
+        f"- Spearman rho between {s['score']} and FID over epochs: "
+        f"{num(v['spearman_score_fid'], 2)}",
+        f"- FID of {s['fid_samples']} generated images against {result['fid_reference']}; "
+        f"classifier test accuracy {num(result['classifier_accuracy'], 4)}, file MD5 "
+        f"`{result['classifier_md5']}`",
+    ]
+    for e, x in (v.get("fresh") or {}).get("fid", {}).items():
+        lines.append(
+            f"- epoch {e} on {x['sets']} fresh generated sets: FID {pm(x['mean'], x['sd'])}"
+        )
+    return [*lines, "", f"**{v['statement']}**"]
+
+
+# the per-epoch table's columns and their digits; the logit's three only where it was split
+EPOCH_COLUMNS = {"focus": 3, "coverage": 3, "degenerate": 2, "d_real": 3, "d_fake": 3, "fid": 2,
+                 "kid": 4, "logit": 2, "logit_pooled": 2, "logit_positional": 2}  # fmt: skip
+
+
+def _epoch_table(result: dict[str, Any]) -> list[str]:
+    logit, chosen = "logit" in result["epochs"][0], result["selection"]["fine_winner"]
     headers = ["epoch", "focus", "coverage", "degenerate", "D(x)", "D(G(z))", "FID", "KID"]
     headers += ["logit", "pooled part", "positional part"] if logit else []
-    digits = {
-        "focus": 3,
-        "coverage": 3,
-        "degenerate": 2,
-        "d_real": 3,
-        "d_fake": 3,
-        "fid": 2,
-        "kid": 4,
-        "logit": 2,
-        "logit_pooled": 2,
-        "logit_positional": 2,
-    }
     rows = [
-        [f"{row['epoch']}{' *' if row['epoch'] == sel['fine_winner'] else ''}"]
-        + [num(row.get(k), d) for k, d in digits.items() if logit or not k.startswith("logit")]
+        [f"{row['epoch']}{' *' if row['epoch'] == chosen else ''}"]
+        + [
+            num(row.get(k), d)
+            for k, d in EPOCH_COLUMNS.items()
+            if logit or not k.startswith("logit")
+        ]
         for row in result["epochs"]
     ]
-    lines += ["", *table(headers, rows)]
+    lines = ["", *table(headers, rows)]
     if logit:
-        lines += [
-            "",
-            f"The head is one linear conv over {layer}: the logit (mean over the real probe) is "
-            "its pooled part, the sum of the Grad-CAM map before its ReLU, plus a positional part "
-            "that Grad-CAM cannot show. When the positional part dominates and the pooled part is "
-            "negative, Grad-CAM's maps are all zero.",
-        ]
-    return "\n".join(lines) + "\n"
+        lines += ["", f"The head is one linear conv over {result['settings']['layers'][0]}: the "
+                  "logit (mean over the real probe) is its pooled part, the sum of the Grad-CAM "
+                  "map before its ReLU, plus a positional part that Grad-CAM cannot show. When the "
+                  "positional part dominates and the pooled part is negative, Grad-CAM's maps are "
+                  "all zero."]  # fmt: skip
+    return lines

@@ -237,19 +237,25 @@ def analyze_run(run_dir: str | Path, settings: AnalysisSettings | None = None) -
             v["statement"] = fresh_statement(v["fresh"])
 
     images = _figures(run, probe, records, settings, kind, arg, selection, table)
-    best = load_module(run.checkpoint(selection.fine_winner))
-    with new_folder(run.analysis, replace=True) as out:  # an analysis lands whole
+    _write_analysis(run, result, images)
+    _to_tensorboard(run, images, result)
+    return result
+
+
+def _write_analysis(run: RunDir, result: dict[str, Any], images: dict[str, Any]) -> None:
+    """``<run>/analysis/``, whole: written into a new folder swapped in at the end."""
+    epoch = result["selected_epoch"]
+    best = load_module(run.checkpoint(epoch))
+    with new_folder(run.analysis, replace=True) as out:
         atomic_write_text(out / "selection.json", json.dumps(result, indent=2) + "\n")
         atomic_write_text(out / "selection.md", selection_markdown(result))
         for name, image in images.items():
             figures.save_png(image, out / f"{name}.png")
         generator = {"state_dict": best.generator.state_dict(), "nz": best.hparams["nz"],
-                     "ngf": best.hparams["ngf"], "epoch": selection.fine_winner}  # fmt: skip
+                     "ngf": best.hparams["ngf"], "epoch": epoch}  # fmt: skip
         atomic_torch_save(generator, out / "best_generator.pt")
         samples = generate(best.generator, best.sample_noise)
         figures.save_png(figures.sample_grid(samples), out / "best_samples.png")
-    _to_tensorboard(run, images, result)
-    return result
 
 
 def fresh_comparison(

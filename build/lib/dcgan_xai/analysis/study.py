@@ -31,7 +31,7 @@ from dcgan_xai.analysis.curation_arms import arm_dir, arms, pilot_layer, record,
 from dcgan_xai.analysis.evidence import Fid, Variant
 from dcgan_xai.analysis.report import resolve_device
 from dcgan_xai.analysis.study_report import fid_figure, study_report
-from dcgan_xai.config import StudySettings, compose_config
+from dcgan_xai.config import AnalysisSettings, StudySettings, compose_config
 from dcgan_xai.data.mnist import to_unit_range
 from dcgan_xai.errors import Interrupted, UserError
 from dcgan_xai.files import atomic_write_text, write_csv
@@ -132,63 +132,57 @@ def run_tables(
     Rows the run's callbacks wrote with the study's settings are read; the rest are computed
     from the checkpoints and written into the run's own tables first.
     """
-    a = study.analysis
+    return _run_quality(run, study.analysis, log), _run_scores(run, study, log)
+
+
+def _run_quality(
+    run: RunDir, a: AnalysisSettings, log: Callable[[str], None]
+) -> list[dict[str, Any]]:
     epochs = run.checkpoint_epochs()
-    layers = layer_names(load_module(run.checkpoint(epochs[-1])).discriminator)
-    dm = None
-    device = resolve_device(a.device)
 
     def usable(r: dict[str, Any]) -> bool:
         """A row made with the study's sample count, draws and fixed-noise seed."""
-        return (
-            r["samples"] == a.fid_samples
-            and r["draw"] <= a.fid_draws
-            and (r["draw"] > 0 or r["noise_seed"] == a.fid_seed)
-        )
+        return (r["samples"] == a.fid_samples and r["draw"] <= a.fid_draws
+                and (r["draw"] > 0 or r["noise_seed"] == a.fid_seed))  # fmt: skip
 
     have = {(r["epoch"], r["draw"]) for r in QUALITY.read(run) if usable(r)}
     missing = [e for e in epochs if any((e, d) not in have for d in range(a.fid_draws + 1))]
     if missing:
         log(f"{run.root.name}: FID of {len(missing)} epochs from checkpoints")
-        dm = datamodule_for_run(run)
-        meter, record = fid_meter(dm, a, device)
+        device = resolve_device(a.device)
+        meter, record = fid_meter(datamodule_for_run(run), a, device)
         for e in missing:
             g = load_module(run.checkpoint(e)).generator.to(device)
             rows = score_draws(
                 meter, g, g.nz, a.fid_samples, a.fid_seed, e, a.fid_draws, a.batch_size
             )
             QUALITY.update(run, [{"epoch": e, **r, **record} for r in rows])
-    quality = [r for r in QUALITY.read(run) if r["epoch"] in epochs and usable(r)]
+    return [r for r in QUALITY.read(run) if r["epoch"] in epochs and usable(r)]
 
+
+def _run_scores(
+    run: RunDir, study: StudySettings, log: Callable[[str], None]
+) -> list[dict[str, Any]]:
+    a, epochs = study.analysis, run.checkpoint_epochs()
+    layers = layer_names(load_module(run.checkpoint(epochs[-1])).discriminator)
     wanted = {(e, m, b) for e in epochs for m in study.methods for b in study.bn_modes}
     found: dict[tuple[int, str, str], set[str]] = {}
     for r in SCORES.read(run):
         found.setdefault((r["epoch"], r["method"], r["bn_mode"]), set()).add(r["layer"])
-    complete = {key for key, names in found.items() if names >= set(layers)}
-    todo = sorted(wanted - complete)
+    todo = sorted(wanted - {key for key, names in found.items() if names >= set(layers)})
     if todo:
         log(
             f"{run.root.name}: explanations of {len(todo)} (epoch, method, BN mode) from checkpoints"
         )
-        dm = dm or datamodule_for_run(run)
-        probe = ensure_probe(run, dm)
+        probe = ensure_probe(run, datamodule_for_run(run))
         for e in sorted({e for e, _, _ in todo}):  # each checkpoint is read once
             model = load_module(run.checkpoint(e))
             images = probe_images(model.generator, probe, model.device)
             for method, bn_mode in sorted({(m, b) for t, m, b in todo if t == e}):
-                rec = explain_epoch(
-                    model.discriminator,
-                    images,
-                    layers,
-                    bn_mode,
-                    method,
-                    a.pixel_threshold,
-                    a.flag_threshold,
-                    a.mask_threshold,
-                )
+                rec = explain_epoch(model.discriminator, images, layers, bn_mode, method,
+                                    a.pixel_threshold, a.flag_threshold, a.mask_threshold)  # fmt: skip
                 SCORES.update(run, score_rows(e, rec))
-    scores = [r for r in SCORES.read(run) if (r["epoch"], r["method"], r["bn_mode"]) in wanted]
-    return quality, scores
+    return [r for r in SCORES.read(run) if (r["epoch"], r["method"], r["bn_mode"]) in wanted]
 
 
 # ---------------------------------------------------------------- decisions

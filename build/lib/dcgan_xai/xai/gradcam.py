@@ -125,6 +125,27 @@ def normalize_maps(cam: torch.Tensor, how: str = "max") -> torch.Tensor:
     return torch.where(peak > 0, (cam - low) / peak.clamp_min(torch.finfo(cam.dtype).tiny), 0.0)
 
 
+def _map(
+    discriminator: nn.Module, target: nn.Module, x: torch.Tensor, method: str, relu: bool
+) -> torch.Tensor:
+    """One layer's maps (N, H, W), upsampled bilinearly to the images' size, not normalised."""
+    # Captum is loaded when maps are made, so reading configs and runs does not import it
+    from captum.attr import LayerGradCam, LayerGradientXActivation
+
+    def logit(inp: torch.Tensor) -> torch.Tensor:
+        return logits(discriminator, inp)
+
+    if method == "hirescam":
+        cam = LayerGradientXActivation(logit, target).attribute(x).sum(1, keepdim=True)
+        cam = F.relu(cam) if relu else cam  # (N, 1, h, w)
+    else:
+        cam = LayerGradCam(logit, target).attribute(x, relu_attributions=relu)  # (N, 1, h, w)
+    cam = F.interpolate(
+        cam.detach().float(), size=x.shape[-2:], mode="bilinear", align_corners=False
+    )
+    return cam[:, 0]
+
+
 def grad_cam(
     discriminator: nn.Module,
     images: torch.Tensor,
@@ -155,9 +176,6 @@ def grad_cam(
     Returns:
         Maps (N, H, W) in [0, 1] for one layer, or a dict of them keyed by layer name.
     """
-    # Captum is loaded when maps are made, so reading configs and runs does not import it
-    from captum.attr import LayerGradCam, LayerGradientXActivation
-
     if bn_mode not in BN_MODES:
         raise UserError(f"bn_mode={bn_mode!r} is not allowed; allowed: {', '.join(BN_MODES)}")
     if images.ndim != 4:
@@ -165,36 +183,14 @@ def grad_cam(
     layers = check_layers(discriminator, layer)
     targets = {name: explained_module(discriminator.get_submodule(name), method) for name in layers}
     device_type = images.device.type
-    no_autocast = (
-        torch.autocast(device_type, enabled=False)
-        if device_type in ("cuda", "cpu")
-        else nullcontext()
-    )
-    maps: dict[str, torch.Tensor] = {}
-    with (
-        preserved_state(discriminator),
-        torch.inference_mode(False),
-        torch.enable_grad(),
-        no_autocast,
-    ):
-        set_bn_mode(discriminator, bn_mode)
-        x = images.detach().clone().float()  # a normal tensor even under inference mode
-
-        def logit(inp: torch.Tensor) -> torch.Tensor:
-            return logits(discriminator, inp)
-
-        for name in layers:
-            if method == "hirescam":
-                attr = LayerGradientXActivation(logit, targets[name]).attribute(x)  # (N, C, h, w)
-                cam = attr.sum(1, keepdim=True)  # (N, 1, h, w)
-                cam = F.relu(cam) if relu else cam
-            else:
-                explainer = LayerGradCam(logit, targets[name])
-                cam = explainer.attribute(x, relu_attributions=relu)  # (N, 1, h, w)
-            cam = F.interpolate(
-                cam.detach().float(), size=x.shape[-2:], mode="bilinear", align_corners=False
-            )  # (N, 1, H, W)
-            maps[name] = normalize_maps(cam[:, 0], normalize)
+    no_autocast = (torch.autocast(device_type, enabled=False) if device_type in ("cuda", "cpu")
+                   else nullcontext())  # fmt: skip
+    with preserved_state(discriminator), torch.inference_mode(False), torch.enable_grad():
+        with no_autocast:
+            set_bn_mode(discriminator, bn_mode)
+            x = images.detach().clone().float()  # a normal tensor even under inference mode
+            maps = {name: normalize_maps(_map(discriminator, targets[name], x, method, relu),
+                                         normalize) for name in layers}  # fmt: skip
     return maps[layer] if isinstance(layer, str) else maps
 
 
