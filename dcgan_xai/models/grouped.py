@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -29,15 +30,12 @@ _STATELESS = (nn.Sequential, nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.Iden
 def _grouped_conv(parts: Sequence[nn.Module]) -> nn.Module:
     c = parts[0]
     assert isinstance(c, (nn.Conv2d, nn.ConvTranspose2d))
-    k = len(parts)
-    if isinstance(c, nn.Conv2d):
-        new: nn.Module = nn.Conv2d(k * c.in_channels, k * c.out_channels, c.kernel_size, c.stride,
-                                   c.padding, c.dilation, k * c.groups, c.bias is not None)  # fmt: skip
-    else:
-        new = nn.ConvTranspose2d(k * c.in_channels, k * c.out_channels, c.kernel_size, c.stride,
-                                 c.padding, c.output_padding, k * c.groups, c.bias is not None,
-                                 c.dilation)  # fmt: skip
-    return new
+    k, cls = len(parts), cast(Any, type(c))
+    kw = {"kernel_size": c.kernel_size, "stride": c.stride, "padding": c.padding,
+          "dilation": c.dilation, "groups": k * c.groups, "bias": c.bias is not None}  # fmt: skip
+    if isinstance(c, nn.ConvTranspose2d):
+        kw["output_padding"] = c.output_padding
+    return cls(k * c.in_channels, k * c.out_channels, **kw)
 
 
 def _grouped_bn(parts: Sequence[nn.Module]) -> nn.Module:
