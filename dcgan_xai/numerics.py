@@ -13,6 +13,7 @@ Forcing either way: ``trainer.precision=32-true`` (or ``bf16-mixed``), ``speed.c
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,10 +111,12 @@ def choose(
     return NumericPath(precision, bool(channels_last), on_device, bool(graph), why)
 
 
-def with_numeric_path(cfg: Any, recorded: Any = None) -> Any:
+def with_numeric_path(
+    cfg: Any, recorded: Any = None, log: Callable[[str], None] = rank_zero_info
+) -> Any:
     """A copy of ``cfg`` with ``trainer.precision=auto`` and the unset ``speed.*`` chosen for
-    this machine (:mod:`dcgan_xai.numerics`) and the choice logged; a resumed run (``recorded``:
-    its config) keeps the precision it was trained in."""
+    this machine (:mod:`dcgan_xai.numerics`), the choice said in one line to ``log``; a resumed
+    run (``recorded``: its config) keeps the precision it was trained in."""
     cfg = copy.deepcopy(cfg)
     if recorded is not None and cfg.trainer.precision == "auto":
         cfg.trainer.precision = recorded.trainer.precision
@@ -122,5 +125,5 @@ def with_numeric_path(cfg: Any, recorded: Any = None) -> Any:
     cfg.trainer.precision = path.precision
     cfg.speed.channels_last, cfg.speed.on_device = path.channels_last, path.on_device
     cfg.speed.cuda_graph = path.cuda_graph
-    rank_zero_info(path.describe())
+    log(path.describe())
     return cfg

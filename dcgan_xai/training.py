@@ -139,6 +139,7 @@ def _train_owned(cfg: DictConfig, run: RunDir, time_limit_s: float | None) -> di
         # before the run's first file: Lightning's own SIGTERM handling takes over at fit
         # (finished epochs stay, exit 3); the entry point's handler covered the start
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    rank_zero_info(start.numeric_path)  # the start is accepted: every check has passed
     if trainer.is_global_zero:
         record_start(run, start.cfg, start.exclusion, composed=cfg)
     began, stopped = time.perf_counter(), None

@@ -264,3 +264,22 @@ def test_an_analysis_lands_whole_or_leaves_the_previous_one(smoke_run, tmp_path,
         analyze_run(run.root, AnalysisSettings(layers=["block1"], quality=False, k=1))
     assert {p.name: p.read_bytes() for p in run.analysis.iterdir()} == before
     assert sorted(p.name for p in run.root.iterdir() if p.name.startswith(".analysis")) == []
+
+
+def test_coverage_is_scored_lower_is_better_by_analyze_as_by_the_study(smoke_run, tmp_path):
+    import shutil
+
+    from dcgan_xai.analysis.evidence import Variant, score_series
+
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run["run_dir"], run)
+    result = analyze_run(
+        run, AnalysisSettings(**{**FAST, "score": "coverage", "k": 1, "quality": False})
+    )
+    coverage = {r["epoch"]: r["coverage"] for r in result["epochs"]}
+    assert len(set(coverage.values())) > 1  # the two epochs differ, so the direction shows
+    assert result["selected_epoch"] == min(coverage, key=coverage.get)
+    rows = [{"epoch": e, "method": "gradcam", "bn_mode": "batch", "layer": "block3",
+             "real_coverage_mean": c} for e, c in coverage.items()]  # fmt: skip
+    study = score_series(rows, Variant("gradcam", "block3", "batch", "real", "coverage", "argmax"))
+    assert max(study, key=study.get) == result["selected_epoch"]

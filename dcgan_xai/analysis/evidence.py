@@ -157,6 +157,12 @@ def margin(se: float) -> float:
     return MARGIN if math.isnan(se) else max(MARGIN, 2 * se)
 
 
+def to_maximise(score: str, value: float) -> float:
+    """A mean score as one whose highest value is best: focus as it is, coverage negated (less
+    of the image is better, everywhere in the project: ``analyze``, the study, curation)."""
+    return -value if score == "coverage" else value
+
+
 def score_series(rows: Iterable[Mapping[str, Any]], variant: Variant) -> dict[int, float]:
     """A per-epoch score to maximise, from score rows (``gradcam/scores.csv`` columns).
 
@@ -172,10 +178,8 @@ def score_series(rows: Iterable[Mapping[str, Any]], variant: Variant) -> dict[in
         == (variant.method, variant.bn_mode, variant.layer)
     }
     epochs = sorted(raw)
-    if variant.score == "focus":
-        return raw
-    if variant.score == "coverage":
-        return {e: -v for e, v in raw.items()}
+    if variant.score in ("focus", "coverage"):
+        return {e: to_maximise(variant.score, v) for e, v in raw.items()}
     prev = [None, *epochs[:-1]]
     return {
         e: (-abs(raw[e] - raw[p]) if p is not None else math.nan)

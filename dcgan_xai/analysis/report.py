@@ -15,7 +15,7 @@ from PIL import Image
 from scipy.stats import spearmanr
 
 from dcgan_xai.analysis import figures
-from dcgan_xai.analysis.evidence import Fid, choose, compare, pooled_noise
+from dcgan_xai.analysis.evidence import Fid, choose, compare, pooled_noise, to_maximise
 from dcgan_xai.analysis.markdown import selection_markdown
 from dcgan_xai.analysis.selection import Selection, select_epoch
 from dcgan_xai.config import AnalysisSettings
@@ -211,7 +211,7 @@ def analyze_run(run_dir: str | Path, settings: AnalysisSettings | None = None) -
     records = epoch_records(run, probe, settings, epochs)
     layer = settings.layers[0]
     key = f"{settings.probe}_{settings.score}_mean"
-    scores = {e: records[e]["summary"][layer][key] for e in epochs}
+    scores = {e: to_maximise(settings.score, records[e]["summary"][layer][key]) for e in epochs}
     selection = select_epoch(scores, settings.k)
 
     quality, fresh, logit, classifier = _measure_epochs(run, dm, probe, settings, selection)

@@ -171,6 +171,7 @@ class Start:
     checkpoint: tuple[Path, dict[str, Any]] | None
     exclude: Any
     exclusion: dict[str, Any] | None
+    numeric_path: str  # the line saying which numeric path was chosen, logged once accepted
 
 
 def admit(cfg: Any, run: RunDir) -> Start:
@@ -189,7 +190,8 @@ def admit(cfg: Any, run: RunDir) -> Start:
     recorded = None
     if cfg.resume and (run.root / "config.yaml").is_file():
         recorded = load_config(run.root / "config.yaml")
-    cfg = with_numeric_path(cfg, recorded)
+    said: list[str] = []
+    cfg = with_numeric_path(cfg, recorded, said.append)
     if recorded is not None:
         check_same_config(recorded, cfg)
     found = None
@@ -200,4 +202,4 @@ def admit(cfg: Any, run: RunDir) -> Start:
     exclude, exclusion = read_exclusion(cfg.data)
     if recorded is not None:
         check_same_exclusion(run, exclusion)
-    return Start(cfg, found, exclude, exclusion)
+    return Start(cfg, found, exclude, exclusion, said[0])
