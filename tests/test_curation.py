@@ -360,3 +360,21 @@ def test_a_curation_lands_whole_or_not_at_all_and_is_never_written_over(
     with pytest.raises(KeyboardInterrupt):
         curate_run(run.root, CurationSettings(epoch=1, name="d", progress=False, control=True))
     assert sorted(p.name for p in (run.root / "curation").iterdir()) == listed  # no d, no temp
+
+
+def test_a_control_left_by_a_kill_between_the_two_renames_is_replaced(smoke_run, tmp_path):
+    """The control lands first, the curation last: a kill between them leaves the control alone,
+    which the next curation of that name replaces; any other folder of that name is kept."""
+    run = RunDir(tmp_path / "r")
+    shutil.copytree(smoke_run["run_dir"], run.root)
+    first = curate_run(run.root, CurationSettings(epoch=2, name="c", progress=False, control=True))
+    shutil.rmtree(first["dir"])  # as a kill between the two renames leaves it
+    again = curate_run(run.root, CurationSettings(epoch=2, name="c", progress=False, control=True))
+    assert Path(again["dir"], "manifest.csv").is_file()
+    assert Path(again["control_dir"], "summary.json").is_file()
+    theirs = run.curation("e-control")
+    theirs.mkdir(parents=True)
+    (theirs / "notes.txt").write_text("the user's")
+    with pytest.raises(UserError, match=r"curation .*/curation/e-control already exists"):
+        curate_run(run.root, CurationSettings(epoch=2, name="e", progress=False, control=True))
+    assert (theirs / "notes.txt").read_text() == "the user's"

@@ -240,7 +240,7 @@ def _write_curation(
             arm = matched_control(scores["label"], flagged, record["settings"]["seed"])
             arm_record = {**record, "seconds": 0.0, "images_per_second": None,
                           "settings": {**record["settings"], "control_of": name}}  # fmt: skip
-            _write_manifest(folders.enter_context(new_folder(control_dir)), scores, arm,
+            _write_manifest(folders.enter_context(new_folder(control_dir, replace=True)), scores, arm,
                             dm.full_train_labels, arm_record)  # fmt: skip
             summary["control_dir"] = str(control_dir)
     return summary
@@ -248,15 +248,29 @@ def _write_curation(
 
 def _refuse_existing(run: RunDir, name: str, control: bool) -> None:
     """A name is a plain folder name, and a curation is never written over: refuse a name whose
-    folder (or control's) exists."""
+    folder (or control's) exists, but for a control left by a killed ``curate`` (see
+    :func:`_orphan_control`)."""
     if not name or Path(name).name != name or name in (".", ".."):
         raise UserError(f"name={name!r} is not allowed; it must be a plain folder name (no '/')")
     for folder in (name, f"{name}-control") if control else (name,):
-        if run.curation(folder).exists():
+        if run.curation(folder).exists() and not _orphan_control(run, name, folder):
             raise UserError(
                 f"curation {run.curation(folder)} already exists; choose another name=, or "
                 "remove that folder first"
             )
+
+
+def _orphan_control(run: RunDir, name: str, folder: str) -> bool:
+    """``folder`` is the control of curation ``name`` whose own folder never landed: the control
+    lands first and the curation last, so a kill between the two leaves this one (written by
+    curate, as its summary says), which the next curation of that name replaces."""
+    summary = run.curation(folder) / "summary.json"
+    if folder != f"{name}-control" or run.curation(name).exists() or not summary.is_file():
+        return False
+    try:
+        return json.loads(summary.read_text())["settings"]["control_of"] == name
+    except (ValueError, KeyError, TypeError):
+        return False
 
 
 def _write_manifest(
