@@ -502,17 +502,33 @@ def check_overrides(config_name: str) -> None:
     """Compose the command's config with the command line's overrides, as Hydra will: a bad
     key, value or type is one line on stderr and exit code 2 instead of Hydra's several lines.
     A value out of its range (:func:`command_ranges`) is refused the same way, before Hydra
-    makes the run's folder. Sweeps and flags (``-m``, ``--cfg``, ...) are left to Hydra, and so
-    is everything when ``HYDRA_FULL_ERROR=1``."""
+    makes the run's folder. In a multirun (``-m``) the swept values are left to each job; other
+    flags (``--cfg``, ...) are left to Hydra, and so is everything when ``HYDRA_FULL_ERROR=1``."""
     args = sys.argv[1:]
-    if os.environ.get("HYDRA_FULL_ERROR") == "1" or any(a.startswith("-") for a in args):
+    flags = [a for a in args if a.startswith("-")]
+    if os.environ.get("HYDRA_FULL_ERROR") == "1" or any(
+        f not in ("-m", "--multirun") for f in flags
+    ):
         return
     try:
+        if flags:  # a multirun: every override but the swept ones, as each job will have them
+            args = _without_sweeps([a for a in args if not a.startswith("-")])
         cfg = compose_config(config_name, args, hydra=True)
         check_ranges(cfg, command_ranges(config_name))  # before Hydra makes any folder
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+
+
+def _without_sweeps(args: list[str]) -> list[str]:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(args)
+    except HydraException as err:
+        raise UserError(hydra_error_line(err)) from err
+    return [a for a, o in zip(args, parsed, strict=True) if not o.is_sweep_override()]
 
 
 def _csv(values: Any, instead: Any = None) -> str:

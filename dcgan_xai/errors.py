@@ -62,4 +62,9 @@ def hydra_error_line(err: BaseException) -> str:
             break
         if line and not line.startswith(skip):
             lines.append(line)
-    return " ".join(lines)
+    line = " ".join(lines)
+    if line.startswith(("LexerNoViableAltException:", "mismatched input")):  # the grammar's
+        override = line.split(": ", 1)[-1].split(" ^")[0].strip()
+        return (f"{override} cannot be read by Hydra's override grammar (a character it takes only "
+                "in quotes); quote the value: key='value'")  # fmt: skip
+    return line

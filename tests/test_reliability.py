@@ -394,3 +394,25 @@ def test_damaged_tables_and_records_are_one_line(smoke_run, smoke_cfg, tmp_path,
         else:
             train(smoke_cfg(same, "resume=true", "trainer.max_epochs=3"), run.root)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "command, message",
+    [
+        (["study", "-m", "+study=nonexistent"], r"^error: In 'study': Could not find 'study/nonexistent' Available options in 'study': claim "),
+        (["study", "-m", "+study=claim", "nosuchkey=1"], r"^error: Could not override 'nosuchkey'\..* not in 'StudySettings'$"),
+        (["study", "-m", "+study=claim", "seeds=[0,1]", "analysis.k=0"], r"^error: analysis.k=0 is not allowed"),
+        (["train", "-m", "experiment=smoke", "seed=0,1", "model.lr=-1"], r"^error: model.lr=-1.0 is not allowed; it must be a finite number > 0$"),
+        (["curate", "run_dir=x", "name=kürbis"], r"^error: name=kürbis cannot be read by Hydra's override grammar .*quote the value: key='value'$"),
+    ],
+)  # fmt: skip
+def test_bad_multirun_and_unreadable_overrides_are_one_line_before_any_folder(
+    tmp_path, command, message
+):
+    sweep = tmp_path / "sweep"
+    done = subprocess.run([sys.executable, "-m", f"dcgan_xai.{command[0]}", *command[1:],
+                           f"hydra.sweep.dir={sweep}", f"hydra.run.dir={sweep}"],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)  # fmt: skip
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1 and re.search(message, lines[0]), done.stderr
+    assert not sweep.exists()
