@@ -18,10 +18,15 @@ from tests.helpers import REPO, data_overrides
 @pytest.mark.slow
 def test_a_built_wheel_trains_a_users_own_experiment_outside_the_checkout(tmp_path, mnist_fixture):
     root, sums = mnist_fixture
-    wheels = tmp_path / "wheels"
+    wheels, source = tmp_path / "wheels", tmp_path / "source"
+    # built from a copy of the checkout's own files: the build writes nothing into the checkout,
+    # and no file a build left there earlier (build/lib) can slip into the wheel
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "data", "outputs", "multirun", "studies", "*.egg-info",
+        "__pycache__"))  # fmt: skip
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(wheels), str(REPO)],
+         "-w", str(wheels), str(source)],
         check=True, capture_output=True, timeout=300,
     )  # fmt: skip
     (wheel,) = wheels.glob("dcgan_xai-*.whl")

@@ -1,1 +1,0 @@
-"""Generator quality: an MNIST classifier trained here, and FID/KID in its feature space."""
