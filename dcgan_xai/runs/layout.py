@@ -28,11 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dcgan_xai.data.probe import Probe
 from dcgan_xai.errors import UserError
-from dcgan_xai.files import (
-    TEMP_SUFFIX,
-    atomic_torch_save,
-    safe_torch_load,
-)
+from dcgan_xai.files import TEMP_SUFFIX, atomic_torch_save, safe_torch_load
 
 CKPT_RE = re.compile(r"^epoch=(\d+)\.ckpt$")
 

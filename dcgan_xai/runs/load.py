@@ -1,4 +1,4 @@
-"""Loading a run: its config, its data, its probe and a DCGAN from one of its checkpoints."""
+"""Loading a run: its data, its probe and a DCGAN from one of its checkpoints."""
 
 from __future__ import annotations
 

@@ -18,9 +18,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from dcgan_xai.errors import UserError
-from dcgan_xai.files import (
-    atomic_write_text,
-)
+from dcgan_xai.files import atomic_write_text
 from dcgan_xai.runs.layout import RunDir, has_artifacts
 
 LOCK_NAME = ".lock"

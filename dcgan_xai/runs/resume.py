@@ -17,9 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from dcgan_xai.config import TrainConfig
 from dcgan_xai.data.exclusion import read_exclusion
 from dcgan_xai.errors import UserError
-from dcgan_xai.files import (
-    safe_torch_load,
-)
+from dcgan_xai.files import safe_torch_load
 from dcgan_xai.models.checkpoint import DIGESTS, RECORD_KEY
 from dcgan_xai.numerics import with_numeric_path
 from dcgan_xai.runs.layout import RunDir, has_artifacts, load_config, remove_stale_temp_files

@@ -10,9 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dcgan_xai.errors import UserError
-from dcgan_xai.files import (
-    write_csv,
-)
+from dcgan_xai.files import write_csv
 from dcgan_xai.runs.layout import RunDir
 
 
