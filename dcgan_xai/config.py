@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import tempfile
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -515,9 +516,28 @@ def check_overrides(config_name: str) -> None:
             args = _without_sweeps([a for a in args if not a.startswith("-")])
         cfg = compose_config(config_name, args, hydra=True)
         check_ranges(cfg, command_ranges(config_name))  # before Hydra makes any folder
+        key = "hydra.sweep.dir" if flags else "hydra.run.dir"
+        check_folder_can_be_made(key, Path(OmegaConf.select(cfg, key)))
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+
+
+def check_folder_can_be_made(key: str, folder: Path) -> None:
+    """Refuse in one line a folder that cannot be made: one under a file, or in a place that
+    takes no new folder (read-only, ``/proc``). The test folder it makes is removed at once."""
+    if folder.is_dir():
+        return
+    place = folder.absolute()
+    while not place.exists() and place != place.parent:
+        place = place.parent
+    if not place.is_dir():
+        raise UserError(f"{key}={folder} is under {place}, which is a file; choose a folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=place, prefix=".dcgan_xai.probe."))
+    except OSError as err:
+        raise UserError(f"{key}={folder} cannot be made: {place} takes no new folder "
+                        f"({err.strerror}); choose a writable place") from err  # fmt: skip
 
 
 def _without_sweeps(args: list[str]) -> list[str]:

@@ -236,6 +236,14 @@ def test_compare_puts_baseline_and_curated_side_by_side(curated, smoke_cfg, smok
     (out / "compare.md").write_text("half-written")
     compare_runs(runs, settings, out)
     assert (out / "compare.md").read_text().splitlines()[4:] == body
+    (out / "compare.json").unlink()
+    from dcgan_xai.runs.ownership import held_lock
+
+    with held_lock(out / ".lock", "held"), pytest.raises(  # another comparison is writing there
+        UserError, match=r"out_dir=.* is in use by another comparison \(pid [0-9]+ on .*\); wait"
+    ):
+        compare_runs(runs, settings, out)
+    assert not (out / "compare.json").exists()
 
 
 def test_flag_share_is_exact_with_seeded_ties_or_refused():

@@ -416,3 +416,21 @@ def test_bad_multirun_and_unreadable_overrides_are_one_line_before_any_folder(
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode == 2 and len(lines) == 1 and re.search(message, lines[0]), done.stderr
     assert not sweep.exists()
+
+
+@pytest.mark.parametrize(
+    "where, message",
+    [
+        ("under_a_file", r"^error: hydra.run.dir=.*/notes.txt/run is under .*/notes.txt, which is a file; choose a folder$"),
+        ("proc", r"^error: hydra.run.dir=/proc/dcgan_xai_run cannot be made: /proc takes no new folder \(.*\); choose a writable place$"),
+    ],
+)  # fmt: skip
+def test_a_run_dir_that_cannot_be_made_is_one_line(tmp_path, where, message):
+    (tmp_path / "notes.txt").write_text("the user's")
+    run_dir = tmp_path / "notes.txt" / "run" if where == "under_a_file" else "/proc/dcgan_xai_run"
+    done = subprocess.run([sys.executable, "-m", "dcgan_xai.train", "experiment=smoke",
+                           f"hydra.run.dir={run_dir}"],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)  # fmt: skip
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1 and re.search(message, lines[0]), done.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]

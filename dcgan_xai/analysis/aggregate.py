@@ -16,6 +16,7 @@ from dcgan_xai.config import AnalysisSettings
 from dcgan_xai.errors import UserError
 from dcgan_xai.files import atomic_write_text, write_csv
 from dcgan_xai.runs.layout import RunDir, run_config
+from dcgan_xai.runs.ownership import held_lock
 
 EPOCH_FIELDS = ["job", "seed", "epoch", "focus", "coverage", "degenerate", "d_real", "d_fake",
                 "fid", "kid", "selected"]  # fmt: skip
@@ -113,13 +114,23 @@ def compare_runs(
 
     Writes ``compare.png``, ``compare.md`` and, last, ``compare.json``, the record that the
     comparison is complete: an ``out_dir`` holding one is refused; one where a killed comparison
-    left only the first two is written over.
+    left only the first two is written over. A second comparison into the same ``out_dir`` while
+    one runs is refused (``out_dir/.lock``).
     """
     if len(run_dirs) < 2:
         raise UserError(f"compare needs at least two run dirs, got {len(run_dirs)}")
     out = Path(out_dir)
-    if (out / "compare.json").exists():
-        raise UserError(f"out_dir={out} already holds a comparison; choose another out_dir")
+    out.mkdir(parents=True, exist_ok=True)
+    with held_lock(out / ".lock", f"out_dir={out} is in use by another comparison ({{holder}}); "
+                   "wait for it to end or choose another out_dir"):  # fmt: skip
+        if (out / "compare.json").exists():
+            raise UserError(f"out_dir={out} already holds a comparison; choose another out_dir")
+        return _compare(run_dirs, settings, out)
+
+
+def _compare(
+    run_dirs: Sequence[str | Path], settings: AnalysisSettings, out: Path
+) -> dict[str, Any]:
     rows, series = [], {}
     for run_dir in run_dirs:
         result = load_or_analyze(run_dir, settings)
