@@ -239,8 +239,12 @@ def test_compare_puts_baseline_and_curated_side_by_side(curated, smoke_cfg, smok
     (out / "compare.json").unlink()
     from dcgan_xai.runs.ownership import held_lock
 
-    with held_lock(out / ".lock", "held"), pytest.raises(  # another comparison is writing there
-        UserError, match=r"out_dir=.* is in use by another comparison \(pid [0-9]+ on .*\); wait"
+    with (
+        held_lock(out / ".lock", "held"),
+        pytest.raises(  # another comparison is writing there
+            UserError,
+            match=r"out_dir=.* is in use by another comparison \(pid [0-9]+ on .*\); wait",
+        ),
     ):
         compare_runs(runs, settings, out)
     assert not (out / "compare.json").exists()
