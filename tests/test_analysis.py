@@ -283,3 +283,17 @@ def test_coverage_is_scored_lower_is_better_by_analyze_as_by_the_study(smoke_run
              "real_coverage_mean": c} for e, c in coverage.items()]  # fmt: skip
     study = score_series(rows, Variant("gradcam", "block3", "batch", "real", "coverage", "argmax"))
     assert max(study, key=study.get) == result["selected_epoch"]
+
+
+def test_without_fresh_sets_the_verdict_claims_neither_win_nor_loss():
+    from dcgan_xai.analysis.report import verdict
+
+    scores = {1: 0.1, 2: 0.3, 3: 0.2}
+    selection = select_epoch(scores, 5)  # no multiple of 5: every epoch is coarse; epoch 2 wins
+    v = verdict(selection, {1: 300.0, 2: 100.0, 3: 200.0}, scores)
+    assert v["statement"] == (
+        "The Grad-CAM choice (epoch 2, FID 100.0) against the last epoch (3, FID 200.0): one "
+        "generated set each, no noise measured (fid_draws=0), so neither a win nor a loss is claimed."
+    )
+    same = verdict(select_epoch({1: 0.1, 2: 0.3}, 5), {1: 300.0, 2: 100.0}, scores)
+    assert same["statement"] == "The Grad-CAM choice is the last epoch (2) itself."

@@ -21,7 +21,13 @@ from dcgan_xai.runs.ownership import held_lock
 EPOCH_FIELDS = ["job", "seed", "epoch", "focus", "coverage", "degenerate", "d_real", "d_fake",
                 "fid", "kid", "selected"]  # fmt: skip
 VERDICT_FIELDS = ["selected_fid", "best_epoch", "best_fid", "last_fid", "regret"]
-JOB_FIELDS = ["job", "seed", "epochs", "selected_epoch", *VERDICT_FIELDS, "worse_than_last"]
+OUTCOME_WORDS = (
+    ("win", "wins"),
+    ("tie", "ties"),
+    ("loss", "losses"),
+    ("same", "the last epoch itself"),
+)
+JOB_FIELDS = ["job", "seed", "epochs", "selected_epoch", *VERDICT_FIELDS, "vs_last"]
 DIGITS = {"selected_fid": 2, "best_fid": 2, "last_fid": 2, "last_kid": 4, "regret": 2}
 
 
@@ -74,7 +80,8 @@ def aggregate_sweep(
         epoch_rows += [{"job": name, "seed": seed, **{k: row[k] for k in EPOCH_FIELDS[2:-1]},
                         "selected": row["epoch"] == chosen} for row in result["epochs"]]  # fmt: skip
         job_rows.append({"job": name, "seed": seed, "epochs": len(result["epochs"]),
-                         "selected_epoch": chosen, **{k: v.get(k) for k in JOB_FIELDS[4:]}})  # fmt: skip
+                         "selected_epoch": chosen, **{k: v.get(k) for k in VERDICT_FIELDS},
+                         "vs_last": (v.get("fresh") or {}).get("vs_last", {}).get("outcome")})  # fmt: skip
         curves[f"{name} focus"] = [r["focus"] for r in result["epochs"]]
     out = sweep / "aggregate"
     write_csv(out / "epochs.csv", EPOCH_FIELDS, epoch_rows)
@@ -86,11 +93,11 @@ def aggregate_sweep(
         ("regret", "regret")))  # fmt: skip
     lines = [f"# Sweep {sweep}", "", *table(headers, _cells(job_rows, JOB_FIELDS[:-1]), "l" + "r" * 8),
              "", f"Mean ± spread (population std) over jobs: {spread}."]  # fmt: skip
-    if any(r["worse_than_last"] is not None for r in job_rows):
-        worse = sum(bool(r["worse_than_last"]) for r in job_rows)
-        lines.append(
-            f"The Grad-CAM choice was worse than the last epoch in {worse} of {len(job_rows)} jobs."
-        )
+    outcomes = [r["vs_last"] for r in job_rows if r["vs_last"]]
+    if outcomes:
+        counts = ", ".join(f"{outcomes.count(o)} {word}" for o, word in OUTCOME_WORDS)
+        lines.append(f"The Grad-CAM choice against the last epoch, by the tie rule on fresh sets "
+                     f"({len(outcomes)} of {len(job_rows)} jobs measured): {counts}.")  # fmt: skip
     atomic_write_text(out / "summary.md", "\n".join(lines) + "\n")
     _focus_curves(curves, out / "curves.png", "focus per job")
     return {"dir": str(out), "jobs": job_rows, "epochs": epoch_rows}
