@@ -66,7 +66,7 @@ def test_aggregate_matches_each_jobs_files(sweep):
     jobs = read_csv(sweep / "aggregate" / "jobs.csv")
     assert [j["seed"] for j in jobs] == ["0", "1"] and len(result["jobs"]) == 2
     summary = (sweep / "aggregate" / "summary.md").read_text()
-    assert "Mean ± spread" in summary and (sweep / "aggregate" / "curves.png").is_file()
+    assert "Mean ± SD over jobs" in summary and (sweep / "aggregate" / "curves.png").is_file()
     outcomes = [j["vs_last"] for j in jobs]  # the tie rule on fresh sets, as analyze decides it
     assert set(outcomes) <= {"win", "tie", "loss", "same"} and len(outcomes) == 2
     assert "by the tie rule on fresh sets (2 of 2 jobs measured)" in summary

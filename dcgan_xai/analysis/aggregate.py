@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import math
-import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from dcgan_xai.analysis import figures
-from dcgan_xai.analysis.markdown import num, table
+from dcgan_xai.analysis.markdown import mean_sd, num, table
 from dcgan_xai.analysis.report import analyze_run, load_or_analyze
 from dcgan_xai.config import AnalysisSettings
 from dcgan_xai.errors import UserError
@@ -41,14 +39,6 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
     return found
 
 
-def _stats(values: list[float]) -> str:
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    if not values:
-        return "n/a"
-    spread = statistics.pstdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.2f} ± {spread:.2f}"
-
-
 def _cells(rows: list[dict[str, Any]], columns: Sequence[str]) -> list[list[Any]]:
     return [[num(r[k], DIGITS.get(k, 0)) if k in DIGITS or r[k] is None else r[k] for k in columns]
             for r in rows]  # fmt: skip
@@ -68,7 +58,7 @@ def aggregate_sweep(
     """Analyse (or read the analysis of) every job of a sweep and write one table.
 
     Writes ``<sweep>/aggregate/epochs.csv`` (one row per job and epoch), ``jobs.csv`` (one row
-    per job), ``summary.md`` (both, with mean and spread over jobs) and ``curves.png``.
+    per job), ``summary.md`` (both, with mean ± SD over jobs) and ``curves.png``.
     """
     sweep = Path(sweep_dir)
     epoch_rows, job_rows = [], []
@@ -88,11 +78,11 @@ def aggregate_sweep(
     write_csv(out / "jobs.csv", JOB_FIELDS, job_rows)
     headers = ["job", "seed", "epochs", "selected", "its FID", "best epoch", "best FID",
                "last FID", "regret"]  # fmt: skip
-    spread = ", ".join(f"{label} {_stats([r[k] for r in job_rows])}" for label, k in (
+    spread = ", ".join(f"{label} {mean_sd([r[k] for r in job_rows], 2)}" for label, k in (
         ("selected FID", "selected_fid"), ("best FID", "best_fid"), ("last FID", "last_fid"),
         ("regret", "regret")))  # fmt: skip
     lines = [f"# Sweep {sweep}", "", *table(headers, _cells(job_rows, JOB_FIELDS[:-1]), "l" + "r" * 8),
-             "", f"Mean ± spread (population std) over jobs: {spread}."]  # fmt: skip
+             "", f"Mean ± SD over jobs: {spread}."]  # fmt: skip
     outcomes = [r["vs_last"] for r in job_rows if r["vs_last"]]
     if outcomes:
         counts = ", ".join(f"{outcomes.count(o)} {word}" for o, word in OUTCOME_WORDS)

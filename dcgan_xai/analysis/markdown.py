@@ -23,9 +23,13 @@ def pm(mean: Any, sd: Any, digits: int = 1) -> str:
     return f"{num(mean, digits)} ± {num(sd, digits)}"
 
 
-def mean_sd(values: Sequence[float]) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else math.nan
-    return pm(statistics.fmean(values), sd)
+def mean_sd(values: Sequence[float | None], digits: int = 1) -> str:
+    """Mean ± sample SD of the values that are there (not None or NaN); n/a where none are."""
+    there = [v for v in values if v is not None and not math.isnan(v)]
+    if not there:
+        return "n/a"
+    sd = statistics.stdev(there) if len(there) > 1 else math.nan
+    return pm(statistics.fmean(there), sd, digits)
 
 
 def table(
