@@ -64,6 +64,10 @@ class Throughput(L.Callback):
 
     @property
     def rate(self) -> float:
+        if self.end <= self.start:  # the epoch ended before the window did
+            raise SystemExit(f"the timed window of {self.warmup} + {self.steps} batches did not "
+                             "complete: the epoch has fewer batches; use fewer steps or a "
+                             "smaller --batch")  # fmt: skip
         return self.images / (self.end - self.start)
 
 

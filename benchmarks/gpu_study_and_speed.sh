@@ -64,9 +64,10 @@ if [ "$DRY_RUN" = 1 ]; then
     train_timeout_s=240 analysis.classifier_epochs=3
     'train_overrides=["trainer.max_epochs=3","speed.on_device=true","speed.channels_last=true","trainer.precision=bf16-mixed","trainer.log_every_n_steps=50","callbacks.quality.enabled=true","callbacks.quality.fid_samples=200","callbacks.quality.fid_draws=2","callbacks.gradcam.layers=[block1,block2,block3]","callbacks.gradcam.methods=[gradcam,gradcam_pre,gradcam_conv,hirescam]","callbacks.gradcam.bn_modes=[batch,eval]"]')
   STUDY_LIMIT=300
+  PREPARE_LIMIT=400  # the classifier on full MNIST: minutes on a CPU, seconds on a GPU
   MAIN_ARGS=(trainer.accelerator=cpu trainer.limit_train_batches=3 trainer.max_epochs=2)
   MAIN_LIMIT=120
-  BENCH_TRAIN=(--steps 2 --warmup 1 --workers 2 --experiment smoke --config auto=smoke
+  BENCH_TRAIN=(--steps 2 --warmup 1 --batch 32 --workers 2 --experiment smoke --config auto=smoke
     --config eager_bf16=smoke,speed.on_device=true,speed.channels_last=true,trainer.precision=bf16-mixed,speed.cuda_graph=false)
   BENCH_GRAPH=(--batches 16,32 --steps 3 --warmup 2 --width 8)
   BENCH_SEEDS=(--seeds 3 --batch 16 --steps 3 --warmup 2 --width 8)
@@ -108,7 +109,7 @@ fi
 
 if [ "$ONLY" != speed ]; then
 # 3. The resize cache and the MNIST classifier (FID's feature space), once, before any training.
-step prepare 120 $PY - <<'EOF'
+step prepare "${PREPARE_LIMIT:-120}" $PY - <<'EOF'
 import torch
 from dcgan_xai.data.mnist import MNISTDataModule
 from dcgan_xai.metrics.quality import classifier_path, load_or_train_classifier
