@@ -362,6 +362,7 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(tmp_path, monke
     "damage, message",
     [
         ("extra_value", r"scores.csv line 2 is damaged \(ValueError: it has more or fewer values than the header\)"),
+        ("no_epoch_column", r"scores.csv has no column 'epoch'; it is not a table this project wrote, or a damaged one"),
         ("huge_field", r"scores.csv is not a readable CSV table \(Error: field larger than field limit"),
         ("not_utf8", r"scores.csv is not a readable CSV table \(UnicodeDecodeError"),
         ("config_tag", r"config.yaml is not a readable config \("),
@@ -378,6 +379,8 @@ def test_damaged_tables_and_records_are_one_line(smoke_run, smoke_cfg, tmp_path,
     lines = run.scores_csv.read_text().splitlines()
     if damage == "extra_value":
         run.scores_csv.write_text("\n".join([lines[0], lines[1] + ",7", *lines[2:]]) + "\n")
+    elif damage == "no_epoch_column":
+        run.scores_csv.write_text("\n".join(line.split(",", 1)[1] for line in lines) + "\n")
     elif damage == "huge_field":
         run.scores_csv.write_text("\n".join([lines[0], "x" * 200_000, *lines[2:]]) + "\n")
     elif damage == "not_utf8":

@@ -84,7 +84,10 @@ def read_table(path: str | os.PathLike[str], parse: Any) -> list[dict[str, Any]]
             if None in raw or None in raw.values():
                 raise ValueError("it has more or fewer values than the header")
             rows.append(parse(raw))
-        except (KeyError, TypeError, ValueError) as err:
+        except KeyError as err:  # the header lacks a column: not a table of this project's
+            raise UserError(f"{path} has no column {err}; it is not a table this project "
+                            "wrote, or a damaged one: restore it or remove it") from err  # fmt: skip
+        except (TypeError, ValueError) as err:
             raise UserError(
                 f"{path} line {line} is damaged ({type(err).__name__}: {err}); delete that line "
                 "(a resumed run writes the rows of the epochs it trains again)"
