@@ -36,6 +36,8 @@ if [ -d .whl ]; then
   export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+# the commit the study's tables are stamped with: COMMIT=<hash> where the copy has no .git
+export DCGAN_XAI_COMMIT=${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 SUMMARY="$OUT/summary.txt"
 LOGS="$WORK/logs"
 {

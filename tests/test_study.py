@@ -102,6 +102,12 @@ def test_cpu_sized_study_writes_its_report_and_rebuilds_it_from_its_tables(mnist
     meta = json.loads((out / "study.json").read_text())
     assert meta["status"] == {"runs/smoke_seed_0": "finished", "runs/smoke_seed_1": "finished"}
     assert [x["how"] for x in meta["sittings"]] == ["one process, one run at a time"]
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                          text=True).stdout.strip()  # fmt: skip
+    assert meta["sittings"][0]["commit"] == head  # the code that made the tables, stamped
+    assert (
+        f"one process, one run at a time, code of commit {head})" in (out / "REPORT.md").read_text()
+    )
     run_study(study, log=lambda _: None)  # a second sitting: its wall time adds to the first
     sittings = json.loads((out / "study.json").read_text())["sittings"]
     assert len(sittings) == 2 and "in 2 sittings" in (out / "REPORT.md").read_text()

@@ -16,6 +16,7 @@ import itertools
 import json
 import math
 import os
+import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -457,6 +458,7 @@ def report(
         "started": datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
         "wall_s": round(time.time() - started),
         "how": how,
+        "commit": code_commit(),
     }
     sittings = [*earlier["sittings"], sitting]
     settings = asdict(study)
@@ -514,6 +516,16 @@ def _collect(
                         q, _ = run_tables(arm, study, log)
                         quality += [{**key, "arm": f"{name}_{label}", **r} for r in q]
     return quality, scores, curation, status
+
+
+def code_commit() -> str:
+    """The commit of the code that runs: ``DCGAN_XAI_COMMIT`` where set (a copy of a checkout
+    without its ``.git``), else the checkout's own; ``unknown`` for an installed wheel."""
+    if os.environ.get("DCGAN_XAI_COMMIT"):
+        return os.environ["DCGAN_XAI_COMMIT"]
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True, cwd=Path(__file__).parent)  # fmt: skip
+    return done.stdout.strip() if done.returncode == 0 else "unknown"
 
 
 def _earlier_sittings(root: Path) -> dict[str, Any]:

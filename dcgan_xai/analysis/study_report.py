@@ -354,5 +354,6 @@ def _sittings(meta: Mapping[str, Any]) -> str:
     sittings = meta.get("sittings", [])
     if not sittings:
         return ""
-    parts = [f"{x['started']}, {x['wall_s']} s, {x['how']}" for x in sittings]
+    parts = [f"{x['started']}, {x['wall_s']} s, {x['how']}"
+             + (f", code of commit {x['commit']}" if "commit" in x else "") for x in sittings]  # fmt: skip
     return f" in {len(sittings)} sitting{'s' if len(sittings) > 1 else ''} ({'; '.join(parts)})"
