@@ -297,9 +297,8 @@ def test_sigkill_after_a_checkpoint_then_resume_matches_an_uninterrupted_run(tmp
     assert list(run.tensorboard.glob("events.out.tfevents.*"))  # same event dir, continued
 
 
-@pytest.mark.parametrize(
-    "settings, message",
-    [
+# every bad analyze setting and bad curate setting: the settings and the one line refusing them
+BAD_ANALYSIS_SETTINGS = [
         ({"layers": []}, r"layers=\[\] is not allowed; it must be one or more of D's blocks"),
         ({"device": "bogus"}, r"device=bogus is not allowed; it must be auto, cpu, or cuda\[:N\]"),
         ({"batch_size": 0}, r"batch_size=0 is not allowed; it must be >= 1"),
@@ -310,24 +309,24 @@ def test_sigkill_after_a_checkpoint_then_resume_matches_an_uninterrupted_run(tmp
         ({"k": 1_000_000_000_000}, r"k=1000000000000 is not allowed; it must be a coarse step in 1..1000"),
         ({"bn_mode": "frozen"}, r"bn_mode=frozen is not allowed; it must be one of batch, eval"),
         ({"mask_threshold": float("nan")}, r"mask_threshold=nan is not allowed; it must be in \[0, 1\]"),
-    ],
-)  # fmt: skip
+    ]  # fmt: skip
+BAD_CURATION_SETTINGS = [
+        ({"device": "bogus"}, r"device=bogus is not allowed; it must be auto, cpu, or cuda\[:N\]"),
+        ({"seed": -1}, r"seed=-1 is not allowed; it must be in 0..4294967295"),
+        ({"seed": 10**20}, r"seed=100000000000000000000 is not allowed"),
+        ({"mask_threshold": float("nan")}, r"mask_threshold=nan is not allowed; it must be in \[0, 1\]"),
+        ({"flag_share": 2.0}, r"flag_share=2.0 is not allowed; it must be in \[0, 1\], or null"),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("settings, message", BAD_ANALYSIS_SETTINGS)
 def test_bad_analysis_settings_are_refused_in_one_line(settings, message):
     with pytest.raises(UserError, match=message) as err:
         AnalysisSettings(**settings).check()
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize(
-    "settings, message",
-    [
-        ({"device": "bogus"}, r"device=bogus is not allowed; it must be auto, cpu, or cuda\[:N\]"),
-        ({"seed": -1}, r"seed=-1 is not allowed; it must be in 0..4294967295"),
-        ({"seed": 10**20}, r"seed=100000000000000000000 is not allowed"),
-        ({"mask_threshold": float("nan")}, r"mask_threshold=nan is not allowed; it must be in \[0, 1\]"),
-        ({"flag_share": 2.0}, r"flag_share=2.0 is not allowed; it must be in \[0, 1\], or null"),
-    ],
-)  # fmt: skip
+@pytest.mark.parametrize("settings, message", BAD_CURATION_SETTINGS)
 def test_bad_curation_settings_are_refused_before_the_run_is_read(tmp_path, settings, message):
     (tmp_path / "run").mkdir()
     with pytest.raises(UserError, match=message) as err:
@@ -437,3 +436,30 @@ def test_a_run_dir_that_cannot_be_made_is_one_line(tmp_path, where, message):
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode == 2 and len(lines) == 1 and re.search(message, lines[0]), done.stderr
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def _override(key: str, value) -> str:
+    return f"{key}=" + (f"[{','.join(map(str, value))}]" if isinstance(value, list) else str(value))
+
+
+@pytest.mark.slow
+def test_every_bad_analyze_and_curate_setting_is_one_line_from_the_command(smoke_run, tmp_path):
+    """The two tables above through ``python -m dcgan_xai.analyze`` and ``curate``, on a copy of
+    a finished run: exit 2, one line on stderr, no traceback, every file as it was."""
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(smoke_run["run_dir"], run_dir)
+    before = _digests(tmp_path)
+    failures = []
+    for command, table in (("analyze", BAD_ANALYSIS_SETTINGS), ("curate", BAD_CURATION_SETTINGS)):
+        for settings, message in table:
+            overrides = [_override(k, v) for k, v in settings.items()]
+            done = subprocess.run([sys.executable, "-m", f"dcgan_xai.{command}", f"run_dir={run_dir}",
+                                   *overrides, "epoch=1"][: None if command == "curate" else -1],
+                                  capture_output=True, text=True, cwd=tmp_path, timeout=300)  # fmt: skip
+            lines = [line for line in done.stderr.splitlines() if line.strip()]
+            if (done.returncode != 2 or len(lines) != 1 or not re.search(message, lines[0])
+                    or _digests(tmp_path) != before):  # fmt: skip
+                failures.append((command, overrides, done.returncode, done.stderr[-300:]))
+    assert not failures
