@@ -455,8 +455,10 @@ def test_every_bad_analyze_and_curate_setting_is_one_line_from_the_command(smoke
     for command, table in (("analyze", BAD_ANALYSIS_SETTINGS), ("curate", BAD_CURATION_SETTINGS)):
         for settings, message in table:
             overrides = [_override(k, v) for k, v in settings.items()]
+            if command == "curate":
+                overrides.append("epoch=1")  # not its default (selected), which needs an analysis
             done = subprocess.run([sys.executable, "-m", f"dcgan_xai.{command}", f"run_dir={run_dir}",
-                                   *overrides, "epoch=1"][: None if command == "curate" else -1],
+                                   *overrides],
                                   capture_output=True, text=True, cwd=tmp_path, timeout=300)  # fmt: skip
             lines = [line for line in done.stderr.splitlines() if line.strip()]
             if (done.returncode != 2 or len(lines) != 1 or not re.search(message, lines[0])

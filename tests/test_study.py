@@ -252,3 +252,18 @@ def test_a_second_invocation_of_a_study_is_refused(tmp_path):
         with pytest.raises(UserError, match=r"study .*/s is in use by another invocation \(pid "):
             run_study(study, log=lambda _: None)
     assert not (tmp_path / "s" / "runs").exists()  # the refused one trained nothing
+
+
+def test_the_commit_is_unknown_for_a_copy_inside_another_repository(tmp_path, monkeypatch):
+    import dcgan_xai.analysis.study as study_module
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=u", "-c", "user.email=u@x",
+                    "commit", "-q", "--allow-empty", "-m", "theirs"], check=True)  # fmt: skip
+    monkeypatch.delenv("DCGAN_XAI_COMMIT", raising=False)
+    inside = tmp_path / "venv" / "site-packages" / "dcgan_xai" / "analysis"
+    inside.mkdir(parents=True)
+    monkeypatch.setattr(study_module, "__file__", str(inside / "study.py"))
+    assert study_module.code_commit() == "unknown"  # not the commit of the repository around it
+    monkeypatch.setenv("DCGAN_XAI_COMMIT", "abc1234")
+    assert study_module.code_commit() == "abc1234"

@@ -117,12 +117,21 @@ def compare_runs(
     if len(run_dirs) < 2:
         raise UserError(f"compare needs at least two run dirs, got {len(run_dirs)}")
     out = Path(out_dir)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    with held_lock(out / ".lock", f"out_dir={out} is in use by another comparison ({{holder}}); "
-                   "wait for it to end or choose another out_dir"):  # fmt: skip
-        if (out / "compare.json").exists():
-            raise UserError(f"out_dir={out} already holds a comparison; choose another out_dir")
-        return _compare(run_dirs, settings, out)
+    lock = out / ".lock"
+    try:
+        with held_lock(lock, f"out_dir={out} is in use by another comparison ({{holder}}); "
+                       "wait for it to end or choose another out_dir"):  # fmt: skip
+            if (out / "compare.json").exists():
+                raise UserError(f"out_dir={out} already holds a comparison; choose another out_dir")
+            return _compare(run_dirs, settings, out)
+    except BaseException:
+        if created:  # a comparison that failed in a folder it made leaves no folder behind
+            lock.unlink(missing_ok=True)
+            if not any(out.iterdir()):
+                out.rmdir()
+        raise
 
 
 def _compare(

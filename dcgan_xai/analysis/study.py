@@ -520,12 +520,20 @@ def _collect(
 
 def code_commit() -> str:
     """The commit of the code that runs: ``DCGAN_XAI_COMMIT`` where set (a copy of a checkout
-    without its ``.git``), else the checkout's own; ``unknown`` for an installed wheel."""
+    without its ``.git``), else that of the checkout the package lies in; ``unknown`` otherwise
+    (an installed wheel, even one inside another repository; no git)."""
     if os.environ.get("DCGAN_XAI_COMMIT"):
         return os.environ["DCGAN_XAI_COMMIT"]
-    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                          text=True, cwd=Path(__file__).parent)  # fmt: skip
-    return done.stdout.strip() if done.returncode == 0 else "unknown"
+    package = Path(__file__).resolve().parents[1]
+    try:
+        done = subprocess.run(["git", "rev-parse", "--show-toplevel", "--short", "HEAD"],
+                              capture_output=True, text=True, cwd=package)  # fmt: skip
+    except OSError:
+        return "unknown"
+    lines = done.stdout.split()
+    if done.returncode or len(lines) != 2 or Path(lines[0]).resolve() != package.parent:
+        return "unknown"
+    return lines[1]
 
 
 def _earlier_sittings(root: Path) -> dict[str, Any]:
