@@ -30,12 +30,12 @@ def test_score_draws_scores_each_set_and_leaves_the_meter_as_it_was():
     real = torch.randint(0, 256, (64, 1, 64, 64), dtype=torch.uint8)
     meter = QualityMeter(MNISTClassifier().eval(), real, batch_size=32, kid_subset_size=50)
     g = Generator(nz=8, ngf=4)
-    rows = score_draws(meter, g, 8, 20, seed=5, epoch=2, draws=2, batch_size=16)
+    rows = score_draws(meter, g, 8, 20, seed=5, epoch=2, draws=range(3), batch_size=16)
     assert [r["draw"] for r in rows] == [0, 1, 2]
     assert [r["noise_seed"] for r in rows] == [5, noise_seed(5, 2, 1), noise_seed(5, 2, 2)]
     assert len({r["fid"] for r in rows}) == 3  # independent sets give different FIDs
     assert meter.kid.subset_size == 50  # lowered to 20 for these sets only
-    again = score_draws(meter, g, 8, 20, seed=5, epoch=2, draws=2, batch_size=16)
+    again = score_draws(meter, g, 8, 20, seed=5, epoch=2, draws=range(3), batch_size=16)
     assert again == rows
 
 

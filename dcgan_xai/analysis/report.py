@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +18,16 @@ from dcgan_xai.analysis import figures
 from dcgan_xai.analysis.evidence import Fid, choose, compare, pooled_noise, to_maximise
 from dcgan_xai.analysis.markdown import selection_markdown
 from dcgan_xai.analysis.selection import Selection, select_epoch
-from dcgan_xai.config import AnalysisSettings
-from dcgan_xai.data.mnist import MNISTDataModule, to_unit_range
+from dcgan_xai.config import AnalysisSettings, FidProtocol
+from dcgan_xai.data.mnist import to_unit_range
 from dcgan_xai.data.probe import Probe
 from dcgan_xai.errors import UserError
 from dcgan_xai.files import atomic_torch_save, atomic_write_text, new_folder
 from dcgan_xai.metrics.quality import fid_meter, score_draws
 from dcgan_xai.models.sampling import generate, probe_images
-from dcgan_xai.runs.layout import RunDir, load_gradcam_epoch, run_config
+from dcgan_xai.runs.layout import RunDir, load_gradcam_epoch
 from dcgan_xai.runs.load import datamodule_for_run, ensure_probe, load_module
+from dcgan_xai.runs.tables import QUALITY
 from dcgan_xai.xai.epoch import explain_epoch
 from dcgan_xai.xai.gradcam import layer_names, linear_head_decomposition
 
@@ -125,42 +126,38 @@ def informative_samples(maps_by_epoch: dict[int, torch.Tensor], count: int) -> l
     return order[:count]
 
 
-def _measure_epochs(
+def epoch_quality(
     run: RunDir,
-    dm: MNISTDataModule,
-    probe: Probe,
-    settings: AnalysisSettings,
-    selection: Selection,
-) -> tuple[
-    dict[int, dict[str, float]], dict[int, list[float]], dict[int, dict[str, float]], dict[str, Any]
-]:
-    """Per epoch: FID/KID of the fixed set (with ``quality``), and the logit's parts at the
-    first layer; the epochs a decision rests on re-scored on fresh sets. Each checkpoint is read
-    once for the first two."""
-    device = resolve_device(settings.device)
-    epochs, layer, nz = run.checkpoint_epochs(), settings.layers[0], run_config(run).model.nz
-    quality: dict[int, dict[str, float]] = {}
-    fresh: dict[int, list[float]] = {}
-    logit: dict[int, dict[str, float]] = {}
-    classifier: dict[str, Any] = {}
-    meter = None
-    if settings.quality:
-        meter, classifier = fid_meter(dm, settings, device)
-    for epoch in epochs:
-        module = load_module(run.checkpoint(epoch)).to(device)
-        logit[epoch] = logit_parts(module.discriminator, probe, layer, settings.bn_mode)
-        if meter is not None:
-            quality[epoch] = score_draws(meter, module.generator, nz, settings.fid_samples,
-                                         settings.fid_seed, epoch, 0, settings.batch_size)[0]  # fmt: skip
-    if meter is not None and settings.fid_draws:
-        fid0 = {e: quality[e]["fid"] for e in epochs}
-        decisive = {selection.fine_winner, epochs[-1], min(epochs, key=lambda e: (fid0[e], e))}
-        for epoch in sorted(decisive):
-            g = load_module(run.checkpoint(epoch)).generator.to(device)
-            rows = score_draws(meter, g, nz, settings.fid_samples, settings.fid_seed, epoch,
-                               settings.fid_draws, settings.batch_size, first_draw=1)  # fmt: skip
-            fresh[epoch] = [r["fid"] for r in rows]
-    return quality, fresh, logit, classifier
+    a: FidProtocol,
+    want: Mapping[int, Iterable[int]],
+    device: str,
+    save: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """The run's FID/KID rows of each epoch and generated set (draw) in ``want``, by protocol
+    ``a``: those ``quality/scores.csv`` holds (made with ``a``'s sample count and fixed-noise
+    seed), the rest computed from the epoch's checkpoint (and, with ``save``, added to it)."""
+
+    def usable(r: Mapping[str, Any]) -> bool:
+        return r["samples"] == a.fid_samples and (r["draw"] > 0 or r["noise_seed"] == a.fid_seed)
+
+    wanted = {(e, d) for e, draws in want.items() for d in draws}
+    found = [r for r in QUALITY.read(run) if (r["epoch"], r["draw"]) in wanted and usable(r)]
+    missing = wanted - {(r["epoch"], r["draw"]) for r in found}
+    if not missing:
+        return found
+    epochs = sorted({e for e, _ in missing})
+    if log:
+        log(f"{run.root.name}: FID of {len(epochs)} epochs from checkpoints")
+    meter, record = fid_meter(datamodule_for_run(run), a, device)
+    for e in epochs:
+        g = load_module(run.checkpoint(e)).generator.to(device)
+        draws = sorted(d for x, d in missing if x == e)
+        rows = score_draws(meter, g, g.nz, a.fid_samples, a.fid_seed, e, draws, a.batch_size)
+        found += [{"epoch": e, **r, **record} for r in rows]
+        if save:
+            QUALITY.update(run, found[-len(rows) :])
+    return sorted(found, key=QUALITY.key)
 
 
 def _epoch_table(
@@ -214,7 +211,13 @@ def analyze_run(run_dir: str | Path, settings: AnalysisSettings | None = None) -
     scores = {e: to_maximise(settings.score, records[e]["summary"][layer][key]) for e in epochs}
     selection = select_epoch(scores, settings.k)
 
-    quality, fresh, logit, classifier = _measure_epochs(run, dm, probe, settings, selection)
+    device = resolve_device(settings.device)
+    logit = {e: logit_parts(load_module(run.checkpoint(e)).discriminator.to(device), probe, layer,
+                            settings.bn_mode) for e in epochs}  # fmt: skip
+    fixed = (
+        epoch_quality(run, settings, {e: [0] for e in epochs}, device) if settings.quality else []
+    )
+    quality = {r["epoch"]: r for r in fixed}
     table = _epoch_table(records, quality, logit, settings)
     result: dict[str, Any] = {
         "run_dir": str(run.root),
@@ -222,16 +225,20 @@ def analyze_run(run_dir: str | Path, settings: AnalysisSettings | None = None) -
         "selection": selection.to_dict(),
         "selected_epoch": selection.fine_winner,
         "last_epoch": epochs[-1],
-        "classifier_accuracy": classifier.get("classifier_accuracy"),
-        "classifier_md5": classifier.get("classifier_md5"),
-        "fid_reference": classifier.get("reference"),
+        "classifier_accuracy": quality.get(epochs[-1], {}).get("classifier_accuracy"),
+        "classifier_md5": quality.get(epochs[-1], {}).get("classifier_md5"),
+        "fid_reference": quality.get(epochs[-1], {}).get("reference"),
         "focus_chance": records[epochs[-1]]["summary"][layer].get(f"{settings.probe}_focus_chance"),
         "no_choice": choose(scores, "coarse", settings.k) is None,
         "epochs": table,
     }
     if quality:
-        result["verdict"] = verdict(selection, {e: quality[e]["fid"] for e in epochs}, scores)
-        v = result["verdict"]
+        result["verdict"] = v = verdict(selection, {e: quality[e]["fid"] for e in epochs}, scores)
+        decisive = {selection.fine_winner, epochs[-1], v["best_epoch"]}
+        draws = range(1, settings.fid_draws + 1)
+        fresh: dict[int, list[float]] = {}
+        for r in epoch_quality(run, settings, dict.fromkeys(decisive, draws), device):
+            fresh.setdefault(r["epoch"], []).append(r["fid"])
         v["fresh"] = fresh_comparison(fresh, selection.fine_winner, epochs[-1], v["best_epoch"])
         if v["fresh"]:  # the tie rule on fresh sets decides the words
             v["statement"] = fresh_statement(v["fresh"])

@@ -30,13 +30,13 @@ import torch
 from dcgan_xai.analysis import evidence, figures
 from dcgan_xai.analysis.curation_arms import arm_dir, arms, pilot_layer, record, rules, study_root
 from dcgan_xai.analysis.evidence import Fid, Variant
-from dcgan_xai.analysis.report import resolve_device
+from dcgan_xai.analysis.report import epoch_quality, resolve_device
 from dcgan_xai.analysis.study_report import fid_figure, study_report
-from dcgan_xai.config import AnalysisSettings, StudySettings, compose_config
+from dcgan_xai.config import StudySettings, compose_config
 from dcgan_xai.data.mnist import to_unit_range
 from dcgan_xai.errors import Interrupted, UserError
 from dcgan_xai.files import atomic_write_text, write_csv
-from dcgan_xai.metrics.quality import fid_meter, reference_images, score_draws
+from dcgan_xai.metrics.quality import fid_meter, reference_images
 from dcgan_xai.models.sampling import probe_images
 from dcgan_xai.runs.layout import RunDir, run_config
 from dcgan_xai.runs.load import datamodule_for_config, datamodule_for_run, ensure_probe, load_module
@@ -133,32 +133,10 @@ def run_tables(
     Rows the run's callbacks wrote with the study's settings are read; the rest are computed
     from the checkpoints and written into the run's own tables first.
     """
-    return _run_quality(run, study.analysis, log), _run_scores(run, study, log)
-
-
-def _run_quality(
-    run: RunDir, a: AnalysisSettings, log: Callable[[str], None]
-) -> list[dict[str, Any]]:
-    epochs = run.checkpoint_epochs()
-
-    def usable(r: dict[str, Any]) -> bool:
-        """A row made with the study's sample count, draws and fixed-noise seed."""
-        return (r["samples"] == a.fid_samples and r["draw"] <= a.fid_draws
-                and (r["draw"] > 0 or r["noise_seed"] == a.fid_seed))  # fmt: skip
-
-    have = {(r["epoch"], r["draw"]) for r in QUALITY.read(run) if usable(r)}
-    missing = [e for e in epochs if any((e, d) not in have for d in range(a.fid_draws + 1))]
-    if missing:
-        log(f"{run.root.name}: FID of {len(missing)} epochs from checkpoints")
-        device = resolve_device(a.device)
-        meter, record = fid_meter(datamodule_for_run(run), a, device)
-        for e in missing:
-            g = load_module(run.checkpoint(e)).generator.to(device)
-            rows = score_draws(
-                meter, g, g.nz, a.fid_samples, a.fid_seed, e, a.fid_draws, a.batch_size
-            )
-            QUALITY.update(run, [{"epoch": e, **r, **record} for r in rows])
-    return [r for r in QUALITY.read(run) if r["epoch"] in epochs and usable(r)]
+    a = study.analysis
+    want = dict.fromkeys(run.checkpoint_epochs(), range(a.fid_draws + 1))
+    quality = epoch_quality(run, a, want, resolve_device(a.device), save=True, log=log)
+    return quality, _run_scores(run, study, log)
 
 
 def _run_scores(

@@ -46,7 +46,7 @@ class QualityCallback(L.Callback):
             return
         p = self.protocol
         rows = score_draws(self.meter, pl_module.generator, pl_module.hparams["nz"],  # type: ignore[arg-type]
-                           p.fid_samples, p.fid_seed, epoch, p.fid_draws, p.batch_size)  # fmt: skip
+                           p.fid_samples, p.fid_seed, epoch, range(p.fid_draws + 1), p.batch_size)  # fmt: skip
         QUALITY.update(self.run, [{"epoch": epoch, **r, **self.record} for r in rows])
         if trainer.logger is not None:
             fresh = [r["fid"] for r in rows[1:]]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -281,19 +282,18 @@ def score_draws(
     n: int,
     seed: int,
     epoch: int,
-    draws: int,
+    draws: Iterable[int],
     batch_size: int = 500,
-    first_draw: int = 0,
 ) -> list[dict[str, float]]:
-    """FID and KID of ``n`` images of G for draw 0 (fixed noise) and ``draws`` fresh sets
-    (draws ``first_draw`` to ``draws``: 1 skips the fixed set).
+    """FID and KID of ``n`` images of G for each of ``draws`` (0: the fixed noise; 1, 2, ...:
+    fresh sets, :func:`noise_seed`).
 
     Returns:
         One row per draw: ``draw``, ``noise_seed``, ``fid``, ``kid``, ``kid_std``.
     """
     device = next(generator.parameters()).device
     rows = []
-    for draw in range(first_draw, draws + 1):
+    for draw in draws:
         gen = torch.Generator().manual_seed(noise_seed(seed, epoch, draw))
         noise = torch.randn(n, nz, 1, 1, generator=gen).to(device)
         scores = meter.score(generate(generator, noise, batch_size))
