@@ -297,3 +297,28 @@ def test_without_fresh_sets_the_verdict_claims_neither_win_nor_loss():
     )
     same = verdict(select_epoch({1: 0.1, 2: 0.3}, 5), {1: 300.0, 2: 100.0}, scores)
     assert same["statement"] == "The Grad-CAM choice is the last epoch (2) itself."
+
+
+def test_analyze_reads_the_quality_tables_rows_and_writes_only_analysis(smoke_run, tmp_path):
+    import csv
+    import shutil
+
+    from dcgan_xai.files import write_csv
+    from dcgan_xai.runs.tables import QUALITY
+
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run["run_dir"], run)
+    # the rows a quality callback with analyze's protocol would have written, with marked FIDs
+    rows = [{"epoch": e, "draw": d, "noise_seed": 0 if d == 0 else 9, "samples": 100,
+             "fid": 100.0 * e + d, "kid": 0.5, "kid_std": 0.1, "reference": "ref",
+             "classifier_accuracy": 0.99, "classifier_md5": "abc"}
+            for e in (1, 2) for d in (0, 1, 2)]  # fmt: skip
+    write_csv(run / QUALITY.where, QUALITY.fields, rows)
+    before = (run / QUALITY.where).read_bytes()
+    result = analyze_run(run, AnalysisSettings(**FAST))
+    assert [r["fid"] for r in result["epochs"]] == [100.0, 200.0]  # read, not computed
+    assert result["classifier_md5"] == "abc" and result["fid_reference"] == "ref"
+    assert result["verdict"]["fresh"]["fid"][1]["mean"] == 101.5  # epoch 1: sets 101 and 102
+    assert (run / QUALITY.where).read_bytes() == before
+    with open(run / QUALITY.where) as f:
+        assert len(list(csv.DictReader(f))) == 6
