@@ -67,6 +67,11 @@ def _one_of(allowed: Sequence[str]) -> tuple[str, Callable[[Any], bool]]:
     return f"one of {', '.join(allowed)}", lambda v: v in allowed
 
 
+def _some_of(allowed: Sequence[str]) -> tuple[str, Callable[[Any], bool]]:
+    return (f"a list of one or more of {', '.join(allowed)}",
+            lambda v: len(v) > 0 and all(x in allowed for x in v))  # fmt: skip
+
+
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true", "single_device")
 PRECISIONS = ("auto", "32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "16-true")
@@ -120,6 +125,8 @@ TRAIN_RANGES: Ranges = (
     ("callbacks.gradcam.probe_size", _at_least(1)),
     ("callbacks.gradcam.every_n_epochs", _at_least(1)),
     ("callbacks.gradcam.normalize", _one_of(NORMALIZATIONS)),
+    ("callbacks.gradcam.bn_modes", _some_of(BN_MODES)),
+    ("callbacks.gradcam.methods", _some_of(METHODS)),
     *_under("callbacks.gradcam.", THRESHOLD_RANGES),
     ("callbacks.quality.every_n_epochs", _at_least(1)),
     *_under("callbacks.quality.", FID_RANGES),
@@ -442,10 +449,6 @@ def _variant_ok(name: str) -> bool:
     parts = name.split("/")
     return (len(parts) == 6 and parts[0] in METHODS and parts[2] in BN_MODES
             and parts[3] in PROBES and parts[4] in VARIANT_SCORES and parts[5] in SELECTIONS)  # fmt: skip
-
-
-def _some_of(allowed: Sequence[str]) -> tuple[str, Callable[[Any], bool]]:
-    return f"a list of {', '.join(allowed)}", lambda v: all(x in allowed for x in v)
 
 
 # What a study accepts besides its analysis settings (StudySettings.check).

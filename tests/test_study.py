@@ -20,8 +20,8 @@ PLANNED = ["gradcam/block3/batch/real/focus/coarse", "hirescam/block3/batch/real
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"scores": ["sharpness"]}, r"scores=\['sharpness'\] is not allowed; it must be a list of focus"),
-        ({"methods": ["gradcam++"]}, r"methods=\['gradcam\+\+'\] is not allowed; it must be a list of gradcam, "),
+        ({"scores": ["sharpness"]}, r"scores=\['sharpness'\] is not allowed; it must be a list of one or more of focus"),
+        ({"methods": ["gradcam++"]}, r"methods=\['gradcam\+\+'\] is not allowed; it must be a list of one or more of gradcam, "),
         ({"train_timeout_s": 0}, "train_timeout_s=0 is not allowed; it must be > 0"),
         ({"job": StudyJob("smoke")}, "a study job needs both"),
         ({"job": StudyJob("mnist64_noise", 0)}, r"job.experiment=mnist64_noise is not one of the study's experiments; allowed: mnist64"),
