@@ -74,18 +74,9 @@ def _verdicts(study: Any, result: Mapping[str, Any]) -> list[str]:
 
 
 def _selection_verdicts(study: Any, r: Mapping[str, Any]) -> list[str]:
-    d = r["design"]
-    can = d["can_decide"]
-    head = (
-        f"- **Selection, design check: {'the design can decide' if can else 'the design cannot decide'}.** "
-        f"The oracle (each run's lowest-FID epoch) under the same rules, as one of "
-        f"{len(study.planned)} planned comparisons: {_stats(d)}; it would "
-        f"{'confirm' if can else 'not confirm'}."
-    )
-    lines = [head]
-    for v in r["decisions"]:
-        if v["planned"]:
-            lines.append(f"- **`{v['variant']}` {_decision(v, can)}**: {_stats(v)}.")
+    oracle = (f"The oracle (each run's lowest-FID epoch) under the same rules, as one of "
+              f"{len(study.planned)} planned comparisons")  # fmt: skip
+    lines = _verdict_block("Selection", oracle, r["design"], r["decisions"], "`{}`")
     if study.question != "selection":
         lines.append(
             "- Selection is not this study's question: its variants are shown without a verdict "
@@ -95,23 +86,30 @@ def _selection_verdicts(study: Any, r: Mapping[str, Any]) -> list[str]:
 
 
 def _curation_verdicts(label: str, c: Mapping[str, Any]) -> list[str]:
-    d = c["design"]
-    can = d["can_decide"]
-    lines = [
-        f"- **Curation ({label}), design check: "
-        f"{'the design can decide' if can else 'the design cannot decide'}.** A curation that "
-        f"lowered every seed's final FID by 10% against the control (gain {POWER_GAIN:.3f}) with "
-        f"the spread of the observed curated-vs-control gains, under the same rules: "
-        + (f"{_stats(d)}; it would {'confirm' if can else 'not confirm'}." if "mean_gain" in d
-           else f"{d['runs']} seeds, too few to test.")
-    ]  # fmt: skip
-    for v in c["decisions"]:
-        if v["planned"]:
-            lines.append(f"- **Curation ({label}), {v['variant']}: "
-                         f"{_decision(v, can)}**: {_stats(v)}.")  # fmt: skip
+    power = (f"A curation that lowered every seed's final FID by 10% against the control (gain "
+             f"{POWER_GAIN:.3f}) with the spread of the observed curated-vs-control gains, under "
+             "the same rules")  # fmt: skip
+    name = f"Curation ({label}), {{}}:"
+    lines = _verdict_block(f"Curation ({label})", power, c["design"], c["decisions"], name)
     if c["left_out"]:
         lines.append(f"- Seeds left out (an arm missing or short of the baseline's epochs): "
                      f"{c['left_out']}.")  # fmt: skip
+    return lines
+
+
+def _verdict_block(
+    title: str, check: str, d: Mapping[str, Any], decisions: Sequence[Mapping[str, Any]], name: str
+) -> list[str]:
+    """The design check (what a perfect rule would give under the same rules), then each
+    planned comparison's verdict (``name`` formats its variant)."""
+    can = d["can_decide"]
+    test = (f"{_stats(d)}; it would {'confirm' if can else 'not confirm'}." if "mean_gain" in d
+            else f"{d['runs']} seeds, too few to test.")  # fmt: skip
+    lines = [f"- **{title}, design check: the design {'can' if can else 'cannot'} decide.** "
+             f"{check}: {test}"]  # fmt: skip
+    for v in decisions:
+        if v["planned"]:
+            lines.append(f"- **{name.format(v['variant'])} {_decision(v, can)}**: {_stats(v)}.")
     return lines
 
 
