@@ -89,7 +89,9 @@ class Fid:
 
 
 def fid_by_epoch(rows: Iterable[Mapping[str, Any]]) -> dict[int, Fid]:
-    """Per epoch, from quality rows (``epoch``, ``draw``, ``fid``): draw 0 is the fixed set."""
+    """Per epoch, from quality rows (``epoch``, ``draw``, ``fid``): draw 0 is the fixed set
+    (NaN where the rows hold none), the mean of the others the epoch's FID (the fixed set's
+    where there are none)."""
     fixed: dict[int, float] = {}
     fresh: dict[int, list[float]] = {}
     for r in rows:
@@ -99,10 +101,10 @@ def fid_by_epoch(rows: Iterable[Mapping[str, Any]]) -> dict[int, Fid]:
         else:
             fresh.setdefault(e, []).append(float(r["fid"]))
     out = {}
-    for e in sorted(fixed):
+    for e in sorted(fixed.keys() | fresh.keys()):
         values = fresh.get(e) or [fixed[e]]
         sd = statistics.stdev(values) if len(values) > 1 else math.nan
-        out[e] = Fid(statistics.fmean(values), sd, len(values), fixed[e])
+        out[e] = Fid(statistics.fmean(values), sd, len(values), fixed.get(e, math.nan))
     return out
 
 

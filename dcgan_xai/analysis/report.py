@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from PIL import Image
 from scipy.stats import spearmanr
 
 from dcgan_xai.analysis import figures
-from dcgan_xai.analysis.evidence import Fid, choose, compare, pooled_noise, to_maximise
+from dcgan_xai.analysis.evidence import choose, compare, fid_by_epoch, pooled_noise, to_maximise
 from dcgan_xai.analysis.markdown import selection_markdown
 from dcgan_xai.analysis.selection import Selection, select_epoch
 from dcgan_xai.config import AnalysisSettings, FidProtocol
@@ -236,9 +235,7 @@ def analyze_run(run_dir: str | Path, settings: AnalysisSettings | None = None) -
         result["verdict"] = v = verdict(selection, {e: quality[e]["fid"] for e in epochs}, scores)
         decisive = {selection.fine_winner, epochs[-1], v["best_epoch"]}
         draws = range(1, settings.fid_draws + 1)
-        fresh: dict[int, list[float]] = {}
-        for r in epoch_quality(run, settings, dict.fromkeys(decisive, draws), device):
-            fresh.setdefault(r["epoch"], []).append(r["fid"])
+        fresh = epoch_quality(run, settings, dict.fromkeys(decisive, draws), device)
         v["fresh"] = fresh_comparison(fresh, selection.fine_winner, epochs[-1], v["best_epoch"])
         if v["fresh"]:  # the tie rule on fresh sets decides the words
             v["statement"] = fresh_statement(v["fresh"])
@@ -266,21 +263,16 @@ def _write_analysis(run: RunDir, result: dict[str, Any], images: dict[str, Any])
 
 
 def fresh_comparison(
-    fresh: dict[int, list[float]], chosen: int, last: int, best: int
+    rows: Sequence[Mapping[str, Any]], chosen: int, last: int, best: int
 ) -> dict[str, Any]:
-    """FID ± SD of the decisive epochs on fresh sets, and the chosen epoch against the last and
-    the best by the study's rules (log FID ratio; win or loss beyond 2 standard errors of the
-    noise pooled over these epochs' sets)."""
-    fid = {
-        e: Fid(
-            statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else math.nan, len(v), math.nan
-        )
-        for e, v in fresh.items()
-        if v
-    }
+    """FID ± SD of the decisive epochs on their fresh sets (quality rows of draw > 0), and the
+    chosen epoch against the last and the best by the study's rules (log FID ratio; win or loss
+    beyond 2 standard errors of the noise pooled over these epochs' sets)."""
+    fresh = [r for r in rows if r["draw"] > 0]
+    fid = fid_by_epoch(fresh)
     if not {chosen, last, best} <= set(fid):
         return {}
-    noise = pooled_noise({"epoch": e, "fid": x} for e, v in fresh.items() for x in v)
+    noise = pooled_noise(fresh, keys=())
     return {
         "fid": {e: {"mean": f.mean, "sd": f.sd, "sets": f.n} for e, f in sorted(fid.items())},
         "noise": vars(noise),
