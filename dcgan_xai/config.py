@@ -150,6 +150,7 @@ ANALYSIS_RANGES: Ranges = (
     ("layers", ("one or more of D's blocks", lambda v: len(v) > 0)),
     ("method", _one_of(METHODS)),
     ("bn_mode", _one_of(BN_MODES)),
+    ("normalize", _one_of(NORMALIZATIONS)),
     ("probe", _one_of(PROBES)),
     ("score", _one_of(SCORES)),
     ("k", ("a coarse step in 1..1000 epochs", lambda v: 1 <= v <= 1000)),
@@ -296,6 +297,7 @@ class AnalysisSettings(ScoreThresholds, FidProtocol):
     layers: list[str] = field(default_factory=lambda: ["block3"])
     method: str = "gradcam"
     bn_mode: str = "batch"
+    normalize: str = "max"  # or minmax, as callbacks.gradcam.normalize
     probe: str = "real"
     score: str = "focus"
     k: int = 5

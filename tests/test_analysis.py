@@ -322,3 +322,16 @@ def test_analyze_reads_the_quality_tables_rows_and_writes_only_analysis(smoke_ru
     assert (run / QUALITY.where).read_bytes() == before
     with open(run / QUALITY.where) as f:
         assert len(list(csv.DictReader(f))) == 6
+
+
+def test_maps_saved_with_another_normalisation_are_recomputed(smoke_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run["run_dir"], run)
+    settings = {**FAST, "quality": False}
+    same = analyze_run(run, AnalysisSettings(**settings))
+    other = analyze_run(run, AnalysisSettings(**settings, normalize="minmax"))
+    assert not any(r["recomputed"] for r in same["epochs"])
+    assert all(r["recomputed"] for r in other["epochs"])
+    assert other["settings"]["normalize"] == "minmax"

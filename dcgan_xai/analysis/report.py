@@ -71,6 +71,7 @@ def epoch_records(
             same = (
                 saved["bn_mode"] == settings.bn_mode
                 and saved.get("method", "gradcam") == settings.method
+                and saved.get("normalize", "max") == settings.normalize
                 and all(layer in saved["layers"] for layer in settings.layers)
                 and all(
                     saved.get(k) == getattr(settings, k)
@@ -90,6 +91,7 @@ def epoch_records(
                 settings.pixel_threshold,
                 settings.flag_threshold,
                 settings.mask_threshold,
+                settings.normalize,
             )
             record["epoch"] = epoch
             record["recomputed"] = True

@@ -159,7 +159,8 @@ def _run_scores(
             images = probe_images(model.generator, probe, model.device)
             for method, bn_mode in sorted({(m, b) for t, m, b in todo if t == e}):
                 rec = explain_epoch(model.discriminator, images, layers, bn_mode, method,
-                                    a.pixel_threshold, a.flag_threshold, a.mask_threshold)  # fmt: skip
+                                    a.pixel_threshold, a.flag_threshold, a.mask_threshold,
+                                    a.normalize)  # fmt: skip
                 SCORES.update(run, score_rows(e, rec))
     return [r for r in SCORES.read(run) if (r["epoch"], r["method"], r["bn_mode"]) in wanted]
 
