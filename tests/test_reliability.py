@@ -308,6 +308,7 @@ BAD_ANALYSIS_SETTINGS = [
         ({"figure_epochs": [-1]}, r"figure_epochs=\[-1\] is not allowed; it must be epochs >= 1"),
         ({"k": 1_000_000_000_000}, r"k=1000000000000 is not allowed; it must be a coarse step in 1..1000"),
         ({"bn_mode": "frozen"}, r"bn_mode=frozen is not allowed; it must be one of batch, eval"),
+        ({"normalize": "zscore"}, r"normalize=zscore is not allowed; it must be one of max, minmax"),
         ({"mask_threshold": float("nan")}, r"mask_threshold=nan is not allowed; it must be in \[0, 1\]"),
     ]  # fmt: skip
 BAD_CURATION_SETTINGS = [
