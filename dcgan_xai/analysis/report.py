@@ -203,49 +203,67 @@ def analyze_run(run_dir: str | Path, settings: AnalysisSettings | None = None) -
     epochs = run.checkpoint_epochs()
     if not epochs:
         raise UserError(f"analyze: {run.checkpoints} holds no epoch=NNN.ckpt checkpoints")
-    dm = datamodule_for_run(run)
-    probe = ensure_probe(run, dm)
+    probe = ensure_probe(run, datamodule_for_run(run))
     kind, arg = parse_samples(settings.samples, probe.labels.numel())
     records = epoch_records(run, probe, settings, epochs)
     layer = settings.layers[0]
     key = f"{settings.probe}_{settings.score}_mean"
     scores = {e: to_maximise(settings.score, records[e]["summary"][layer][key]) for e in epochs}
     selection = select_epoch(scores, settings.k)
-
-    device = resolve_device(settings.device)
-    logit = {e: logit_parts(load_module(run.checkpoint(e)).discriminator.to(device), probe, layer,
-                            settings.bn_mode) for e in epochs}  # fmt: skip
-    fixed = (
-        epoch_quality(run, settings, {e: [0] for e in epochs}, device) if settings.quality else []
-    )
-    quality = {r["epoch"]: r for r in fixed}
-    table = _epoch_table(records, quality, logit, settings)
+    quality, logit = _measure(run, probe, settings, epochs)
+    last = quality.get(epochs[-1], {})
     result: dict[str, Any] = {
         "run_dir": str(run.root),
         "settings": settings.__dict__,
         "selection": selection.to_dict(),
         "selected_epoch": selection.fine_winner,
         "last_epoch": epochs[-1],
-        "classifier_accuracy": quality.get(epochs[-1], {}).get("classifier_accuracy"),
-        "classifier_md5": quality.get(epochs[-1], {}).get("classifier_md5"),
-        "fid_reference": quality.get(epochs[-1], {}).get("reference"),
+        "classifier_accuracy": last.get("classifier_accuracy"),
+        "classifier_md5": last.get("classifier_md5"),
+        "fid_reference": last.get("reference"),
         "focus_chance": records[epochs[-1]]["summary"][layer].get(f"{settings.probe}_focus_chance"),
         "no_choice": choose(scores, "coarse", settings.k) is None,
-        "epochs": table,
+        "epochs": _epoch_table(records, quality, logit, settings),
     }
     if quality:
-        result["verdict"] = v = verdict(selection, {e: quality[e]["fid"] for e in epochs}, scores)
-        decisive = {selection.fine_winner, epochs[-1], v["best_epoch"]}
-        draws = range(1, settings.fid_draws + 1)
-        fresh = epoch_quality(run, settings, dict.fromkeys(decisive, draws), device)
-        v["fresh"] = fresh_comparison(fresh, selection.fine_winner, epochs[-1], v["best_epoch"])
-        if v["fresh"]:  # the tie rule on fresh sets decides the words
-            v["statement"] = fresh_statement(v["fresh"])
-
-    images = _figures(run, probe, records, settings, kind, arg, selection, table)
+        result["verdict"] = _fresh_verdict(run, settings, selection, quality, scores)
+    images = _figures(run, probe, records, settings, kind, arg, selection, result["epochs"])
     _write_analysis(run, result, images)
     _to_tensorboard(run, images, result)
     return result
+
+
+def _measure(
+    run: RunDir, probe: Probe, settings: AnalysisSettings, epochs: Sequence[int]
+) -> tuple[dict[int, dict[str, Any]], dict[int, dict[str, float]]]:
+    """Per epoch: FID/KID of the fixed-noise set (with ``quality``; none otherwise), and the
+    real probe's logit split into its parts at the first layer (:func:`logit_parts`)."""
+    device = resolve_device(settings.device)
+    logit = {e: logit_parts(load_module(run.checkpoint(e)).discriminator.to(device), probe,
+                            settings.layers[0], settings.bn_mode) for e in epochs}  # fmt: skip
+    fixed = dict.fromkeys(epochs, [0])
+    rows = epoch_quality(run, settings, fixed, device) if settings.quality else []
+    return {r["epoch"]: r for r in rows}, logit
+
+
+def _fresh_verdict(
+    run: RunDir,
+    settings: AnalysisSettings,
+    selection: Selection,
+    quality: Mapping[int, Mapping[str, Any]],
+    scores: dict[int, float],
+) -> dict[str, Any]:
+    """:func:`verdict` on the fixed-noise sets; then the decisive epochs (selected, last, best)
+    on ``fid_draws`` fresh sets, whose tie rule decides the words where there are some."""
+    epochs = sorted(quality)
+    v = verdict(selection, {e: quality[e]["fid"] for e in epochs}, scores)
+    decisive = {selection.fine_winner, epochs[-1], v["best_epoch"]}
+    draws = dict.fromkeys(decisive, range(1, settings.fid_draws + 1))
+    fresh = epoch_quality(run, settings, draws, resolve_device(settings.device))
+    v["fresh"] = fresh_comparison(fresh, selection.fine_winner, epochs[-1], v["best_epoch"])
+    if v["fresh"]:
+        v["statement"] = fresh_statement(v["fresh"])
+    return v
 
 
 def _write_analysis(run: RunDir, result: dict[str, Any], images: dict[str, Any]) -> None:
