@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from dcgan_xai.analysis import figures
 from dcgan_xai.analysis.report import resolve_device
-from dcgan_xai.config import CurationSettings
+from dcgan_xai.config import FRACTION, CurationSettings, check_ranges
 from dcgan_xai.data.exclusion import MANIFEST_FIELDS, fingerprint
 from dcgan_xai.data.mnist import MNISTDataModule, Split, to_unit_range
 from dcgan_xai.data.sources import ensure_mnist
@@ -24,6 +24,7 @@ from dcgan_xai.runs.layout import RunDir
 from dcgan_xai.runs.load import datamodule_for_run, load_module
 from dcgan_xai.xai.gradcam import grad_cam
 from dcgan_xai.xai.overlay import side_by_side
+from dcgan_xai.xai.scores import ScoreThresholds as _T
 from dcgan_xai.xai.scores import coverage, focus
 
 
@@ -32,8 +33,8 @@ def score_split(
     split: Split,
     layer: str,
     bn_mode: str = "batch",
-    pixel_threshold: float = 0.5,
-    mask_threshold: float = 0.5,
+    pixel_threshold: float = _T.pixel_threshold,
+    mask_threshold: float = _T.mask_threshold,
     batch_size: int = 1024,
     device: str | torch.device = "cpu",
     progress: bool = True,
@@ -79,10 +80,11 @@ def score_split(
     return out
 
 
-def flag_images(coverage_values: torch.Tensor, flag_threshold: float = 0.7) -> torch.Tensor:
+def flag_images(
+    coverage_values: torch.Tensor, flag_threshold: float = _T.flag_threshold
+) -> torch.Tensor:
     """True where an image's map covers more than ``flag_threshold`` of it."""
-    if not 0.0 <= flag_threshold <= 1.0:
-        raise UserError(f"flag_threshold={flag_threshold} is not allowed; it must be in [0, 1]")
+    check_ranges({"flag_threshold": flag_threshold}, (("flag_threshold", FRACTION),))
     return coverage_values > flag_threshold
 
 

@@ -12,6 +12,7 @@ import torch
 
 from dcgan_xai.state import preserved_state
 from dcgan_xai.xai.gradcam import grad_cam, logits, set_bn_mode
+from dcgan_xai.xai.scores import ScoreThresholds as _T
 from dcgan_xai.xai.scores import summarize
 
 
@@ -29,9 +30,9 @@ def explain_epoch(
     layers: Sequence[str],
     bn_mode: str = "batch",
     method: str = "gradcam",
-    pixel_threshold: float = 0.5,
-    flag_threshold: float = 0.7,
-    mask_threshold: float = 0.5,
+    pixel_threshold: float = _T.pixel_threshold,
+    flag_threshold: float = _T.flag_threshold,
+    mask_threshold: float = _T.mask_threshold,
     normalize: str = "max",
 ) -> dict[str, Any]:
     """Maps and scores of ``images["real"]`` and ``images["fake"]`` for each layer, by ``method``.
