@@ -267,3 +267,18 @@ def test_the_commit_is_unknown_for_a_copy_inside_another_repository(tmp_path, mo
     assert study_module.code_commit() == "unknown"  # not the commit of the repository around it
     monkeypatch.setenv("DCGAN_XAI_COMMIT", "abc1234")
     assert study_module.code_commit() == "abc1234"
+
+
+def test_a_study_whose_callbacks_would_explain_otherwise_is_refused(tmp_path):
+    from dcgan_xai.analysis.study import run_study
+
+    study = StudySettings(experiments=["smoke"], seeds=[0], out_dir=str(tmp_path),
+                          train_overrides=["callbacks.gradcam.normalize=minmax"])  # fmt: skip
+    with pytest.raises(UserError, match=r"analysis.normalize=max but the study's trainings of "
+                       r"smoke explain with callbacks.gradcam.normalize=minmax"):  # fmt: skip
+        run_study(study)
+    study.analysis.pixel_threshold = 0.6
+    study.train_overrides = []
+    with pytest.raises(UserError, match=r"analysis.pixel_threshold=0.6 .* callbacks.gradcam"):
+        run_study(study)
+    assert not any(tmp_path.iterdir())  # refused before anything is written

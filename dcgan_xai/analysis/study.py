@@ -342,6 +342,7 @@ def run_study(study: StudySettings, log: Callable[[str], None] = print) -> dict[
     study.check()
     if study.report_only:
         return _report_from_tables(study, study_root(study))
+    check_callbacks_explain_alike(study)
     if study.job.experiment is not None and study.job.seed is not None:
         return {"status": study_job(study, study.job.experiment, study.job.seed, log)}
     start = time.time()
@@ -350,6 +351,22 @@ def run_study(study: StudySettings, log: Callable[[str], None] = print) -> dict[
             for seed in study.seeds if study.sitting is None else study.sitting:
                 study_job(study, experiment, seed, log)
         return report(study, log, started=start, how="one process, one run at a time")
+
+
+def check_callbacks_explain_alike(study: StudySettings) -> None:
+    """The study reads the scores its runs' Grad-CAM callbacks wrote as its own: refuse a study
+    whose trainings would explain with other thresholds or normalisation than its analysis."""
+    a = study.analysis
+    for experiment in study.experiments:
+        cfg = compose_config("train", [f"experiment={experiment}", *study.train_overrides])
+        for key in ("pixel_threshold", "flag_threshold", "mask_threshold", "normalize"):
+            theirs = cfg.callbacks.gradcam[key]
+            if theirs != getattr(a, key):
+                raise UserError(
+                    f"analysis.{key}={getattr(a, key)} but the study's trainings of {experiment} "
+                    f"explain with callbacks.gradcam.{key}={theirs}; set them alike (in "
+                    "train_overrides or analysis), or the study would mix two kinds of scores"
+                )
 
 
 def study_lock(study: StudySettings) -> AbstractContextManager[None]:
