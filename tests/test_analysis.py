@@ -299,29 +299,39 @@ def test_without_fresh_sets_the_verdict_claims_neither_win_nor_loss():
     assert same["statement"] == "The Grad-CAM choice is the last epoch (2) itself."
 
 
-def test_analyze_reads_the_quality_tables_rows_and_writes_only_analysis(smoke_run, tmp_path):
-    import csv
+def test_analyze_reads_the_quality_rows_measured_alike_and_writes_only_analysis(
+    smoke_run, tmp_path
+):
     import shutil
 
     from dcgan_xai.files import write_csv
+    from dcgan_xai.metrics.quality import measured_alike
+    from dcgan_xai.runs.load import datamodule_for_run
     from dcgan_xai.runs.tables import QUALITY
 
     run = tmp_path / "run"
     shutil.copytree(smoke_run["run_dir"], run)
-    # the rows a quality callback with analyze's protocol would have written, with marked FIDs
-    rows = [{"epoch": e, "draw": d, "noise_seed": 0 if d == 0 else 9, "samples": 100,
-             "fid": 100.0 * e + d, "kid": 0.5, "kid_std": 0.1, "reference": "ref",
-             "classifier_accuracy": 0.99, "classifier_md5": "abc"}
-            for e in (1, 2) for d in (0, 1, 2)]  # fmt: skip
-    write_csv(run / QUALITY.where, QUALITY.fields, rows)
+    settings = AnalysisSettings(**FAST)
+    computed = analyze_run(run, settings)  # trains or loads the classifier; writes no row
+    assert not (run / QUALITY.where).exists()
+    alike = measured_alike(datamodule_for_run(RunDir(run)), settings)
+    assert alike is not None and alike["classifier_md5"] == computed["classifier_md5"]
+
+    def marked(**change):  # rows as a quality callback would write them, FIDs marked
+        return [{"epoch": e, "draw": d, "noise_seed": 0 if d == 0 else 9, "fid": 100.0 * e + d,
+                 "kid": 0.5, "kid_std": 0.1, "classifier_accuracy": 0.99, **alike, **change}
+                for e in (1, 2) for d in (0, 1, 2)]  # fmt: skip
+
+    write_csv(run / QUALITY.where, QUALITY.fields, marked())
     before = (run / QUALITY.where).read_bytes()
-    result = analyze_run(run, AnalysisSettings(**FAST))
+    result = analyze_run(run, settings)
     assert [r["fid"] for r in result["epochs"]] == [100.0, 200.0]  # read, not computed
-    assert result["classifier_md5"] == "abc" and result["fid_reference"] == "ref"
     assert result["verdict"]["fresh"]["fid"][1]["mean"] == 101.5  # epoch 1: sets 101 and 102
     assert (run / QUALITY.where).read_bytes() == before
-    with open(run / QUALITY.where) as f:
-        assert len(list(csv.DictReader(f))) == 6
+    for change in ({"classifier_md5": "another"}, {"reference": "another"}, {"samples": 99}):
+        write_csv(run / QUALITY.where, QUALITY.fields, marked(**change))
+        again = analyze_run(run, settings)  # measured otherwise: computed again
+        assert [r["fid"] for r in again["epochs"]] == [r["fid"] for r in computed["epochs"]]
 
 
 def test_maps_saved_with_another_normalisation_are_recomputed(smoke_run, tmp_path):

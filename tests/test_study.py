@@ -79,7 +79,11 @@ def test_cpu_sized_study_writes_its_report_and_rebuilds_it_from_its_tables(mnist
     assert (runs / "smoke_seed_0" / "quality" / "scores.csv").is_file()
     assert not (runs / "smoke_seed_1" / "quality").exists()
 
-    result = run_study(study, log=lambda _: None)  # finds both runs finished
+    said: list[str] = []
+    result = run_study(study, log=said.append)  # finds both runs finished
+    # seed 0's FIDs are its callback's (measured alike), read; seed 1's computed
+    assert "smoke_seed_1: FID of 3 epochs from checkpoints" in said
+    assert not any(line.startswith("smoke_seed_0: FID") for line in said)
     out = tmp_path / "cpu"
     report = (out / "REPORT.md").read_text()
     for heading in ("## Verdict", "### `smoke`", "Selection, design check", "## Setup",

@@ -22,7 +22,7 @@ from dcgan_xai.data.mnist import to_unit_range
 from dcgan_xai.data.probe import Probe
 from dcgan_xai.errors import UserError
 from dcgan_xai.files import atomic_torch_save, atomic_write_text, new_folder
-from dcgan_xai.metrics.quality import fid_meter, score_draws
+from dcgan_xai.metrics.quality import fid_meter, measured_alike, score_draws
 from dcgan_xai.models.sampling import generate, probe_images
 from dcgan_xai.runs.layout import RunDir, load_gradcam_epoch
 from dcgan_xai.runs.load import datamodule_for_run, ensure_probe, load_module
@@ -136,11 +136,15 @@ def epoch_quality(
     log: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
     """The run's FID/KID rows of each epoch and generated set (draw) in ``want``, by protocol
-    ``a``: those ``quality/scores.csv`` holds (made with ``a``'s sample count and fixed-noise
-    seed), the rest computed from the epoch's checkpoint (and, with ``save``, added to it)."""
+    ``a``: those ``quality/scores.csv`` holds that were measured alike (the same sample count,
+    reference set, classifier file and fixed-noise seed), the rest computed from the epoch's
+    checkpoint (and, with ``save``, added to it)."""
+    dm = datamodule_for_run(run)
+    alike = measured_alike(dm, a)
 
     def usable(r: Mapping[str, Any]) -> bool:
-        return r["samples"] == a.fid_samples and (r["draw"] > 0 or r["noise_seed"] == a.fid_seed)
+        same = alike is not None and all(r[k] == v for k, v in alike.items())
+        return same and (r["draw"] > 0 or r["noise_seed"] == a.fid_seed)
 
     wanted = {(e, d) for e, draws in want.items() for d in draws}
     found = [r for r in QUALITY.read(run) if (r["epoch"], r["draw"]) in wanted and usable(r)]
@@ -150,7 +154,7 @@ def epoch_quality(
     epochs = sorted({e for e, _ in missing})
     if log:
         log(f"{run.root.name}: FID of {len(epochs)} epochs from checkpoints")
-    meter, record = fid_meter(datamodule_for_run(run), a, device)
+    meter, record = fid_meter(dm, a, device)
     for e in epochs:
         g = load_module(run.checkpoint(e)).generator.to(device)
         draws = sorted(d for x, d in missing if x == e)

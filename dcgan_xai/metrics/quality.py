@@ -222,6 +222,14 @@ def reference_images(images: torch.Tensor, n: int, seed: int) -> torch.Tensor:
     return images[rows.sort().values]
 
 
+def reference_name(n_test: int, samples: int, seed: int) -> str:
+    """How FID's real set (:func:`reference_images` of ``n_test`` test images) is named in the
+    record of every FID measured against it."""
+    if samples >= n_test:
+        return f"all {n_test} test images"
+    return f"{samples} random test images (seed {seed})"
+
+
 def reference_meter(
     classifier: MNISTClassifier,
     accuracy: float,
@@ -234,15 +242,9 @@ def reference_meter(
     """A meter against :func:`reference_images` of the test images, and the record that goes
     with every FID it gives: sample count, reference set, the classifier's accuracy and MD5."""
     real = reference_images(test_images, samples, seed)
-    n_test = test_images.shape[0]
-    reference = (
-        f"all {n_test} test images"
-        if real.shape[0] == n_test
-        else f"{real.shape[0]} random test images (seed {seed})"
-    )
     record = {
         "samples": samples,
-        "reference": reference,
+        "reference": reference_name(test_images.shape[0], samples, seed),
         "classifier_accuracy": accuracy,
         "classifier_md5": file_digest(path),
     }
@@ -255,15 +257,19 @@ def noise_seed(seed: int, epoch: int, draw: int) -> int:
     return seed if draw == 0 else (seed * 1_000_003 + epoch) * 1_009 + draw
 
 
+def _classifier_file(dm: MNISTDataModule, protocol: FidProtocol) -> Path:
+    return classifier_path(
+        dm.classifier_dir, dm.image_size, protocol.classifier_epochs, dm.checksums["test-images"]
+    )
+
+
 def fid_meter(
     dm: MNISTDataModule, protocol: FidProtocol, device: str | torch.device
 ) -> tuple[QualityMeter, dict[str, Any]]:
     """The FID/KID meter of ``protocol`` on ``dm``'s data (see :func:`reference_meter`) and the
     record that goes with its numbers. The classifier is cached in ``dm.classifier_dir``; where
     it is missing it is trained on the full train split (whatever ``dm``'s limit and exclusion)."""
-    path = classifier_path(
-        dm.classifier_dir, dm.image_size, protocol.classifier_epochs, dm.checksums["test-images"]
-    )
+    path = _classifier_file(dm, protocol)
     files = ensure_mnist(dm.root, dm.sources, dm.checksums)
     test = dm.test_set or load_split(files, "test", dm.image_size, dm.cache_dir)
     train = None if path.is_file() else load_split(files, "train", dm.image_size, dm.cache_dir)
@@ -273,6 +279,18 @@ def fid_meter(
     )  # fmt: skip
     return reference_meter(classifier, accuracy, path, test.images, protocol.fid_samples,
                            protocol.fid_seed, protocol.batch_size)  # fmt: skip
+
+
+def measured_alike(dm: MNISTDataModule, protocol: FidProtocol) -> dict[str, Any] | None:
+    """What every FID row measured by ``protocol`` on ``dm``'s data records of how it was
+    measured (sample count, reference set, classifier file MD5), or None while that classifier
+    is not trained yet (no row can be shown to be this protocol's)."""
+    path = _classifier_file(dm, protocol)
+    if not path.is_file() or dm.test_set is None:
+        return None
+    n_test, n = len(dm.test_set), protocol.fid_samples
+    return {"samples": n, "reference": reference_name(n_test, n, protocol.fid_seed),
+            "classifier_md5": file_digest(path)}  # fmt: skip
 
 
 def score_draws(
