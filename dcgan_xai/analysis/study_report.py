@@ -240,9 +240,16 @@ def _digits(per_digit: Any) -> str:
 
 
 def _selection(study: Any, result: Mapping[str, Any], meta: Mapping[str, Any]) -> list[str]:
-    runs = result["runs"]
-    status = meta.get("status", {})
     lines = ["## 2. Selection: runs, FID curve and plateau test", ""]
+    lines += _runs_table(result["runs"], meta.get("status", {}))
+    lines += _picks(study, result)
+    for exp, r in result["recipes"].items():
+        lines += _exploratory(exp, [d for d in r["decisions"] if not d["planned"]])
+    return lines
+
+
+def _runs_table(runs: Sequence[Mapping[str, Any]], status: Mapping[str, str]) -> list[str]:
+    """Per baseline run: its epochs (and status if unfinished), best and last FID, plateau."""
     rows = []
     for r in runs:
         fid, p = r["fid"], r["plateau"]
@@ -256,12 +263,17 @@ def _selection(study: Any, result: Mapping[str, Any], meta: Mapping[str, Any]) -
             f"{p['window'][0]}-{p['window'][1]}", pm(p["change"], p["se_change"], 3),
             "yes" if p["learned"] else "no", "**yes**" if p["plateau"] else "no",
         ])  # fmt: skip
-    lines += table(
+    return table(
         ["experiment", "seed", "epochs", "best FID (epoch)", "last FID", "window",
          "fitted change of log FID ± SE", "learned", "plateau"],
         rows, "lrlrrlrll",
     )  # fmt: skip
-    lines += ["", "FID of each simple rule's pick:", ""]
+
+
+def _picks(study: Any, result: Mapping[str, Any]) -> list[str]:
+    """The FID of each simple rule's pick, then the planned variants and the oracle per run."""
+    runs = result["runs"]
+    lines = ["", "FID of each simple rule's pick:", ""]
     keys = ("best", "last", "d_real_half", "random_window", "median_window")
     lines += table(
         ["experiment", "seed", "best (oracle)", "last epoch", "D(x) closest to 0.5",
@@ -281,21 +293,22 @@ def _selection(study: Any, result: Mapping[str, Any], meta: Mapping[str, Any]) -
          for o in result["outcomes"] if o["variant"] in shown],
         "llrrrrlrrr",
     )  # fmt: skip
-    for exp, r in result["recipes"].items():
-        explo = [d for d in r["decisions"] if not d["planned"]]
-        lines += [
-            "",
-            f"`{exp}`: exploratory variants ({len(explo)}; no verdict, best mean gain first, top "
-            "10). Chosen after looking at many: a good row is a hypothesis for the next plan.",
-            "",
-        ]
-        lines += table(
-            ["variant", "runs", "win/tie/loss/no choice", "mean gain ± SD"],
-            [[f"`{d['variant']}`", d["runs"], f"{d['wins']}/{d['ties']}/{d['losses']}/{d['no_choice']}",
-              pm(d["mean_gain"], d["gain_sd"], 3)] for d in explo[:10]],
-            "lrrr",
-        )  # fmt: skip
     return lines
+
+
+def _exploratory(exp: str, explo: Sequence[Mapping[str, Any]]) -> list[str]:
+    lines = [
+        "",
+        f"`{exp}`: exploratory variants ({len(explo)}; no verdict, best mean gain first, top "
+        "10). Chosen after looking at many: a good row is a hypothesis for the next plan.",
+        "",
+    ]
+    return lines + table(
+        ["variant", "runs", "win/tie/loss/no choice", "mean gain ± SD"],
+        [[f"`{d['variant']}`", d["runs"], f"{d['wins']}/{d['ties']}/{d['losses']}/{d['no_choice']}",
+          pm(d["mean_gain"], d["gain_sd"], 3)] for d in explo[:10]],
+        "lrrr",
+    )  # fmt: skip
 
 
 def _overview(overview: Sequence[Mapping[str, Any]]) -> list[str]:
