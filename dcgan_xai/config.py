@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dcgan_xai.data.sources import MD5, SOURCES
 from dcgan_xai.errors import UserError, hydra_error_line
+from dcgan_xai.models.settings import ModelConfig
 from dcgan_xai.xai.gradcam import BN_MODES, METHODS, NORMALIZATIONS
 from dcgan_xai.xai.scores import ScoreThresholds
 
@@ -184,23 +185,6 @@ class DataConfig:
     )
     sources: list[str] = field(default_factory=lambda: list(SOURCES))
     checksums: dict[str, str] = field(default_factory=lambda: dict(MD5))
-
-
-@dataclass
-class ModelConfig:
-    arch: str = "paper"
-    nz: int = 100
-    ngf: int = 64
-    ndf: int = 64
-    lr: float = 2e-4
-    beta1: float = 0.5
-    beta2: float = 0.999
-    bn_momentum: float = 0.1
-    n_samples: int = 64
-    instance_noise: float = 0.0
-    instance_noise_decay_epochs: float = 0.0
-    lr_milestones: list[int] = field(default_factory=list)
-    lr_gamma: float = 0.1
 
 
 @dataclass

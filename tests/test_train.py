@@ -245,12 +245,14 @@ def test_every_default_is_the_schemas():
 
     from dcgan_xai.analysis.curation import flag_images, score_split
     from dcgan_xai.callbacks.gradcam import GradCamCallback
-    from dcgan_xai.config import GradCamConfig, ModelConfig, TrainConfig
+    from dcgan_xai.callbacks.quality import QualityCallback
+    from dcgan_xai.config import GradCamConfig, ModelConfig, QualityConfig, TrainConfig
     from dcgan_xai.models.module import DCGAN
     from dcgan_xai.xai.epoch import explain_epoch
     from dcgan_xai.xai.scores import ScoreThresholds, coverage, focus
 
     for fn, schema in ((DCGAN.__init__, ModelConfig), (GradCamCallback.__init__, GradCamConfig),
+                       (QualityCallback.__init__, QualityConfig),
                        *((f, ScoreThresholds) for f in (explain_epoch, score_split, flag_images,
                                                          coverage, focus))):  # fmt: skip
         params = inspect.signature(fn).parameters

@@ -11,6 +11,7 @@ import torch
 import torchvision
 from torch import nn
 
+from dcgan_xai.config import GradCamConfig
 from dcgan_xai.data.mnist import to_unit_range
 from dcgan_xai.data.probe import Probe, make_probe
 from dcgan_xai.errors import UserError
@@ -148,6 +149,9 @@ def layer_outputs(
     return out, seen
 
 
+_G = GradCamConfig()  # the callback's defaults are the config schema's
+
+
 class GradCamCallback(L.Callback):
     """At every ``every_n_epochs``-th train-epoch end, explain D on the probe.
 
@@ -204,22 +208,22 @@ class GradCamCallback(L.Callback):
     def __init__(
         self,
         run_dir: str | Path,
-        layers: Sequence[str] = ("block3",),
-        bn_modes: Sequence[str] = ("batch",),
-        methods: Sequence[str] = ("gradcam",),
-        probe_size: int = 64,
+        layers: Sequence[str] = tuple(_G.layers),
+        bn_modes: Sequence[str] = tuple(_G.bn_modes),
+        methods: Sequence[str] = tuple(_G.methods),
+        probe_size: int = _G.probe_size,
         seed: int = 0,
-        every_n_epochs: int = 1,
-        pixel_threshold: float = 0.5,
-        flag_threshold: float = 0.7,
-        mask_threshold: float = 0.5,
-        log_images: bool = True,
+        every_n_epochs: int = _G.every_n_epochs,
+        pixel_threshold: float = _G.pixel_threshold,
+        flag_threshold: float = _G.flag_threshold,
+        mask_threshold: float = _G.mask_threshold,
+        log_images: bool = _G.log_images,
         real_images: torch.Tensor | None = None,
         real_labels: torch.Tensor | None = None,
         discriminator: str | None = None,
         generator: str | None = None,
         noise_shape: Sequence[int] | None = None,
-        normalize: str = "max",
+        normalize: str = _G.normalize,
     ):
         self.run = RunDir(run_dir)
         self.layers = list(layers)

@@ -7,7 +7,7 @@ from typing import Any
 
 import lightning as L
 
-from dcgan_xai.config import FidProtocol
+from dcgan_xai.config import FidProtocol, QualityConfig
 from dcgan_xai.metrics.quality import QualityMeter, fid_meter, score_draws
 from dcgan_xai.runs.layout import RunDir
 from dcgan_xai.runs.tables import QUALITY
@@ -26,7 +26,10 @@ class QualityCallback(L.Callback):
     """
 
     def __init__(
-        self, run_dir: str | Path, protocol: FidProtocol | None = None, every_n_epochs: int = 1
+        self,
+        run_dir: str | Path,
+        protocol: FidProtocol | None = None,
+        every_n_epochs: int = QualityConfig.every_n_epochs,
     ):
         self.run = RunDir(run_dir)
         self.protocol, self.every_n_epochs = protocol or FidProtocol(), every_n_epochs

@@ -16,6 +16,7 @@ from dcgan_xai.data.mnist import to_unit_range
 from dcgan_xai.errors import Diverged
 from dcgan_xai.models.networks import Generator, build_discriminator, dcgan_init
 from dcgan_xai.models.sampling import generate
+from dcgan_xai.models.settings import ModelConfig
 from dcgan_xai.models.step import STEP_METRICS, GraphedStep, gan_step
 from dcgan_xai.state import preserved_state
 
@@ -93,6 +94,9 @@ class Speed:
     cuda_graph: bool = False
 
 
+_M = ModelConfig
+
+
 class DCGAN(L.LightningModule):
     """A DCGAN on 64x64 images.
 
@@ -130,20 +134,20 @@ class DCGAN(L.LightningModule):
 
     def __init__(
         self,
-        arch: str = "paper",
-        nz: int = 100,
-        ngf: int = 64,
-        ndf: int = 64,
-        lr: float = 2e-4,
-        beta1: float = 0.5,
-        beta2: float = 0.999,
-        bn_momentum: float = 0.1,
+        arch: str = _M.arch,
+        nz: int = _M.nz,
+        ngf: int = _M.ngf,
+        ndf: int = _M.ndf,
+        lr: float = _M.lr,
+        beta1: float = _M.beta1,
+        beta2: float = _M.beta2,
+        bn_momentum: float = _M.bn_momentum,
         seed: int = 0,
-        n_samples: int = 64,
-        instance_noise: float = 0.0,
-        instance_noise_decay_epochs: float = 0.0,
+        n_samples: int = _M.n_samples,
+        instance_noise: float = _M.instance_noise,
+        instance_noise_decay_epochs: float = _M.instance_noise_decay_epochs,
         lr_milestones: list[int] | tuple[int, ...] = (),
-        lr_gamma: float = 0.1,
+        lr_gamma: float = _M.lr_gamma,
         speed: Speed | None = None,
     ):
         super().__init__()
