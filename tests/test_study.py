@@ -286,3 +286,6 @@ def test_a_study_whose_callbacks_would_explain_otherwise_is_refused(tmp_path):
     with pytest.raises(UserError, match=r"analysis.pixel_threshold=0.6 .* callbacks.gradcam"):
         run_study(study)
     assert not any(tmp_path.iterdir())  # refused before anything is written
+    study.train_overrides, study.train = ["callbacks=none"], False
+    with pytest.raises(UserError, match="no run has a checkpoint"):  # past the check
+        run_study(study)  # no callback explains: nothing to mix

@@ -359,6 +359,8 @@ def check_callbacks_explain_alike(study: StudySettings) -> None:
     a = study.analysis
     for experiment in study.experiments:
         cfg = compose_config("train", [f"experiment={experiment}", *study.train_overrides])
+        if not cfg.callbacks.gradcam.enabled:  # nothing of theirs to mix in
+            continue
         for key in ("pixel_threshold", "flag_threshold", "mask_threshold", "normalize"):
             theirs = cfg.callbacks.gradcam[key]
             if theirs != getattr(a, key):
