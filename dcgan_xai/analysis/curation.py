@@ -290,24 +290,10 @@ def _write_manifest(
     flags = torch.zeros(total, dtype=torch.bool)
     idx = scores["index"]
     coverage[idx], focus_values[idx], flags[idx] = scores["coverage"], scores["focus"], flagged
-    rows = (
-        {
-            "index": i,
-            "label": int(lab),
-            "coverage": f"{c:.6f}",
-            "focus": f"{f:.6f}",
-            "flagged": bool(fl),
-        }
-        for i, (lab, c, f, fl) in enumerate(
-            zip(
-                labels.tolist(),
-                coverage.tolist(),
-                focus_values.tolist(),
-                flags.tolist(),
-                strict=True,
-            )
-        )
-    )
+    columns = zip(labels.tolist(), coverage.tolist(), focus_values.tolist(), flags.tolist(),
+                  strict=True)  # fmt: skip
+    rows = ({"index": i, "label": lab, "coverage": f"{c:.6f}", "focus": f"{f:.6f}", "flagged": fl}
+            for i, (lab, c, f, fl) in enumerate(columns))  # fmt: skip
     write_csv(out / "manifest.csv", MANIFEST_FIELDS, rows)
     per_digit = torch.bincount(scores["label"][flagged], minlength=10).tolist()
     summary = {

@@ -198,34 +198,43 @@ def _curation(result: Mapping[str, Any], extra: Mapping[str, Any]) -> list[str]:
         ]
     records = {(r["experiment"], int(r["seed"]), r["rule"]): r for r in extra["curation"]}
     for exp, r in result["recipes"].items():
-        se_one = r["noise"]["s"]
         for label, c in r["curation"].items():
             lines += [f"`{exp}`, rule {label}: final and best FID per arm (± SE), gain of "
                       "curated over control (final FID, log ratio ± SE).", ""]  # fmt: skip
-            rows = []
-            for s in c["seeds"]:
-                rec = records.get((exp, s["seed"], label), {})
-                gain = next(x for x in c["rows"] if x["seed"] == s["seed"]
-                            and x["variant"] == CURATION_PLANNED[0])  # fmt: skip
-                rows.append([
-                    s["seed"], f"{rec.get('epoch', 'n/a')}{' (no choice)' if rec.get('no_choice') == 'True' else ''}",
-                    f"{rec.get('flagged', 'n/a')} / {rec.get('scored', 'n/a')}", _digits(rec.get("per_digit")),
-                    rec.get("literal_block3_flagged", "n/a"),
-                    *(_fid_se(s[arm], se_one) for arm in ("baseline", "curated", "control")),
-                    " / ".join(num(s[arm]["best"]) for arm in ("baseline", "curated", "control")),
-                    f"{pm(gain['gain'], gain['se'], 3)} ({gain['outcome']})",
-                ])  # fmt: skip
-            lines += table(
-                ["seed", "D's epoch", "flagged / trained", "flagged per digit 0-9",
-                 "block3 (literal) flagged", "final FID baseline", "curated", "control",
-                 "best FID base / cur / ctl", "curated vs control"],
-                rows, "rlllrrrrrl",
-            )  # fmt: skip
+            mine = {
+                seed: rec for (e, seed, rule), rec in records.items() if (e, rule) == (exp, label)
+            }
+            lines += _curation_table(c, mine, r["noise"]["s"])
             other = [v for v in c["decisions"] if not v["planned"]]
             lines += ["", "Other comparisons (no verdict):", ""]
             lines += [f"- {v['variant']}: {_stats(v)}." for v in other]
             lines.append("")
     return lines
+
+
+def _curation_table(
+    c: Mapping[str, Any], records: Mapping[int, Mapping[str, Any]], se_one: float
+) -> list[str]:
+    """Per seed of one rule: its curation record, each arm's final and best FID, the gain."""
+    rows = []
+    for s in c["seeds"]:
+        rec = records.get(s["seed"], {})
+        gain = next(x for x in c["rows"] if x["seed"] == s["seed"]
+                    and x["variant"] == CURATION_PLANNED[0])  # fmt: skip
+        rows.append([
+            s["seed"], f"{rec.get('epoch', 'n/a')}{' (no choice)' if rec.get('no_choice') == 'True' else ''}",
+            f"{rec.get('flagged', 'n/a')} / {rec.get('scored', 'n/a')}", _digits(rec.get("per_digit")),
+            rec.get("literal_block3_flagged", "n/a"),
+            *(_fid_se(s[arm], se_one) for arm in ("baseline", "curated", "control")),
+            " / ".join(num(s[arm]["best"]) for arm in ("baseline", "curated", "control")),
+            f"{pm(gain['gain'], gain['se'], 3)} ({gain['outcome']})",
+        ])  # fmt: skip
+    return table(
+        ["seed", "D's epoch", "flagged / trained", "flagged per digit 0-9",
+         "block3 (literal) flagged", "final FID baseline", "curated", "control",
+         "best FID base / cur / ctl", "curated vs control"],
+        rows, "rlllrrrrrl",
+    )  # fmt: skip
 
 
 def _fid_se(arm: Mapping[str, Any], s: float) -> str:
