@@ -139,7 +139,7 @@ def epoch_quality(
     ``a``: those ``quality/scores.csv`` holds that were measured alike (the same sample count,
     reference set, classifier file and fixed-noise seed), the rest computed from the epoch's
     checkpoint (and, with ``save``, added to it)."""
-    dm = datamodule_for_run(run)
+    dm = datamodule_for_run(run, setup=False)  # a split is read only to compute
     alike = measured_alike(dm, a)
 
     def usable(r: Mapping[str, Any]) -> bool:
@@ -207,7 +207,7 @@ def analyze_run(run_dir: str | Path, settings: AnalysisSettings | None = None) -
     epochs = run.checkpoint_epochs()
     if not epochs:
         raise UserError(f"analyze: {run.checkpoints} holds no epoch=NNN.ckpt checkpoints")
-    probe = ensure_probe(run, datamodule_for_run(run))
+    probe = ensure_probe(run)
     kind, arg = parse_samples(settings.samples, probe.labels.numel())
     records = epoch_records(run, probe, settings, epochs)
     layer = settings.layers[0]

@@ -39,7 +39,7 @@ from dcgan_xai.files import atomic_write_text, write_csv
 from dcgan_xai.metrics.quality import fid_meter, reference_images
 from dcgan_xai.models.sampling import probe_images
 from dcgan_xai.runs.layout import RunDir, run_config
-from dcgan_xai.runs.load import datamodule_for_config, datamodule_for_run, ensure_probe, load_module
+from dcgan_xai.runs.load import datamodule_for_config, ensure_probe, load_module
 from dcgan_xai.runs.ownership import held_lock
 from dcgan_xai.runs.tables import QUALITY, SCORES, read_csv, read_table, score_rows
 from dcgan_xai.training import train
@@ -153,7 +153,7 @@ def _run_scores(
         log(
             f"{run.root.name}: explanations of {len(todo)} (epoch, method, BN mode) from checkpoints"
         )
-        probe = ensure_probe(run, datamodule_for_run(run))
+        probe = ensure_probe(run)
         for e in sorted({e for e, _, _ in todo}):  # each checkpoint is read once
             model = load_module(run.checkpoint(e))
             images = probe_images(model.generator, probe, model.device)

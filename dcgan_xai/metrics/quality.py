@@ -15,6 +15,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
 from dcgan_xai.config import FidProtocol
+from dcgan_xai.data.idx import read_idx
 from dcgan_xai.data.mnist import MNISTDataModule, Split, load_split, to_unit_range
 from dcgan_xai.data.sources import ensure_mnist
 from dcgan_xai.errors import UserError
@@ -286,9 +287,13 @@ def measured_alike(dm: MNISTDataModule, protocol: FidProtocol) -> dict[str, Any]
     measured (sample count, reference set, classifier file MD5), or None while that classifier
     is not trained yet (no row can be shown to be this protocol's)."""
     path = _classifier_file(dm, protocol)
-    if not path.is_file() or dm.test_set is None:
+    if not path.is_file():
         return None
-    n_test, n = len(dm.test_set), protocol.fid_samples
+    if dm.test_set is not None:
+        n_test = len(dm.test_set)
+    else:  # the test split's size, from its labels file (the images are not read)
+        n_test = read_idx(ensure_mnist(dm.root, dm.sources, dm.checksums)["test-labels"]).numel()
+    n = protocol.fid_samples
     return {"samples": n, "reference": reference_name(n_test, n, protocol.fid_seed),
             "classifier_md5": file_digest(path)}  # fmt: skip
 

@@ -16,14 +16,15 @@ from dcgan_xai.runs.layout import RunDir, load_probe, run_config, save_probe
 from dcgan_xai.runs.resume import load_checkpoint
 
 
-def datamodule_for_run(run: RunDir, trained: bool = False) -> MNISTDataModule:
+def datamodule_for_run(run: RunDir, trained: bool = False, setup: bool = True) -> MNISTDataModule:
     """The run's data as configured: the full splits, or with ``trained`` the train images the
-    run actually trained on (its ``data.limit`` subset, less its exclusion manifest)."""
-    return datamodule_for_config(run_config(run), trained)
+    run actually trained on (its ``data.limit`` subset, less its exclusion manifest); without
+    ``setup`` no split is read yet (its files and caches are only named)."""
+    return datamodule_for_config(run_config(run), trained, setup)
 
 
-def datamodule_for_config(cfg: Any, trained: bool = False) -> MNISTDataModule:
-    """The data of a training config (see :func:`datamodule_for_run`), set up."""
+def datamodule_for_config(cfg: Any, trained: bool = False, setup: bool = True) -> MNISTDataModule:
+    """The data of a training config (see :func:`datamodule_for_run`)."""
     data = cfg.data
     sources, checksums = list(data.get("sources", SOURCES)), dict(data.get("checksums", MD5))
     exclude = None
@@ -40,7 +41,8 @@ def datamodule_for_config(cfg: Any, trained: bool = False) -> MNISTDataModule:
         checksums=checksums,
         cache_dir=data.get("cache_dir"),
     )
-    dm.setup()
+    if setup:
+        dm.setup()
     return dm
 
 
@@ -61,11 +63,13 @@ def load_module(path: Path) -> DCGAN:
     return model.eval()
 
 
-def ensure_probe(run: RunDir, dm: MNISTDataModule) -> Probe:
-    """The run's probe; made (seeded as training would) and saved if the run has none."""
+def ensure_probe(run: RunDir) -> Probe:
+    """The run's probe; made from its test split (seeded as training would) and saved if the
+    run has none."""
     if run.probe.is_file():
         return load_probe(run)
     cfg = run_config(run)
+    dm = datamodule_for_config(cfg)
     assert dm.test_set is not None
     gc = cfg.callbacks.gradcam
     probe = make_probe(
