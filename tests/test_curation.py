@@ -225,7 +225,7 @@ def test_compare_puts_baseline_and_curated_side_by_side(curated, smoke_cfg, smok
     assert [(r["excluded"], r["selected_epoch"]) for r in result["rows"]] == [
         (0, selected[0]), (half["flagged"], selected[1]),
     ]  # fmt: skip
-    body = (out / "compare.md").read_text().splitlines()[4:]
+    body = (out / "compare.md").read_text().splitlines()[4:6]  # the two runs' rows
     assert [line.split(" | ")[:3] for line in body] == [
         [f"| {runs[0]}", "0", str(selected[0])], [f"| {runs[1]}", str(half["flagged"]), str(selected[1])],
     ]  # fmt: skip
@@ -235,7 +235,11 @@ def test_compare_puts_baseline_and_curated_side_by_side(curated, smoke_cfg, smok
     (out / "compare.json").unlink()  # a comparison killed before its record: written again
     (out / "compare.md").write_text("half-written")
     compare_runs(runs, settings, out)
-    assert (out / "compare.md").read_text().splitlines()[4:] == body
+    assert (out / "compare.md").read_text().splitlines()[4:6] == body
+    assert [line.split(" | ")[-2:] for line in body] == [
+        ["n/a", "(the first run) |"],
+        ["n/a", "n/a |"],
+    ]
     (out / "compare.json").unlink()
     from dcgan_xai.runs.ownership import held_lock
 
@@ -393,3 +397,18 @@ def test_a_control_left_by_a_kill_between_the_two_renames_is_replaced(smoke_run,
     with pytest.raises(UserError, match=r"curation .*/curation/e-control already exists"):
         curate_run(run.root, CurationSettings(epoch=2, name="e", progress=False, control=True))
     assert (theirs / "notes.txt").read_text() == "the user's"
+
+
+def test_compare_judges_each_run_against_the_first_by_the_tie_rule():
+    import math
+
+    from dcgan_xai.analysis.aggregate import _against_the_first
+
+    cells = _against_the_first([[100.0, 101.0], [80.0, 81.0], [100.4, 100.9], []])
+    assert cells[0] == {"last_fresh": "100.5 ± 0.7 (2)", "vs_first": "(the first run)"}
+    gain = math.log(100.5 / 80.5)  # 22% lower FID, far beyond the sets' noise
+    assert cells[1]["vs_first"].startswith(f"{gain:.3f} ± ") and cells[1]["vs_first"].endswith(
+        "(win)"
+    )
+    assert cells[2]["vs_first"].endswith("(tie)")  # within 2 standard errors
+    assert cells[3] == {"last_fresh": "n/a", "vs_first": "n/a"}  # no fresh sets: no claim

@@ -51,4 +51,6 @@ def test_the_readme_pipeline_runs_as_written(tmp_path, mnist_fixture):
     excluded = json.loads((tmp_path / "runs/curated/exclusion.json").read_text())
     assert excluded["manifest"] == str(manifest.resolve())
     assert (tmp_path / "runs/base/analysis/selection.json").is_file()
-    assert json.loads((tmp_path / "runs/compare/compare.json").read_text())
+    compared = json.loads((tmp_path / "runs/compare/compare.json").read_text())
+    assert compared[0]["vs_first"] == "(the first run)"  # the curated run judged by the tie rule:
+    assert re.fullmatch(r"-?[0-9.]+ ± (n/a|[0-9.]+) \((win|tie|loss)\)", compared[1]["vs_first"])

@@ -298,7 +298,15 @@ def fresh_comparison(
         return {}
     noise = pooled_noise(fresh, keys=())
     return {
-        "fid": {e: {"mean": f.mean, "sd": f.sd, "sets": f.n} for e, f in sorted(fid.items())},
+        "fid": {
+            e: {
+                "mean": f.mean,
+                "sd": f.sd,
+                "sets": f.n,
+                "values": [r["fid"] for r in fresh if r["epoch"] == e],
+            }
+            for e, f in sorted(fid.items())
+        },  # fmt: skip
         "noise": vars(noise),
         "vs_last": compare(fid, chosen, last, noise),
         "vs_best": compare(fid, chosen, best, noise),
