@@ -23,8 +23,9 @@ from dcgan_xai.data.probe import Probe
 from dcgan_xai.errors import UserError
 from dcgan_xai.files import atomic_torch_save, atomic_write_text, new_folder
 from dcgan_xai.metrics.quality import fid_meter, measured_alike, score_draws
+from dcgan_xai.models.networks import build_discriminator
 from dcgan_xai.models.sampling import generate, probe_images
-from dcgan_xai.runs.layout import RunDir, load_gradcam_epoch
+from dcgan_xai.runs.layout import RunDir, load_gradcam_epoch, run_config
 from dcgan_xai.runs.load import datamodule_for_run, ensure_probe, load_module
 from dcgan_xai.runs.tables import QUALITY
 from dcgan_xai.xai.epoch import explain_epoch
@@ -241,10 +242,13 @@ def _measure(
     run: RunDir, probe: Probe, settings: AnalysisSettings, epochs: Sequence[int]
 ) -> tuple[dict[int, dict[str, Any]], dict[int, dict[str, float]]]:
     """Per epoch: FID/KID of the fixed-noise set (with ``quality``; none otherwise), and the
-    real probe's logit split into its parts at the first layer (:func:`logit_parts`)."""
+    real probe's logit split into its parts where the first layer is D's last block
+    (:func:`logit_parts`; no checkpoint is read for it otherwise)."""
     device = resolve_device(settings.device)
-    logit = {e: logit_parts(load_module(run.checkpoint(e)).discriminator.to(device), probe,
-                            settings.layers[0], settings.bn_mode) for e in epochs}  # fmt: skip
+    logit = {}
+    if settings.layers[0] == layer_names(build_discriminator(run_config(run).model.arch, 1))[-1]:
+        logit = {e: logit_parts(load_module(run.checkpoint(e)).discriminator.to(device), probe,
+                                settings.layers[0], settings.bn_mode) for e in epochs}  # fmt: skip
     fixed = dict.fromkeys(epochs, [0])
     rows = epoch_quality(run, settings, fixed, device) if settings.quality else []
     return {r["epoch"]: r for r in rows}, logit
