@@ -15,7 +15,10 @@ the timed window starts and one where it ends:
 - ``grouped``: the K seeds folded into one net (:mod:`dcgan_xai.models.grouped`), one step for
   all, graphed on CUDA;
 - ``grouped, device-only``: CUDA events around back-to-back replays of the grouped graph (the
-  ceiling of that design).
+  ceiling of that design);
+- ``Lightning``: the product's path, one training (``train``) against K at once
+  (``train_together``, what ``seeds=[...]`` runs: K threads, K CUDA streams), by the wall time
+  of the call.
 
 It also prints how far the grouped step's losses are from the K seeds trained alone after 3
 steps from the same weights (bitwise in fp64 on the CPU: ``tests/test_grouped.py``).
@@ -27,8 +30,10 @@ import argparse
 import logging
 import subprocess
 import sys
+import tempfile
 import time
 from functools import partial
+from pathlib import Path
 
 import torch
 
@@ -38,7 +43,8 @@ from dcgan_xai.config import compose_config
 from dcgan_xai.models.grouped import Columns, fold, side_by_side
 from dcgan_xai.models.step import GraphedStep, gan_step
 from dcgan_xai.numerics import with_numeric_path
-from dcgan_xai.training import build_datamodule, build_model
+from dcgan_xai.seeds import train_together
+from dcgan_xai.training import build_datamodule, build_model, train
 
 
 class Seed:
@@ -150,6 +156,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--train-steps", type=int, default=400, help="steps of each Lightning run")
     p.add_argument("--precision", default="32-true")
     p.add_argument("--width", type=int, default=64, help="ngf = ndf")
     p.add_argument("--data", default="data/mnist")
@@ -190,6 +197,32 @@ def main() -> None:
         print(f"grouped, device-only: {1e3 * seconds:.3f} ms a step = {k * n / seconds:,.0f} "
               "images/s (its ceiling)", flush=True)  # fmt: skip
     print(agreement(args, images, device, min(k, 3), n), flush=True)
+    alone, together = trainings(args, k)
+    print(f"Lightning: one training {alone:,.0f} images/s; {k} at once (seeds=[...]) "
+          f"{together:,.0f} images/s in all ({together / alone:.2f}x)", flush=True)  # fmt: skip
+
+
+def trainings(args, k: int) -> tuple[float, float]:
+    """The product's path: one Lightning training (``train``) against K at once
+    (``train_together``, what ``seeds=[...]`` runs), ``--train-steps`` steps each, callbacks and
+    logger off; images/s by the wall time of the whole call (its start-up included, alike)."""
+
+    def cfg(seed: int):
+        return compose_config("train", [
+            "experiment=mnist64", f"seed={seed}", f"data.root={args.data}",
+            f"data.batch_size={args.batch}", f"model.ngf={args.width}", f"model.ndf={args.width}",
+            f"trainer.precision={args.precision}", "callbacks=none", "logger.tensorboard=false",
+            "trainer.max_epochs=1", f"trainer.limit_train_batches={args.train_steps}",
+            "trainer.enable_progress_bar=false"])  # fmt: skip
+
+    images = args.train_steps * args.batch
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        train(cfg(0), Path(tmp) / "alone")
+        alone = images / (time.perf_counter() - start)
+        start = time.perf_counter()
+        train_together({Path(tmp) / f"seed_{s}": cfg(s) for s in range(k)})
+        return alone, k * images / (time.perf_counter() - start)
 
 
 def agreement(args, images: torch.Tensor, device: torch.device, k: int, n: int) -> str:

@@ -13,7 +13,7 @@
 # ONLY=study the study alone, with about 8 minutes of training (TRAIN_S=480). A study stopped by
 # its limit resumes where it stopped when run again on the same machine (its checkpoints stay
 # under $WORK while the machine is kept). A fresh machine per sitting: SITTING=<seeds> trains
-# whole runs of those seeds only; commit the returned tables under studies/$STUDY/ and the next
+# whole runs of those seeds only (AT_ONCE=1: trained at once in one process); commit the returned tables under studies/$STUDY/ and the next
 # sitting (SITTING=<the next seeds>) carries them, so its report covers every seed trained so far.
 #
 # Results under $OUT (small files only, at most 8): summary.txt (every step's time and key lines),
@@ -72,7 +72,7 @@ if [ "$DRY_RUN" = 1 ]; then
   BENCH_TRAIN=(--steps 2 --warmup 1 --batch 32 --workers 2 --experiment smoke --config auto=smoke
     --config eager_bf16=smoke,speed.on_device=true,speed.channels_last=true,trainer.precision=bf16-mixed,speed.cuda_graph=false)
   BENCH_GRAPH=(--batches 16,32 --steps 3 --warmup 2 --width 8)
-  BENCH_SEEDS=(--seeds 3 --batch 16 --steps 3 --warmup 2 --width 8)
+  BENCH_SEEDS=(--seeds 3 --batch 16 --steps 3 --warmup 2 --width 8 --train-steps 4)
   BENCH_GRADCAM=(--images 512 --fid-samples 200 --train-steps 2)
   PROFILE=(--steps 2 --warmup 1 --batch 16 --config plain=smoke --config fast=smoke,speed.channels_last=true,trainer.precision=bf16-mixed)
 else
@@ -88,7 +88,7 @@ else
     --config graph_bf16=mnist64,trainer.precision=bf16-mixed,speed.cuda_graph=true
     --config eager_bf16=mnist64,trainer.precision=bf16-mixed,speed.cuda_graph=false)
   BENCH_GRAPH=()
-  BENCH_SEEDS=(--seeds 8 --batch 128 --steps 100 --warmup 10)
+  BENCH_SEEDS=(--seeds 8 --batch 128 --steps 100 --warmup 10 --train-steps 400)
   BENCH_GRADCAM=()
   PROFILE=(--steps 30 --warmup 15 --workers 8 --config plain=mnist64
     --config auto=mnist64 --config eager_bf16=mnist64,trainer.precision=bf16-mixed,speed.cuda_graph=false)
@@ -101,7 +101,7 @@ if [ "$ONLY" != study ]; then
 step bench_train "${BENCH_TRAIN_LIMIT:-100}" $PY -m benchmarks.bench_train "${BENCH_TRAIN[@]}"
 step bench_graph 60 $PY -m benchmarks.bench_graph "${BENCH_GRAPH[@]}"
 # 8 seeds in one process (K streams, the grouped ensemble) against 8 processes and one training
-step bench_seeds 75 $PY -m benchmarks.bench_seeds "${BENCH_SEEDS[@]}"
+step bench_seeds 110 $PY -m benchmarks.bench_seeds "${BENCH_SEEDS[@]}"
 step bench_gradcam 50 $PY -m benchmarks.bench_gradcam "${BENCH_GRADCAM[@]}"
 # 2. Where a step's time goes (host or device), for the paths that miss the speed goal.
 step profile 70 $PY -m benchmarks.profile_step "${PROFILE[@]}"
@@ -129,7 +129,13 @@ EOF
 #    signals its whole process group, the launcher's worker processes with it.)
 #    SITTING=0,1,2,3 trains those seeds only: the tables of earlier sittings, committed under
 #    studies/$STUDY_NAME/, are put in the study's folder first, and the report covers them all.
-STUDY=($PY -m dcgan_xai.study -m +study=$STUDY_NAME hydra/launcher=joblib hydra.launcher.n_jobs=$JOBS out_dir="$WORK/studies")
+#    AT_ONCE=1: each recipe's seeds (this sitting's) trained at once in one process instead
+#    (seeds_at_once=true: one job per experiment; bench_seeds' Lightning line measures it).
+if [ "${AT_ONCE:-0}" = 1 ]; then
+  STUDY=($PY -m dcgan_xai.study -m +study=$STUDY_NAME seeds_at_once=true out_dir="$WORK/studies")
+else
+  STUDY=($PY -m dcgan_xai.study -m +study=$STUDY_NAME hydra/launcher=joblib hydra.launcher.n_jobs=$JOBS out_dir="$WORK/studies")
+fi
 [ -n "${SITTING:-}" ] && STUDY+=("sitting=[$SITTING]")
 S="$WORK/studies/$STUDY_NAME"
 earlier_tables() {

@@ -44,9 +44,16 @@ def validate(cfg: DictConfig) -> None:
             f"(trainer.accelerator={cfg.trainer.accelerator}, devices={cfg.trainer.devices}, "
             f"CUDA available: {torch.cuda.is_available()})"
         )
+    if cfg.seeds is not None and (sp.compile or not single_process(cfg.trainer)):
+        raise UserError(
+            f"seeds={list(cfg.seeds)} trains the seeds in one process on one device: not with "
+            f"speed.compile=true or several devices (trainer.devices={cfg.trainer.devices}, "
+            f"num_nodes={cfg.trainer.num_nodes}, strategy={cfg.trainer.strategy})"
+        )
     gc = cfg.callbacks.gradcam
     if gc.enabled:
-        valid = layer_names(build_discriminator(cfg.model.arch, 1))
+        with torch.device("meta"):  # draws nothing from the global RNG
+            valid = layer_names(build_discriminator(cfg.model.arch, 1))
         for layer in gc.layers:
             if layer not in valid:
                 raise UserError(

@@ -97,6 +97,8 @@ def _under(prefix: str, ranges: Ranges) -> Ranges:
 # value outside its range is refused in one line before anything starts (checks.validate).
 TRAIN_RANGES: Ranges = (
     ("seed", SEED),
+    ("seeds", ("null, or one or more distinct seeds, each " + SEED[0],
+               lambda v: v is None or (0 < len(v) == len(set(v)) and all(map(SEED[1], v))))),
     ("data.batch_size", _at_least(1)),
     ("model.nz", _at_least(1)),
     ("model.ngf", _at_least(1)),
@@ -257,6 +259,7 @@ class LoggerConfig:
 @dataclass
 class TrainConfig:
     seed: int = 0
+    seeds: list[int] | None = None  # several seeds at once, each into <run dir>/seed_<s>
     resume: bool = False
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -365,6 +368,9 @@ class StudySettings:
     # of the others from the study's tables of earlier sittings (a fresh machine per sitting)
     sitting: list[int] | None = None
     train_overrides: list[str] = field(default_factory=list)
+    # each recipe's seeds (this sitting's) trained at once in one process, several DCGANs on one
+    # GPU (train's seeds=[...]); a multirun then runs one job per experiment
+    seeds_at_once: bool = False
     job: StudyJob = field(default_factory=lambda: StudyJob())
     train: bool = True  # false: analyse the runs as far as they got, training none
     train_timeout_s: float | None = None  # per job: trainings stop this long after it starts
@@ -412,10 +418,13 @@ class StudySettings:
             raise UserError(f"sitting={list(self.sitting)} is not allowed; it must be some of "
                             f"seeds={list(self.seeds)}")  # fmt: skip
         job = self.job
-        if (job.experiment is None) != (job.seed is None):
+        seed_alone = job.seed is not None and job.experiment is None
+        experiment_alone = job.experiment is not None and job.seed is None
+        if seed_alone or (experiment_alone and not self.seeds_at_once):
             raise UserError(
                 f"job.experiment={job.experiment} job.seed={job.seed}: a study job needs both (one "
-                "run of the multirun), or neither (the whole study)"
+                "run of the multirun), job.experiment alone with seeds_at_once=true (its seeds at "
+                "once), or neither (the whole study)"
             )
         if job.experiment is not None and job.experiment not in self.experiments:
             raise UserError(
@@ -546,6 +555,17 @@ def _csv(values: Any, instead: Any = None) -> str:
     return ",".join(str(v) for v in (instead if values is None else values))
 
 
+def _job_seeds(at_once: bool, sitting: Any, seeds: Any) -> str:
+    """The study multirun's ``job.seed`` values: this sitting's seeds (all when ``sitting`` is
+    null), or null (one job per experiment, its seeds at once) with ``seeds_at_once``."""
+    return "null" if at_once else _csv(sitting, seeds)
+
+
+def _job_dir(experiment: str, seed: Any) -> str:
+    """A study job's folder: its run's, or ``jobs/<experiment>`` for a job of seeds at once."""
+    return f"jobs/{experiment}" if seed is None else f"runs/{experiment}_seed_{seed}"
+
+
 def register_configs() -> None:
     """Register the schemas; the primary configs name them first in their defaults."""
     cs = ConfigStore.instance()
@@ -555,6 +575,8 @@ def register_configs() -> None:
     cs.store(name="aggregate_schema", node=AggregateConfig)
     cs.store(name="study_schema", node=StudySettings)
     OmegaConf.register_new_resolver("csv", _csv, replace=True)
+    OmegaConf.register_new_resolver("job_seeds", _job_seeds, replace=True)
+    OmegaConf.register_new_resolver("job_dir", _job_dir, replace=True)
 
 
 register_configs()

@@ -3,11 +3,24 @@ and probe evaluation runs under. A leaf of the package."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
 from torch import nn
+
+GLOBAL_RNG = threading.RLock()
+"""Held by code that seeds, draws from or restores torch's global RNG (building the nets, KID,
+every explanation): trainings in several threads of one process (``seeds=[...]``) take turns
+there, so each draws what it would alone."""
+
+
+@contextmanager
+def global_rng(devices: Sequence[int | torch.device]) -> Iterator[None]:
+    """``torch.random.fork_rng(devices)`` holding :data:`GLOBAL_RNG`."""
+    with GLOBAL_RNG, torch.random.fork_rng(devices=devices):
+        yield
 
 
 @contextmanager
@@ -16,7 +29,7 @@ def preserved_state(module: nn.Module) -> Iterator[None]:
 
     That is: each submodule's train/eval mode, every buffer (BatchNorm running statistics),
     every parameter's ``.grad`` and ``requires_grad``, and the CPU and CUDA RNG states
-    (``torch.random.fork_rng``). Buffers and gradients are restored in place, in the same
+    (:func:`global_rng`). Buffers and gradients are restored in place, in the same
     tensor objects (a captured CUDA graph keeps writing into them).
     """
     modes = [(m, m.training) for m in module.modules()]
@@ -26,7 +39,7 @@ def preserved_state(module: nn.Module) -> Iterator[None]:
         for p in module.parameters()
     ]
     cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-    with torch.random.fork_rng(devices=cuda):
+    with global_rng(cuda):
         try:
             yield
         finally:

@@ -27,6 +27,7 @@ from omegaconf import DictConfig
 from dcgan_xai.config import check_overrides
 from dcgan_xai.errors import report_user_errors
 from dcgan_xai.runs.ownership import discard_unstarted_run
+from dcgan_xai.seeds import train_seeds
 from dcgan_xai.training import train
 
 _imported = True
@@ -36,16 +37,20 @@ _imported = True
 def main(cfg: DictConfig) -> None:
     run_dir = HydraConfig.get().runtime.output_dir
     try:
-        result = report_user_errors(lambda: train(cfg, run_dir))
+        if cfg.seeds is None:
+            results = [report_user_errors(lambda: train(cfg, run_dir))]
+        else:
+            results = report_user_errors(lambda: train_seeds(cfg, run_dir))
     except SystemExit:
         discard_unstarted_run(run_dir)
         raise
-    m = result["metrics"]
-    losses = ", ".join(f"{k.removeprefix('epoch/')}={v:.3f}" for k, v in sorted(m.items()))
-    print(
-        f"trained {result['epochs']} epochs in {result['seconds']:.0f} s ({losses}); "
-        f"run dir: {result['run_dir']}; TensorBoard: tensorboard --logdir {result['tensorboard']}"
-    )
+    for result in results:
+        m = result["metrics"]
+        losses = ", ".join(f"{k.removeprefix('epoch/')}={v:.3f}" for k, v in sorted(m.items()))
+        print(
+            f"trained {result['epochs']} epochs in {result['seconds']:.0f} s ({losses}); run "
+            f"dir: {result['run_dir']}; TensorBoard: tensorboard --logdir {result['tensorboard']}"
+        )
 
 
 def experiment_without_plus(args: list[str]) -> list[str]:

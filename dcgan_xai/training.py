@@ -19,7 +19,13 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException, SI
 from omegaconf import DictConfig, OmegaConf
 
 from dcgan_xai.callbacks.gradcam import GradCamCallback
-from dcgan_xai.callbacks.progress import EpochLine, StepBar, TimeLimit, TimeLimitReached
+from dcgan_xai.callbacks.progress import (
+    EpochLine,
+    StepBar,
+    StopOnEvent,
+    TimeLimit,
+    TimeLimitReached,
+)
 from dcgan_xai.callbacks.quality import QualityCallback
 from dcgan_xai.checks import check_probe_size, validate
 from dcgan_xai.config import FidProtocol
@@ -29,11 +35,8 @@ from dcgan_xai.models.checkpoint import AtomicCheckpointIO, EpochCheckpoint
 from dcgan_xai.models.module import DCGAN, Speed
 from dcgan_xai.runs.layout import RunDir
 from dcgan_xai.runs.ownership import owned, record_start, run_log
-from dcgan_xai.runs.resume import (
-    admit,
-    check_resumable,
-    run_record,
-)
+from dcgan_xai.runs.resume import admit, check_resumable, run_record
+from dcgan_xai.state import GLOBAL_RNG
 
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 
@@ -98,7 +101,10 @@ def build_trainer(cfg: DictConfig, run: RunDir, callbacks: list[L.Callback]) -> 
 
 
 def train(
-    cfg: DictConfig, run_dir: str | Path, time_limit_s: float | None = None
+    cfg: DictConfig,
+    run_dir: str | Path,
+    time_limit_s: float | None = None,
+    stop: threading.Event | None = None,
 ) -> dict[str, Any]:
     """Train a DCGAN as ``cfg`` says, writing everything into ``run_dir``.
 
@@ -108,6 +114,8 @@ def train(
             its ``last.ckpt``.
         time_limit_s: stop after this many seconds of fit, keeping the epochs finished by then
             (a later ``resume=true`` continues); ``stopped`` in the result says so.
+        stop: once set, training stops at its next step as on SIGTERM (:class:`Interrupted`):
+            how a training in a thread other than the main one, which alone gets signals, stops.
 
     Returns:
         ``run_dir``, ``tensorboard`` (log dir), ``epochs`` trained, ``seconds`` of fit,
@@ -119,21 +127,26 @@ def train(
     if run.root.exists() and not run.root.is_dir():
         raise UserError(f"run dir {run.root} is a file, not a folder; choose another hydra.run.dir")
     with owned(run):
-        return _train_owned(cfg, run, time_limit_s)
+        return _train_owned(cfg, run, time_limit_s, stop)
 
 
-def _train_owned(cfg: DictConfig, run: RunDir, time_limit_s: float | None) -> dict[str, Any]:
+def _train_owned(
+    cfg: DictConfig, run: RunDir, time_limit_s: float | None, stop: threading.Event | None
+) -> dict[str, Any]:
     start = admit(cfg, run)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = build_datamodule(start.cfg, start.exclude)
-    datamodule.setup()
+    with GLOBAL_RNG:  # the nets are drawn from the global RNG (trainings in threads take turns)
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+        datamodule = build_datamodule(start.cfg, start.exclude)
+        datamodule.setup()
+        model = build_model(start.cfg)
     check_probe_size(start.cfg, datamodule)
-    model = build_model(start.cfg)
     if start.checkpoint is not None:
         check_resumable(*start.checkpoint, model)
     callbacks = build_callbacks(start.cfg, run)
     if time_limit_s is not None:
         callbacks.append(TimeLimit(time.monotonic() + time_limit_s, cfg.trainer.log_every_n_steps))
+    if stop is not None:
+        callbacks.append(StopOnEvent(stop))
     trainer = build_trainer(start.cfg, run, callbacks)
     if threading.current_thread() is threading.main_thread():
         # before the run's first file: Lightning's own SIGTERM handling takes over at fit

@@ -20,7 +20,7 @@ LAYERS = [
     {"metrics"},
     {"runs"},
     {"callbacks"},
-    {"training"},
+    {"training", "seeds"},
     {"analysis"},
 ]
 ENTRY_POINTS = {"train", "analyze", "curate", "aggregate", "study"}

@@ -23,7 +23,8 @@ PLANNED = ["gradcam/block3/batch/real/focus/coarse", "hirescam/block3/batch/real
         ({"scores": ["sharpness"]}, r"scores=\['sharpness'\] is not allowed; it must be a list of one or more of focus"),
         ({"methods": ["gradcam++"]}, r"methods=\['gradcam\+\+'\] is not allowed; it must be a list of one or more of gradcam, "),
         ({"train_timeout_s": 0}, "train_timeout_s=0 is not allowed; it must be > 0"),
-        ({"job": StudyJob("smoke")}, "a study job needs both"),
+        ({"job": StudyJob("smoke")}, "a study job needs both .*, job.experiment alone with seeds_at_once=true"),
+        ({"job": StudyJob(None, 3), "seeds_at_once": True}, "a study job needs both"),
         ({"job": StudyJob("mnist64_noise", 0)}, r"job.experiment=mnist64_noise is not one of the study's experiments; allowed: mnist64"),
         ({"window": 0.0}, r"window=0.0 is not allowed; it must be in \(0, 1\]"),
         ({"experiments": []}, r"experiments=\[\] is not allowed; it must be one experiment or more"),
@@ -38,15 +39,16 @@ def test_bad_study_settings(kwargs, message):
 
 
 def test_a_job_past_its_time_limit_trains_nothing(tmp_path):
-    from dcgan_xai.analysis.study import train_run
+    from dcgan_xai.analysis.study import train_runs
 
     study = StudySettings(experiments=["smoke"], seeds=[0])
-    status = train_run(study, "smoke", 0, tmp_path / "r", deadline=time.monotonic() - 1, log=print)
-    assert status == "stopped at the time limit after 0 epochs"
+    run = [(0, tmp_path / "r", ())]
+    status = train_runs(study, "smoke", run, deadline=time.monotonic() - 1, log=print)
+    assert status == {tmp_path / "r": "stopped at the time limit after 0 epochs"}
     assert not (tmp_path / "r").exists()
     study.train = False
-    status = train_run(study, "smoke", 0, tmp_path / "r", log=print)
-    assert status == "not trained (train=false): 0 epochs checkpointed"
+    status = train_runs(study, "smoke", run, log=print)
+    assert status == {tmp_path / "r": "not trained (train=false): 0 epochs checkpointed"}
 
 
 @pytest.mark.slow
@@ -68,14 +70,14 @@ def test_cpu_sized_study_writes_its_report_and_rebuilds_it_from_its_tables(mnist
         analysis=AnalysisSettings(fid_samples=100, classifier_epochs=10, min_accuracy=0.9, k=2,
                                   device="cpu"),
     )  # fmt: skip
-    from dcgan_xai.analysis.study import train_run
+    from dcgan_xai.analysis.study import train_runs
 
     runs = tmp_path / "cpu" / "runs"
-    for seed, extra in ((0, ["callbacks.quality.enabled=true"]), (1, ["callbacks=none"])):
-        assert (
-            train_run(study, "smoke", seed, runs / f"smoke_seed_{seed}", extra, log=print)
-            == "finished"
-        )
+    study.seeds_at_once = True  # the two trained at once, each as alone
+    both = [(0, runs / "smoke_seed_0", ["callbacks.quality.enabled=true"]),
+            (1, runs / "smoke_seed_1", ["callbacks=none"])]  # fmt: skip
+    assert set(train_runs(study, "smoke", both, log=print).values()) == {"finished"}
+    study.seeds_at_once = False
     assert (runs / "smoke_seed_0" / "quality" / "scores.csv").is_file()
     assert not (runs / "smoke_seed_1" / "quality").exists()
 
@@ -222,6 +224,23 @@ def test_study_multirun_trains_one_job_per_seed_then_reports(mnist_fixture, tmp_
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     check_two_seed_study(tmp_path / "sweep", done.stdout + done.stderr, "JoblibLauncher")
+
+
+@pytest.mark.slow
+def test_study_multirun_with_seeds_at_once_runs_one_job_per_experiment(mnist_fixture, tmp_path):
+    """``seeds_at_once=true``: the multirun's one job per experiment trains its seeds at once in
+    one process (as on a GPU), each run as the per-seed job would have trained it."""
+    done = subprocess.run(
+        [sys.executable, "-m", "dcgan_xai.study", "-m", "seeds_at_once=true",
+         *two_seed_study(mnist_fixture, tmp_path)],
+        capture_output=True, text=True, timeout=900, cwd=REPO,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    output = done.stdout + done.stderr
+    assert "#0 : job.experiment=smoke job.seed=null" in output and "#1 :" not in output
+    check_two_seed_study(tmp_path / "sweep", output, "BasicLauncher")
+    assert sorted(p.name for p in (tmp_path / "sweep" / "runs").iterdir()) == [
+        "smoke_seed_0", "smoke_seed_1"]  # fmt: skip
 
 
 def two_seed_study(mnist_fixture, out_dir) -> list[str]:

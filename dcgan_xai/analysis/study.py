@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import DictConfig
 
 from dcgan_xai.analysis import evidence, figures
 from dcgan_xai.analysis.curation_arms import arm_dir, arms, pilot_layer, record, rules, study_root
@@ -42,6 +43,7 @@ from dcgan_xai.runs.layout import RunDir, run_config
 from dcgan_xai.runs.load import datamodule_for_config, ensure_probe, load_module
 from dcgan_xai.runs.ownership import held_lock
 from dcgan_xai.runs.tables import QUALITY, SCORES, read_csv, read_table, score_rows
+from dcgan_xai.seeds import train_together
 from dcgan_xai.training import train
 from dcgan_xai.xai.epoch import explain_epoch
 from dcgan_xai.xai.gradcam import layer_names
@@ -66,31 +68,70 @@ def variants(study: StudySettings, layers: Sequence[str]) -> list[Variant]:
 # ---------------------------------------------------------------- training
 
 
-def train_run(
+def train_runs(
+    study: StudySettings,
+    experiment: str,
+    runs: Sequence[tuple[int, Path, Sequence[str]]],
+    deadline: float | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[Path, str]:
+    """Train (or resume) runs of the study, each ``(seed, run dir, extra overrides)``, in this
+    process until ``deadline`` (``time.monotonic()``) at the latest: one after another, or with
+    ``seeds_at_once`` all at once (:func:`~dcgan_xai.seeds.train_together`). A run that has
+    checkpointed every epoch its config asks for is not trained again.
+
+    Returns:
+        Each run's status: ``finished``, ``found finished``, ``stopped at the time limit after
+        N epochs``, ``not trained (train=false)`` or ``failed: <one line>``.
+    """
+    if len(runs) > 1 and not study.seeds_at_once:  # one after another, each by the rules below
+        return {
+            d: s
+            for run in runs
+            for d, s in train_runs(study, experiment, [run], deadline, log).items()
+        }
+    status: dict[Path, str] = {}
+    todo: dict[Path, DictConfig] = {}
+    for seed, run_dir, extra in runs:
+        epochs = len(RunDir(run_dir).checkpoint_epochs())
+        if _finished(RunDir(run_dir)):
+            status[run_dir] = "found finished"
+        elif not study.train:
+            status[run_dir] = f"not trained (train=false): {epochs} epochs checkpointed"
+        elif deadline is not None and deadline <= time.monotonic():
+            status[run_dir] = f"stopped at the time limit after {epochs} epochs"
+        else:
+            todo[run_dir] = _train_config(study, experiment, seed, run_dir, extra, log)
+    left = None if deadline is None else deadline - time.monotonic()
+    if len(todo) > 1:
+        done = train_together(todo, left, resume="the same study command (it resumes its runs)")
+    else:
+        done = {run_dir: _train_or_error(cfg, run_dir, left) for run_dir, cfg in todo.items()}
+    for run_dir, result in done.items():
+        status[run_dir] = _training_status(result)
+        log(f"{run_dir.name}: {status[run_dir]}")
+    return {run_dir: status[run_dir] for _, run_dir, _ in runs}
+
+
+def _train_or_error(
+    cfg: DictConfig, run_dir: Path, left: float | None
+) -> dict[str, Any] | UserError:
+    try:
+        return train(cfg, run_dir, time_limit_s=left)
+    except Interrupted:  # SIGTERM: the job stops here; the study resumes it later
+        raise
+    except UserError as err:  # a diverged or refused run is the study's data, not its end
+        return err
+
+
+def _train_config(
     study: StudySettings,
     experiment: str,
     seed: int,
     run_dir: Path,
-    extra: Sequence[str] = (),
-    deadline: float | None = None,
-    log: Callable[[str], None] = print,
-) -> str:
-    """Train (or resume) one run of the study in this process, until ``deadline``
-    (``time.monotonic()``) at the latest; a run that has checkpointed every epoch its config
-    asks for is not trained again.
-
-    Returns:
-        The run's status: ``finished``, ``found finished``, ``stopped at the time limit after
-        N epochs``, ``not trained (train=false)`` or ``failed: <one line>``.
-    """
-    run = RunDir(run_dir)
-    if _finished(run):
-        return "found finished"
-    if not study.train:
-        return f"not trained (train=false): {len(run.checkpoint_epochs())} epochs checkpointed"
-    left = None if deadline is None else deadline - time.monotonic()
-    if left is not None and left <= 0:
-        return f"stopped at the time limit after {len(run.checkpoint_epochs())} epochs"
+    extra: Sequence[str],
+    log: Callable[[str], None],
+) -> DictConfig:
     overrides = [
         f"experiment={experiment}",
         f"seed={seed}",
@@ -100,18 +141,15 @@ def train_run(
         "trainer.enable_progress_bar=false",  # one line an epoch instead (EpochLine)
     ]
     log(f"{run_dir.name}: training ({' '.join(overrides[2:-2]) or 'the experiment as it is'})")
-    try:
-        result = train(compose_config("train", overrides), run_dir, time_limit_s=left)
-    except Interrupted:  # SIGTERM: the job stops here; the study resumes it later
-        raise
-    except UserError as err:  # a diverged or refused run is the study's data, not its end
-        status = f"failed ({type(err).__name__}): {' '.join(str(err).split())[:300]}"
-    else:
-        status = "finished"
-        if result["stopped"]:
-            status = f"stopped at the time limit after {result['epochs']} epochs"
-    log(f"{run_dir.name}: {status}")
-    return status
+    return compose_config("train", overrides)
+
+
+def _training_status(result: dict[str, Any] | UserError) -> str:
+    if isinstance(result, UserError):
+        return f"failed ({type(result).__name__}): {' '.join(str(result).split())[:300]}"
+    if result["stopped"]:
+        return f"stopped at the time limit after {result['epochs']} epochs"
+    return "finished"
 
 
 def _finished(run: RunDir) -> bool:
@@ -334,7 +372,8 @@ def _device_name(device: str) -> str:
 def run_study(study: StudySettings, log: Callable[[str], None] = print) -> dict[str, Any]:
     """The study as its settings say.
 
-    - ``job.experiment`` and ``job.seed`` set: one job of the study's multirun (:func:`study_job`).
+    - ``job.experiment`` set: one job of the study's multirun (:func:`study_job`): the run of
+      ``job.seed``, or with ``seeds_at_once`` every seed of the sitting at once.
     - ``report_only``: re-decide from the study's tables alone (:func:`report`'s last step).
     - Otherwise the whole study in this process: each run's job in turn (training what is
       missing, unless ``train=false``), then :func:`report`.
@@ -343,14 +382,18 @@ def run_study(study: StudySettings, log: Callable[[str], None] = print) -> dict[
     if study.report_only:
         return _report_from_tables(study, study_root(study))
     check_callbacks_explain_alike(study)
-    if study.job.experiment is not None and study.job.seed is not None:
-        return {"status": study_job(study, study.job.experiment, study.job.seed, log)}
+    seeds = study.seeds if study.sitting is None else study.sitting
+    job = study.job
+    if job.experiment is not None:
+        mine = seeds if job.seed is None else [job.seed]
+        return {"status": study_job(study, job.experiment, mine, log)}
     start = time.time()
     with study_lock(study):
         for experiment in study.experiments:
-            for seed in study.seeds if study.sitting is None else study.sitting:
-                study_job(study, experiment, seed, log)
-        return report(study, log, started=start, how="one process, one run at a time")
+            for group in [seeds] if study.seeds_at_once else [[seed] for seed in seeds]:
+                study_job(study, experiment, group, log)
+        at_once = "each recipe's seeds at once" if study.seeds_at_once else "one run at a time"
+        return report(study, log, started=start, how=f"one process, {at_once}")
 
 
 def check_callbacks_explain_alike(study: StudySettings) -> None:
@@ -381,33 +424,41 @@ def study_lock(study: StudySettings) -> AbstractContextManager[None]:
 
 
 def study_job(
-    study: StudySettings, experiment: str, seed: int, log: Callable[[str], None] = print
+    study: StudySettings, experiment: str, seeds: Sequence[int], log: Callable[[str], None] = print
 ) -> dict[str, str]:
-    """One run of the study: train it (resuming what is there), compute the tables its callbacks
-    did not write, and, for a finished run with ``curate``, its curation arms (curated and
-    random-removal control, per rule), trained the same way. Trainings stop
-    ``train_timeout_s`` after the job starts.
+    """Runs of the study (``seeds`` of ``experiment``): train them (resuming what is there),
+    compute the tables their callbacks did not write, and, for each finished run with
+    ``curate``, its curation arms (curated and random-removal control, per rule), trained the
+    same way. Trainings stop ``train_timeout_s`` after the job starts.
 
-    Returns and records in ``<study>/jobs/<run>.json``: each run dir's status.
+    Returns and records in ``<study>/jobs/<run>.json`` (per seed): each run dir's status.
     """
     deadline = None if study.train_timeout_s is None else time.monotonic() + study.train_timeout_s
     root = study_root(study)
-    run = RunDir(root / "runs" / run_name(experiment, seed))
+    runs = {seed: RunDir(root / "runs" / run_name(experiment, seed)) for seed in seeds}
 
-    def train_seed(seed: int, run_dir: Path, extra: Sequence[str] = ()) -> str:
-        return train_run(study, experiment, seed, run_dir, extra, deadline=deadline, log=log)
+    def train_dirs(items: Sequence[tuple[int, Path, Sequence[str]]]) -> dict[Path, str]:
+        return train_runs(study, experiment, items, deadline, log)
 
-    status = {str(run.root): train_seed(seed, run.root)}
-    if run.checkpoint_epochs():
+    status = train_dirs([(seed, run.root, ()) for seed, run in runs.items()])
+    trained = {seed: run for seed, run in runs.items() if run.checkpoint_epochs()}
+    layer = None
+    if study.curate and trained:
+        layer = pilot_layer(study, experiment, lambda s, d: train_dirs([(s, d, ())])[d], log)
+    arms_of: dict[int, list[tuple[Path, list[str]]]] = {}
+    for seed, run in trained.items():
         run_tables(run, study, log)
-        layer = pilot_layer(study, experiment, train_seed, log) if study.curate else None
         if layer is not None and _finished(run):
-            for arm_dir, extra in arms(study, seed, run, layer, log):
-                status[str(arm_dir)] = train_seed(seed, arm_dir, extra)
-                if RunDir(arm_dir).checkpoint_epochs():
-                    run_tables(RunDir(arm_dir), study, log)
-    atomic_write_text(root / "jobs" / f"{run.root.name}.json", json.dumps(status, indent=2) + "\n")
-    return status
+            arms_of[seed] = arms(study, seed, run, layer, log)
+    status |= train_dirs([(seed, d, extra) for seed, a in arms_of.items() for d, extra in a])
+    for seed, run in runs.items():
+        dirs = [run.root, *(d for d, _ in arms_of.get(seed, []))]
+        for d in dirs[1:]:
+            if RunDir(d).checkpoint_epochs():
+                run_tables(RunDir(d), study, log)
+        record = json.dumps({str(d): status[d] for d in dirs}, indent=2) + "\n"
+        atomic_write_text(root / "jobs" / f"{run.root.name}.json", record)
+    return {str(d): s for d, s in status.items()}
 
 
 def _status(root: Path, run_dir: Path, job: str) -> str:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 
 class EpochLine(L.Callback):
@@ -69,3 +71,15 @@ class TimeLimit(L.Callback):
         # rank 0's clock decides, so all processes of a distributed run stop at the same step
         if trainer.strategy.broadcast(time.monotonic() > self.deadline):
             raise TimeLimitReached(f"time limit reached at epoch {trainer.current_epoch + 1}")
+
+
+class StopOnEvent(L.Callback):
+    """Stop at the next step once ``event`` is set, as Lightning stops on SIGTERM (the epochs
+    finished are kept): a signal reaches only the main thread, which sets the event."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        if self.event.is_set():
+            raise SIGTERMException

@@ -303,4 +303,8 @@ class MNISTDataModule(L.LightningDataModule):
             key_space=self.full_train_size,
             device=device,
         )
-        return DataLoader(self.train_set, sampler=sampler, batch_size=None, num_workers=0)
+        # its own generator: a loader draws a seed at every epoch, else from the global RNG
+        # (which trainings in threads of one process share)
+        loader_seed = torch.Generator().manual_seed(self.seed)
+        return DataLoader(self.train_set, sampler=sampler, batch_size=None, num_workers=0,
+                          generator=loader_seed)  # fmt: skip

@@ -21,6 +21,7 @@ from dcgan_xai.data.sources import ensure_mnist
 from dcgan_xai.errors import UserError
 from dcgan_xai.files import atomic_torch_save, file_digest, safe_torch_load
 from dcgan_xai.models.sampling import generate
+from dcgan_xai.state import GLOBAL_RNG, global_rng
 
 
 class MNISTClassifier(nn.Module):
@@ -91,7 +92,7 @@ def train_classifier(
 ) -> tuple[MNISTClassifier, float]:
     """Train :class:`MNISTClassifier` (Adam, one-cycle schedule); return it and its test accuracy."""
     gen = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):
+    with global_rng([]):
         torch.manual_seed(seed)
         model = MNISTClassifier().to(device)
     steps = epochs * -(-len(train) // batch_size)
@@ -132,26 +133,27 @@ def load_or_train_classifier(
     Raises:
         UserError: the classifier's test accuracy is below ``min_accuracy``.
     """
-    if path.is_file():
-        saved = safe_torch_load(path, "classifier")
-        model = MNISTClassifier()
-        model.load_state_dict(saved["state_dict"])
-        acc = float(saved["accuracy"])
-    else:
-        assert train is not None, "no cached classifier: its training split is needed"
-        start = time.perf_counter()
-        model, acc = train_classifier(train, test, seed, epochs, device=device)
-        model = model.cpu()
-        atomic_torch_save(
-            {
-                "state_dict": model.state_dict(),
-                "accuracy": acc,
-                "seed": seed,
-                "epochs": epochs,
-                "seconds": time.perf_counter() - start,
-            },
-            path,
-        )
+    with GLOBAL_RNG:  # trainings in threads of one process: one trains it, the others read it
+        if path.is_file():
+            saved = safe_torch_load(path, "classifier")
+            model = MNISTClassifier()
+            model.load_state_dict(saved["state_dict"])
+            acc = float(saved["accuracy"])
+        else:
+            assert train is not None, "no cached classifier: its training split is needed"
+            start = time.perf_counter()
+            model, acc = train_classifier(train, test, seed, epochs, device=device)
+            model = model.cpu()
+            atomic_torch_save(
+                {
+                    "state_dict": model.state_dict(),
+                    "accuracy": acc,
+                    "seed": seed,
+                    "epochs": epochs,
+                    "seconds": time.perf_counter() - start,
+                },
+                path,
+            )
     if acc < min_accuracy:
         raise UserError(
             f"the MNIST classifier at {path} reaches {acc:.4f} test accuracy, below the "
@@ -206,7 +208,7 @@ class QualityMeter:
         self.kid.subset_size = min(subset_size, fakes.shape[0])
         try:
             devices = [device] if device.type == "cuda" else []
-            with torch.random.fork_rng(devices=devices):
+            with global_rng(devices):
                 torch.manual_seed(self.seed)
                 kid_mean, kid_std = self.kid.compute()
         finally:

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -111,8 +112,11 @@ def record_start(run: RunDir, cfg: Any, exclusion: dict[str, Any] | None, compos
 
 @contextmanager
 def run_log(run: RunDir) -> Iterator[None]:
-    """Append the process's log records to ``<run>/train.log`` while a training it owns runs."""
+    """Append this thread's log records to ``<run>/train.log`` while a training it owns runs
+    (trainings in several threads of one process each keep their own log)."""
     handler = logging.FileHandler(run.root / "train.log")
+    thread = threading.get_ident()
+    handler.addFilter(lambda record: record.thread == thread)
     handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
     lightning = logging.getLogger("lightning.pytorch")  # it stops propagating when it has its own
     loggers = [logging.getLogger(), *([] if lightning.propagate else [lightning])]
