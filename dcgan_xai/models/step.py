@@ -8,12 +8,15 @@ drift. Randomness (noise, instance noise) is drawn outside, from the step's seed
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+_CAPTURE = threading.Lock()
 
 # What a step returns, in this order: (4,) float32 on the nets' device
 STEP_METRICS = ("d_loss", "g_loss", "d_real", "d_fake")
@@ -143,7 +146,10 @@ class GraphedStep:
                 self.inputs = tuple(t.clone() for t in tensors)
                 static_noise = self.inputs[2:] if noise is not None else None
                 self.graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(self.graph, stream=self.stream):
+                # trainings in threads of one process: one capture at a time, and the others'
+                # work (their own streams) goes on meanwhile
+                with _CAPTURE, torch.cuda.graph(self.graph, stream=self.stream,
+                                                capture_error_mode="thread_local"):  # fmt: skip
                     self.output = self.step(self.inputs[0], self.inputs[1], static_noise)
         torch.cuda.current_stream().wait_stream(self.stream)
         if self.graph is not None:  # captured now: this call's step is the first replay
