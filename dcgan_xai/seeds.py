@@ -11,6 +11,7 @@ explanations) takes turns under :data:`dcgan_xai.state.GLOBAL_RNG`.
 
 from __future__ import annotations
 
+import copy
 import signal
 import threading
 from collections.abc import Mapping
@@ -35,7 +36,7 @@ def seed_dir(root: str | Path, seed: int) -> Path:
 
 def seed_config(cfg: DictConfig, seed: int) -> DictConfig:
     """The config of one seed: ``cfg`` with ``seed`` set and no ``seeds`` (a single run's)."""
-    one = cfg.copy()
+    one = copy.deepcopy(cfg)  # nested nodes too: an interpolation resolves in this seed's config
     with open_dict(one):
         one.seed, one.seeds = seed, None
     return one

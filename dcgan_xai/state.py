@@ -12,15 +12,32 @@ from torch import nn
 
 GLOBAL_RNG = threading.RLock()
 """Held by code that seeds, draws from or restores torch's global RNG (building the nets, KID,
-every explanation): trainings in several threads of one process (``seeds=[...]``) take turns
-there, so each draws what it would alone."""
+the states an explanation puts back): trainings in several threads of one process
+(``seeds=[...]``) take turns there, so each draws what it would alone."""
 
 
 @contextmanager
 def global_rng(devices: Sequence[int | torch.device]) -> Iterator[None]:
-    """``torch.random.fork_rng(devices)`` holding :data:`GLOBAL_RNG`."""
+    """``torch.random.fork_rng(devices)`` holding :data:`GLOBAL_RNG`: for code that seeds and
+    draws."""
     with GLOBAL_RNG, torch.random.fork_rng(devices=devices):
         yield
+
+
+@contextmanager
+def rng_restored(devices: Sequence[int]) -> Iterator[None]:
+    """The global RNG states (CPU and ``devices``) put back on exit, :data:`GLOBAL_RNG` held only
+    to read and to restore them: for code that draws nothing, so that trainings in other
+    threads need not wait for it (an explanation at one seed's epoch end)."""
+    with GLOBAL_RNG:
+        cpu, cuda = torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in devices]
+    try:
+        yield
+    finally:
+        with GLOBAL_RNG:
+            torch.set_rng_state(cpu)
+            for device, state in zip(devices, cuda, strict=True):
+                torch.cuda.set_rng_state(state, device)
 
 
 @contextmanager
@@ -29,7 +46,7 @@ def preserved_state(module: nn.Module) -> Iterator[None]:
 
     That is: each submodule's train/eval mode, every buffer (BatchNorm running statistics),
     every parameter's ``.grad`` and ``requires_grad``, and the CPU and CUDA RNG states
-    (:func:`global_rng`). Buffers and gradients are restored in place, in the same
+    (:func:`rng_restored`). Buffers and gradients are restored in place, in the same
     tensor objects (a captured CUDA graph keeps writing into them).
     """
     modes = [(m, m.training) for m in module.modules()]
@@ -39,7 +56,7 @@ def preserved_state(module: nn.Module) -> Iterator[None]:
         for p in module.parameters()
     ]
     cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-    with global_rng(cuda):
+    with rng_restored(cuda):
         try:
             yield
         finally:

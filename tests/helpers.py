@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import torch
@@ -35,3 +39,15 @@ def data_overrides(root: str | Path, sums: dict[str, str]) -> list[str]:
     """Training overrides that read the test fixture's data (its root, source and checksums)."""
     checksums = "{" + ",".join(f"{k}:{v}" for k, v in sums.items()) + "}"
     return [f"data.root={root}", "data.sources=[local]", f"data.checksums={checksums}"]
+
+
+def kill_when(cmd: list[str], appears: Path, timeout: float = 300) -> None:
+    """Run ``cmd`` in the repository and SIGKILL it as soon as ``appears`` exists (it must
+    still be running then)."""
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while not appears.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    assert proc.poll() is None, "training ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()

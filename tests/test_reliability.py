@@ -1,9 +1,6 @@
-import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import lightning as L
@@ -21,7 +18,7 @@ from dcgan_xai.runs.load import load_module
 from dcgan_xai.runs.tables import read_csv
 from dcgan_xai.training import build_callbacks, build_datamodule, build_model, build_trainer, train
 from tests.conftest import compose_train, write_fixture
-from tests.helpers import REPO, data_overrides, same_weights
+from tests.helpers import REPO, data_overrides, kill_when, same_weights
 
 
 def test_a_run_dir_that_is_a_file_or_a_link_to_one_is_refused(smoke_cfg, tmp_path):
@@ -273,15 +270,8 @@ def test_sigkill_after_a_checkpoint_then_resume_matches_an_uninterrupted_run(tmp
               "trainer.max_epochs=3", f"trainer.precision={precision}"]  # fmt: skip
     killed = tmp_path / "killed"
     cmd = [sys.executable, "-m", "dcgan_xai.train", *common, f"hydra.run.dir={killed}"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    first = killed / "checkpoints" / "epoch=001.ckpt"
-    deadline = time.time() + 300
-    while not first.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.01)
     # killed as the first checkpoint appears: epoch 1's end or epoch 2 was in progress
-    assert proc.poll() is None, "training ended before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when(cmd, killed / "checkpoints" / "epoch=001.ckpt")
     run = RunDir(killed)
     assert run.checkpoint_epochs() == [1]
     kept = {p: p.read_bytes() for p in (run.probe, run.gradcam_file(1), run.checkpoint(1))}

@@ -17,7 +17,7 @@ from dcgan_xai.runs.load import load_module
 from dcgan_xai.seeds import seed_dir, train_seeds
 from dcgan_xai.training import train
 from tests.conftest import write_fixture
-from tests.helpers import REPO, data_overrides, same_weights
+from tests.helpers import REPO, data_overrides, kill_when, same_weights
 
 QUALITY = ["callbacks.quality.enabled=true", "callbacks.quality.fid_samples=64",
            "callbacks.quality.fid_draws=1", "callbacks.quality.classifier_epochs=1",
@@ -91,14 +91,7 @@ def test_a_killed_multi_seed_training_resumes_as_each_seed_alone(tmp_path):
               "trainer.max_epochs=3"]  # fmt: skip
     root = tmp_path / "seeds"
     cmd = [sys.executable, "-m", "dcgan_xai.train", *common, "seeds=[0,1]", f"hydra.run.dir={root}"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    first = RunDir(seed_dir(root, 1)).checkpoint(1)
-    deadline = time.time() + 300
-    while not first.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.01)
-    assert proc.poll() is None, "training ended before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when(cmd, RunDir(seed_dir(root, 1)).checkpoint(1))
     resumed = subprocess.run(cmd + ["resume=true"], cwd=REPO, capture_output=True, text=True,
                              timeout=900)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-2000:]
