@@ -10,6 +10,8 @@ import time
 
 import pytest
 
+from dcgan_xai.analysis.aggregate import aggregate_sweep
+from dcgan_xai.config import AnalysisSettings
 from dcgan_xai.errors import Diverged, Interrupted
 from dcgan_xai.models.module import DCGAN
 from dcgan_xai.runs.layout import RunDir
@@ -52,6 +54,10 @@ def test_seeds_in_one_process_are_each_seed_trained_alone(smoke_cfg, tmp_path):
         assert f"seed_{seed} epoch 2/2" in log and log.count(" epoch 2/2 ") == 1
         assert load_module(run.checkpoint(2)).hparams["seed"] == seed
         DCGAN.load_from_checkpoint(run.checkpoint(2))
+    # the seeds' dir is a sweep to aggregate: one job per seed
+    settings = AnalysisSettings(quality=False, k=1, figure_epochs=[1, 2], device="cpu")
+    jobs = aggregate_sweep(tmp_path / "seeds", settings)["jobs"]
+    assert [(j["job"], j["seed"]) for j in jobs] == [("seed_0", 0), ("seed_1", 1), ("seed_2", 2)]
 
 
 def test_stopped_seeds_resume_together_or_one_alone_as_a_single_run(smoke_cfg, tmp_path):
