@@ -134,10 +134,10 @@ def _train_owned(
     cfg: DictConfig, run: RunDir, time_limit_s: float | None, stop: threading.Event | None
 ) -> dict[str, Any]:
     start = admit(cfg, run)
+    datamodule = build_datamodule(start.cfg, start.exclude)
+    datamodule.setup()  # its draws come from its own seeded generators
     with GLOBAL_RNG:  # the nets are drawn from the global RNG (trainings in threads take turns)
         L.seed_everything(cfg.seed, workers=True, verbose=False)
-        datamodule = build_datamodule(start.cfg, start.exclude)
-        datamodule.setup()
         model = build_model(start.cfg)
     check_probe_size(start.cfg, datamodule)
     if start.checkpoint is not None:

@@ -12,7 +12,7 @@ import pytest
 
 from dcgan_xai.analysis.aggregate import aggregate_sweep
 from dcgan_xai.config import AnalysisSettings
-from dcgan_xai.errors import Diverged, Interrupted
+from dcgan_xai.errors import Diverged, Interrupted, UserError
 from dcgan_xai.models.module import DCGAN
 from dcgan_xai.runs.layout import RunDir
 from dcgan_xai.runs.load import load_module
@@ -73,7 +73,7 @@ def test_stopped_seeds_resume_together_or_one_alone_as_a_single_run(smoke_cfg, t
     threading.Thread(target=sigterm_after_a_checkpoint, daemon=True).start()
     with pytest.raises(Interrupted, match=rf"hydra.run.dir={root} resume=true"):
         train_seeds(smoke_cfg("seeds=[0,1]", *slow), root)
-    assert [len(RunDir(seed_dir(root, s)).checkpoint_epochs()) < 3 for s in (0, 1)] == [True] * 2
+    assert all(len(RunDir(seed_dir(root, s)).checkpoint_epochs()) < 3 for s in (0, 1))
     train(smoke_cfg("seed=1", "resume=true", *slow), seed_dir(root, 1))  # one seed, alone
     train_seeds(smoke_cfg("seeds=[0,1]", "resume=true", *slow), root)  # the other, resumed
     for seed in (0, 1):
@@ -84,7 +84,7 @@ def test_stopped_seeds_resume_together_or_one_alone_as_a_single_run(smoke_cfg, t
 
 def test_a_start_refused_for_one_seed_trains_none(smoke_cfg, tmp_path):
     train_seeds(smoke_cfg("seeds=[1]"), tmp_path)
-    with pytest.raises(Exception, match=r"seed_1 already holds a run; pass resume=true"):
+    with pytest.raises(UserError, match=r"seed_1 already holds a run; pass resume=true"):
         train_seeds(smoke_cfg("seeds=[0,1]"), tmp_path)
     assert not seed_dir(tmp_path, 0).exists()
 
