@@ -12,7 +12,7 @@ the timed window starts and one where it ends:
 - ``K processes``: K copies of that loop as K processes at once (what a study does today);
 - ``K streams``: K seeds in one process, each seed's own nets, optimizers and captured step,
   each replayed on its own CUDA stream (on the CPU: one after another, eager);
-- ``grouped``: the K seeds folded into one net (:mod:`dcgan_xai.models.grouped`), one step for
+- ``grouped``: the K seeds folded into one net (:mod:`benchmarks.grouped`), one step for
   all, graphed on CUDA;
 - ``grouped, device-only``: CUDA events around back-to-back replays of the grouped graph (the
   ceiling of that design);
@@ -39,8 +39,8 @@ import torch
 
 from benchmarks.bench_graph import sync
 from benchmarks.common import machine
+from benchmarks.grouped import Columns, fold, side_by_side
 from dcgan_xai.config import compose_config
-from dcgan_xai.models.grouped import Columns, fold, side_by_side
 from dcgan_xai.models.step import GraphedStep, gan_step
 from dcgan_xai.numerics import with_numeric_path
 from dcgan_xai.runs.layout import RunDir

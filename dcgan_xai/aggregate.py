@@ -6,14 +6,14 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from dcgan_xai.config import AnalysisSettings, check_overrides
+from dcgan_xai.config import AnalysisSettings, check_overrides, settings_in
 from dcgan_xai.errors import UserError, report_user_errors
 
 
 def run(cfg: DictConfig) -> str:
     from dcgan_xai.analysis.aggregate import aggregate_sweep, compare_runs
 
-    settings = AnalysisSettings.from_config(cfg)
+    settings = settings_in(AnalysisSettings, cfg)
     if cfg.compare:
         result = compare_runs(list(cfg.compare), settings, cfg.out_dir)
         return f"compared {len(result['rows'])} runs: {result['dir']}/compare.md"

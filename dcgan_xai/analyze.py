@@ -5,7 +5,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from dcgan_xai.config import AnalysisSettings, check_overrides
+from dcgan_xai.config import AnalysisSettings, check_overrides, settings_in
 from dcgan_xai.errors import UserError, report_user_errors
 
 
@@ -14,7 +14,7 @@ def run(cfg: DictConfig) -> str:
 
     if cfg.run_dir is None:
         raise UserError("run_dir is required: python -m dcgan_xai.analyze run_dir=<run dir>")
-    result = analyze_run(cfg.run_dir, AnalysisSettings.from_config(cfg))
+    result = analyze_run(cfg.run_dir, settings_in(AnalysisSettings, cfg))
     line = f"selected epoch {result['selected_epoch']} of {result['last_epoch']}"
     verdict = result.get("verdict")
     if verdict:

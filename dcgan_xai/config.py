@@ -293,11 +293,6 @@ class AnalysisSettings(ScoreThresholds, FidProtocol):
     quality: bool = True
     device: str = "auto"
 
-    @classmethod
-    def from_config(cls, cfg: DictConfig) -> AnalysisSettings:
-        """The settings in a composed ``analyze``/``aggregate`` config (its other keys dropped)."""
-        return settings_in(cls, cfg)
-
     def check(self) -> None:
         check_ranges(self, ANALYSIS_RANGES)
 

@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 
-from dcgan_xai.models.grouped import Columns, fold, side_by_side, split_state, unfold
+from benchmarks.grouped import Columns, fold, side_by_side, split_state, unfold
 from dcgan_xai.models.networks import Generator, build_discriminator, dcgan_init
 from dcgan_xai.models.step import gan_step
 

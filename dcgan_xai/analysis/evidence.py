@@ -49,8 +49,6 @@ POWER_GAIN = math.log(1 / 0.9)  # the curation design check's effect: 10% lower 
 CURATION_PAIRS = (("curated", "control"), ("curated", "baseline"), ("control", "baseline"))
 CURATION_PLANNED = tuple(f"{a} vs {b} (final FID)" for a, b in CURATION_PAIRS[:2])
 ORACLE = "oracle (each run's lowest-FID epoch)"
-SCORES = ("focus", "coverage", "focus_delta", "coverage_delta")
-SELECTIONS = ("coarse", "argmax")
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from dcgan_xai.runs.load import datamodule_for_run, ensure_probe, load_module
 from dcgan_xai.runs.tables import QUALITY
 from dcgan_xai.xai.epoch import explain_epoch
 from dcgan_xai.xai.gradcam import layer_names, linear_head_decomposition
+from dcgan_xai.xai.scores import thresholds_of
 
 
 def parse_samples(spec: str, probe_size: int) -> tuple[str, list[int] | int]:
@@ -74,26 +75,15 @@ def epoch_records(
                 and saved.get("method", "gradcam") == settings.method
                 and saved.get("normalize", "max") == settings.normalize
                 and all(layer in saved["layers"] for layer in settings.layers)
-                and all(
-                    saved.get(k) == getattr(settings, k)
-                    for k in ("pixel_threshold", "flag_threshold", "mask_threshold")
-                )
+                and all(saved.get(k) == v for k, v in thresholds_of(settings).items())
             )
             if same:
                 record = saved
         if record is None:
             model = load_module(run.checkpoint(epoch))
-            record = explain_epoch(
-                model.discriminator,
-                probe_images(model.generator, probe, model.device),
-                settings.layers,
-                settings.bn_mode,
-                settings.method,
-                settings.pixel_threshold,
-                settings.flag_threshold,
-                settings.mask_threshold,
-                settings.normalize,
-            )
+            images = probe_images(model.generator, probe, model.device)
+            record = explain_epoch(model.discriminator, images, settings.layers, settings.bn_mode,
+                                   settings.method, settings, settings.normalize)  # fmt: skip
             record["epoch"] = epoch
             record["recomputed"] = True
         records[epoch] = record

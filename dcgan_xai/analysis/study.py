@@ -47,6 +47,7 @@ from dcgan_xai.seeds import train_together
 from dcgan_xai.training import train
 from dcgan_xai.xai.epoch import explain_epoch
 from dcgan_xai.xai.gradcam import layer_names
+from dcgan_xai.xai.scores import thresholds_of
 
 RUN_KEYS = ("experiment", "seed", "arm")
 
@@ -196,8 +197,7 @@ def _run_scores(
             model = load_module(run.checkpoint(e))
             images = probe_images(model.generator, probe, model.device)
             for method, bn_mode in sorted({(m, b) for t, m, b in todo if t == e}):
-                rec = explain_epoch(model.discriminator, images, layers, bn_mode, method,
-                                    a.pixel_threshold, a.flag_threshold, a.mask_threshold,
+                rec = explain_epoch(model.discriminator, images, layers, bn_mode, method, a,
                                     a.normalize)  # fmt: skip
                 SCORES.update(run, score_rows(e, rec))
     return [r for r in SCORES.read(run) if (r["epoch"], r["method"], r["bn_mode"]) in wanted]
@@ -404,7 +404,7 @@ def check_callbacks_explain_alike(study: StudySettings) -> None:
         cfg = compose_config("train", [f"experiment={experiment}", *study.train_overrides])
         if not cfg.callbacks.gradcam.enabled:  # nothing of theirs to mix in
             continue
-        for key in ("pixel_threshold", "flag_threshold", "mask_threshold", "normalize"):
+        for key in (*thresholds_of(a), "normalize"):
             theirs = cfg.callbacks.gradcam[key]
             if theirs != getattr(a, key):
                 raise UserError(

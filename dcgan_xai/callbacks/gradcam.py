@@ -22,6 +22,7 @@ from dcgan_xai.state import preserved_state
 from dcgan_xai.xai.epoch import explain_epoch
 from dcgan_xai.xai.gradcam import check_layers, explained_module, layer_names
 from dcgan_xai.xai.overlay import side_by_side
+from dcgan_xai.xai.scores import ScoreThresholds
 
 
 def panel(images: torch.Tensor, maps: torch.Tensor, pairs_per_row: int = 8) -> torch.Tensor:
@@ -230,8 +231,8 @@ class GradCamCallback(L.Callback):
         self.bn_modes, self.methods = list(bn_modes), list(methods)
         self.probe_size, self.seed = probe_size, seed
         self.every_n_epochs = every_n_epochs
-        self.pixel_threshold, self.flag_threshold = pixel_threshold, flag_threshold
-        self.mask_threshold, self.log_images = mask_threshold, log_images
+        self.thresholds = ScoreThresholds(pixel_threshold, flag_threshold, mask_threshold)
+        self.log_images = log_images
         self.probe: Probe | None = None
         self.real_images, self.real_labels = real_images, real_labels
         self.names, self.noise_shape = (discriminator, generator), noise_shape
@@ -291,17 +292,8 @@ class GradCamCallback(L.Callback):
         images = probe_images(generator, self.probe, next(discriminator.parameters()).device)
         for method in self.methods:
             for bn_mode in self.bn_modes:
-                record = explain_epoch(
-                    discriminator,
-                    images,
-                    self.layers,
-                    bn_mode,
-                    method,
-                    self.pixel_threshold,
-                    self.flag_threshold,
-                    self.mask_threshold,
-                    self.normalize,
-                )
+                record = explain_epoch(discriminator, images, self.layers, bn_mode, method,
+                                       self.thresholds, self.normalize)  # fmt: skip
                 prefix = "gradcam" if primary is None else f"gradcam/{method}/{bn_mode}"
                 primary = primary or record
                 rows += score_rows(epoch, record)

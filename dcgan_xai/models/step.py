@@ -52,7 +52,7 @@ def gan_step(
         generator, discriminator: the nets (D returns logits).
         opt_g, opt_d: their optimizers.
         real: (N, C, H, W) real images in [-1, 1] (K folded models: (N, K*C, H, W), see
-            :mod:`dcgan_xai.models.grouped`).
+            `benchmarks/grouped.py`).
         z: (N, nz, 1, 1) noise (K folded models: (N, K*nz, 1, 1)).
         noise: instance noise already scaled by its standard deviation, added to what D sees:
             for the real images, the detached fakes and the fakes of G's step, in that order.

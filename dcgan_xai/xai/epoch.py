@@ -12,8 +12,7 @@ import torch
 
 from dcgan_xai.state import preserved_state
 from dcgan_xai.xai.gradcam import grad_cam, logits, set_bn_mode
-from dcgan_xai.xai.scores import ScoreThresholds as _T
-from dcgan_xai.xai.scores import summarize
+from dcgan_xai.xai.scores import ScoreThresholds, summarize, thresholds_of
 
 
 @torch.no_grad()
@@ -30,9 +29,7 @@ def explain_epoch(
     layers: Sequence[str],
     bn_mode: str = "batch",
     method: str = "gradcam",
-    pixel_threshold: float = _T.pixel_threshold,
-    flag_threshold: float = _T.flag_threshold,
-    mask_threshold: float = _T.mask_threshold,
+    thresholds: ScoreThresholds | None = None,
     normalize: str = "max",
 ) -> dict[str, Any]:
     """Maps and scores of ``images["real"]`` and ``images["fake"]`` for each layer, by ``method``.
@@ -42,20 +39,20 @@ def explain_epoch(
         images: ``real`` and ``fake`` batches (N, C, H, W) in [-1, 1] on D's device.
         layers: names of D's blocks to explain.
         bn_mode, method, normalize: see :func:`dcgan_xai.xai.gradcam.grad_cam`.
-        pixel_threshold, flag_threshold, mask_threshold: see :func:`dcgan_xai.xai.scores.summarize`.
+        thresholds: the scores' thresholds (any settings with those fields; None: the defaults),
+            see :func:`dcgan_xai.xai.scores.summarize`.
 
     Returns:
         A record: ``maps[layer][real|fake]`` (N, H, W) float16, ``scores[layer][real|fake]``
         per-image tensors, ``summary[layer]`` flat floats, ``d_real``/``d_fake``,
         ``fake_images`` (N, 1, H, W) float16, and the settings used.
     """
+    t = thresholds_of(thresholds or ScoreThresholds())
     record: dict[str, Any] = {
         "layers": list(layers),
         "method": method,
         "bn_mode": bn_mode,
-        "pixel_threshold": pixel_threshold,
-        "flag_threshold": flag_threshold,
-        "mask_threshold": mask_threshold,
+        **t,
         "normalize": normalize,
         "maps": {name: {} for name in layers},
         "scores": {name: {} for name in layers},
@@ -71,9 +68,7 @@ def explain_epoch(
         )
         assert isinstance(maps, dict)
         for name, layer_maps in maps.items():
-            per_image, summary = summarize(
-                layer_maps, batch, pixel_threshold, flag_threshold, mask_threshold
-            )
+            per_image, summary = summarize(layer_maps, batch, **t)
             record["maps"][name][kind] = layer_maps.half().cpu()
             record["scores"][name][kind] = {k: v.cpu() for k, v in per_image.items()}
             record["summary"][name].update({f"{kind}_{k}": v for k, v in summary.items()})

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 
@@ -18,6 +19,11 @@ class ScoreThresholds:
 
 
 _T = ScoreThresholds
+
+
+def thresholds_of(settings: Any) -> dict[str, float]:
+    """The :class:`ScoreThresholds` fields of any settings that have them, by name."""
+    return {f.name: getattr(settings, f.name) for f in fields(ScoreThresholds)}
 
 
 def digit_mask(images: torch.Tensor, threshold: float = _T.mask_threshold) -> torch.Tensor:
