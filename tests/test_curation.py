@@ -296,7 +296,7 @@ def test_excluding_images_keeps_the_order_of_the_kept_ones(mnist_fixture):
                              checksums=sums)  # fmt: skip
         dm.setup()
         sampler = IndexBatchSampler(len(dm.train_set), 32, 3, keys=dm.train_set.indices,
-                                    key_space=dm.full_train_size)  # fmt: skip
+                                    key_space=len(dm.whole_train))  # fmt: skip
         sampler.set_epoch(2)
         return dm.train_set.indices[torch.cat(list(sampler))].tolist()
 

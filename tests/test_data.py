@@ -172,6 +172,44 @@ def test_fast_path_yields_the_same_images_and_labels_as_the_plain_path(mnist_fix
     assert diff.max() <= 1
 
 
+def test_trainings_of_one_process_share_one_resident_copy_and_see_the_same_batches(
+    mnist_fixture, monkeypatch
+):
+    """With the training images resident on the device (the CPU stands in for the GPU here),
+    seeds trained at once hold one copy of the whole split, and each sees exactly the batches
+    it sees from its own split (a limited and an excluded subset included); the copy is freed
+    when no training holds it."""
+    import gc
+
+    from dcgan_xai.data import mnist
+
+    root, sums = mnist_fixture
+
+    def module(seed, **kw):
+        dm = MNISTDataModule(root, batch_size=16, seed=seed, sources=["local"], checksums=sums,
+                             on_device=True, **kw)  # fmt: skip
+        dm.setup()
+        return dm
+
+    def batches(loader):
+        loader.sampler.set_epoch(1)
+        return [torch.cat(parts) for parts in zip(*loader, strict=True)]
+
+    setups = [{}, {"limit": 100}, {"exclude": torch.arange(0, 300, 3)}]
+    plain = [batches(module(s, **kw).train_dataloader()) for s, kw in enumerate(setups)]
+    monkeypatch.setattr(MNISTDataModule, "_resident_device", lambda self: torch.device("cpu"))
+    dms = [module(s, **kw) for s, kw in enumerate(setups)]
+    loaders = [dm.train_dataloader() for dm in dms]
+    assert all(loader.dataset is loaders[0].dataset for loader in loaders)
+    assert len(loaders[0].dataset) == 300
+    for i, want in enumerate(plain):
+        assert all(torch.equal(a, b) for a, b in zip(batches(loaders[i]), want, strict=True))
+    assert len(mnist._RESIDENT) == 1
+    del dms, loaders
+    gc.collect()
+    assert len(mnist._RESIDENT) == 0
+
+
 @pytest.mark.parametrize("damage", ["flipped bit", "float zeros", "wrong size"])
 def test_a_damaged_resize_cache_is_rebuilt_with_a_warning(tmp_path, damage):
     root = tmp_path / "mnist"

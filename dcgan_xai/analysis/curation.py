@@ -183,7 +183,7 @@ def curate_run(run_dir: str | Path, settings: CurationSettings | None = None) ->
     model = load_module(path)
     device = resolve_device(s.device)
     dm = datamodule_for_run(run, trained=True)
-    assert dm.train_set is not None and dm.full_train_size is not None
+    assert dm.train_set is not None and dm.whole_train is not None
     start = time.perf_counter()
     scores = score_split(model.discriminator, dm.train_set, s.layer, s.bn_mode, s.pixel_threshold,
                          s.mask_threshold, s.batch_size, device, s.progress, s.method, keep_top=16)  # fmt: skip
@@ -204,7 +204,7 @@ def curate_run(run_dir: str | Path, settings: CurationSettings | None = None) ->
         "checkpoint_sha256": file_digest(path, "sha256"),
         "fingerprint": fingerprint(ensure_mnist(dm.root, dm.sources, dm.checksums)),
         "scored": len(dm.train_set),
-        "total": dm.full_train_size,
+        "total": len(dm.whole_train),
         "settings": {**recorded, "flag_threshold": threshold, "device": str(device)},
         "seconds": seconds,
         "images_per_second": len(dm.train_set) / seconds if seconds > 0 else None,
@@ -223,11 +223,11 @@ def _write_curation(
 ) -> dict[str, Any]:
     """``curation/<name>/`` (and with ``control`` its random-removal control), each folder
     whole, both together; returns the summary."""
-    assert dm.train_set is not None and dm.full_train_labels is not None
+    assert dm.train_set is not None and dm.whole_train is not None
     out, control_dir = run.curation(name), run.curation(f"{name}-control")
     with ExitStack() as folders:
         tmp = folders.enter_context(new_folder(out))
-        summary = _write_manifest(tmp, scores, flagged, dm.full_train_labels, record)
+        summary = _write_manifest(tmp, scores, flagged, dm.whole_train.labels, record)
         threshold = record["settings"]["flag_threshold"]
         hist = figures.histogram(
             scores["coverage"], threshold, f"{name}: {summary['flagged']} flagged"
@@ -243,7 +243,7 @@ def _write_curation(
             arm_record = {**record, "seconds": 0.0, "images_per_second": None,
                           "settings": {**record["settings"], "control_of": name}}  # fmt: skip
             _write_manifest(folders.enter_context(new_folder(control_dir, replace=True)), scores, arm,
-                            dm.full_train_labels, arm_record)  # fmt: skip
+                            dm.whole_train.labels, arm_record)  # fmt: skip
             summary["control_dir"] = str(control_dir)
     return summary
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import threading
 import warnings
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,6 +155,8 @@ class IndexBatchSampler(Sampler[torch.Tensor]):
     manifest) does not change the order in which the kept images are visited. Every rank gets
     the same number of batches. With ``device`` the epoch's order is moved there once and the
     batches are slices of it (indexing device-resident images without a host copy per step).
+    With ``as_keys`` a batch holds the chosen positions' keys instead: the rows of those images
+    in the whole split (:func:`resident`).
     """
 
     def __init__(
@@ -166,8 +170,10 @@ class IndexBatchSampler(Sampler[torch.Tensor]):
         keys: torch.Tensor | None = None,
         key_space: int | None = None,
         device: torch.device | str = "cpu",
+        as_keys: bool = False,
     ):
         self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.as_keys = as_keys
         self.device = torch.device(device)
         self.shuffle, self.rank, self.world_size = shuffle, rank, world_size
         self.keys, self.key_space = keys, key_space
@@ -192,11 +198,32 @@ class IndexBatchSampler(Sampler[torch.Tensor]):
         return order[self.rank :: self.world_size][:per_rank]
 
     def __iter__(self) -> Iterator[torch.Tensor]:
-        yield from self._rows().to(self.device).split(self.batch_size)
+        rows = self._rows()
+        if self.as_keys:
+            assert self.keys is not None, "as_keys needs the positions' keys"
+            rows = self.keys.cpu()[rows]
+        yield from rows.to(self.device).split(self.batch_size)
 
     def __len__(self) -> int:
         per_rank = self.size // self.world_size
         return -(-per_rank // self.batch_size)
+
+
+_RESIDENT: weakref.WeakValueDictionary[tuple[str, ...], Split] = weakref.WeakValueDictionary()
+_RESIDENT_LOCK = threading.Lock()
+
+
+def resident(split: Split, key: tuple[str, ...], device: torch.device) -> Split:
+    """``split`` on ``device``, one copy per process and ``key`` (what names its content): the
+    trainings of one process (seeds at once, each on a CUDA stream of its own) share it; it is
+    freed when none holds it."""
+    with _RESIDENT_LOCK:
+        found = _RESIDENT.get((*key, str(device)))
+        if found is None:
+            found = _RESIDENT[(*key, str(device))] = split.to(device)
+            if device.type == "cuda":  # copied on this thread's stream: done before others read
+                torch.cuda.current_stream(device).synchronize()
+        return found
 
 
 class MNISTDataModule(L.LightningDataModule):
@@ -212,7 +239,8 @@ class MNISTDataModule(L.LightningDataModule):
         sources: where to get the raw files, tried in order.
         checksums: expected MD5 of each raw file.
         on_device: keep the training images on the GPU (about 250 MB for MNIST at 64x64), so
-            batches are sliced there with no host-to-device copy.
+            batches are sliced there with no host-to-device copy; the whole split, one copy
+            shared by the trainings of a process (:func:`resident`).
         cache_dir: where the resize cache lives (default ``<root>/cache``); another folder
             lets a read-only ``root`` be used.
     """
@@ -250,9 +278,8 @@ class MNISTDataModule(L.LightningDataModule):
         self.checksums = dict(checksums or MD5)
         self.on_device = on_device
         self.train_set: Split | None = None
+        self.whole_train: Split | None = None  # the train split before limit and exclusion
         self.test_set: Split | None = None
-        self.full_train_size: int | None = None
-        self.full_train_labels: torch.Tensor | None = None
 
     def _files(self) -> dict[str, Path]:
         return ensure_mnist(self.root, self.sources, self.checksums)
@@ -279,17 +306,17 @@ class MNISTDataModule(L.LightningDataModule):
             keep &= chosen
         if not keep.any():
             raise UserError("the training set is empty after data.limit and data.exclude")
-        self.train_set = train.subset(keep.nonzero().squeeze(1))
-        self.full_train_size = len(train)
-        self.full_train_labels = train.labels
+        self.train_set = train if keep.all() else train.subset(keep.nonzero().squeeze(1))
+        self.whole_train = train
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None, "call setup() first"
-        trainer = self.trainer
-        device = torch.device("cpu")
-        if self.on_device and trainer is not None and trainer.strategy.root_device.type == "cuda":
-            device = trainer.strategy.root_device
-            self.train_set = self.train_set.to(device)
+        assert self.whole_train is not None
+        trainer, data = self.trainer, self.train_set
+        device = self._resident_device()
+        if device is not None:  # batches index the whole split's shared copy by dataset index
+            key = (self.checksums["train-images"], str(self.image_size))
+            data = resident(self.whole_train, key, device)
         rank = trainer.global_rank if trainer is not None else 0
         world = trainer.world_size if trainer is not None else 1
         sampler = IndexBatchSampler(
@@ -300,11 +327,19 @@ class MNISTDataModule(L.LightningDataModule):
             rank,
             world,
             keys=self.train_set.indices,
-            key_space=self.full_train_size,
-            device=device,
+            key_space=len(self.whole_train),
+            device=device or "cpu",
+            as_keys=device is not None,
         )
         # its own generator: a loader draws a seed at every epoch, else from the global RNG
         # (which trainings in threads of one process share)
         loader_seed = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.train_set, sampler=sampler, batch_size=None, num_workers=0,
+        return DataLoader(data, sampler=sampler, batch_size=None, num_workers=0,
                           generator=loader_seed)  # fmt: skip
+
+    def _resident_device(self) -> torch.device | None:
+        """The GPU the training images live on (``on_device`` in a CUDA training), else None."""
+        trainer = self.trainer
+        if self.on_device and trainer is not None and trainer.strategy.root_device.type == "cuda":
+            return trainer.strategy.root_device
+        return None
