@@ -114,11 +114,12 @@ if [ "$ONLY" != speed ]; then
 step prepare "${PREPARE_LIMIT:-120}" $PY - <<'EOF'
 import torch
 from dcgan_xai.data.mnist import MNISTDataModule
+from dcgan_xai.config import FidProtocol
 from dcgan_xai.metrics.quality import classifier_path, load_or_train_classifier
 dm = MNISTDataModule("data/mnist")
 dm.setup()
 device = "cuda" if torch.cuda.is_available() else "cpu"
-path = classifier_path(dm.classifier_dir, dm.image_size, 3, dm.checksums["test-images"])
+path = classifier_path(dm, FidProtocol())
 _, acc = load_or_train_classifier(path, dm.train_set, dm.test_set, epochs=3, device=device)
 print(f"classifier {path}: test accuracy {acc:.4f}")
 EOF

@@ -382,7 +382,9 @@ class StudySettings:
     curation_epoch: str = "selected"  # D of the epoch the paper's rule picks, or last
     curation_layer: str = "block3"  # a block, or pilot: chosen on pilot_seed (see curation_arms)
     curation_method: str = "gradcam"
-    curation_thresholds: list[float] = field(default_factory=lambda: [0.7])
+    curation_thresholds: list[float] = field(
+        default_factory=lambda: [ScoreThresholds.flag_threshold]
+    )
     curation_share: float | None = 0.05
     pilot_seed: int = 100
     pilot_share: list[float] = field(default_factory=lambda: [0.005, 0.30])

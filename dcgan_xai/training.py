@@ -49,10 +49,7 @@ def fields(node: Any, *drop: str) -> dict[str, Any]:
 
 
 def build_datamodule(cfg: DictConfig, exclude: torch.Tensor | None = None) -> MNISTDataModule:
-    on_device = bool(cfg.speed.on_device)
-    return MNISTDataModule(
-        **fields(cfg.data, "exclude"), seed=cfg.seed, exclude=exclude, on_device=on_device
-    )
+    return MNISTDataModule.from_config(cfg, exclude, on_device=bool(cfg.speed.on_device))
 
 
 def build_model(cfg: DictConfig) -> DCGAN:

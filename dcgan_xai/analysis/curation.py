@@ -17,7 +17,6 @@ from dcgan_xai.analysis.report import resolve_device
 from dcgan_xai.config import FRACTION, CurationSettings, check_ranges
 from dcgan_xai.data.exclusion import MANIFEST_FIELDS, fingerprint
 from dcgan_xai.data.mnist import MNISTDataModule, Split, to_unit_range
-from dcgan_xai.data.sources import ensure_mnist
 from dcgan_xai.errors import UserError
 from dcgan_xai.files import atomic_write_text, file_digest, new_folder, write_csv
 from dcgan_xai.runs.layout import RunDir
@@ -202,7 +201,7 @@ def curate_run(run_dir: str | Path, settings: CurationSettings | None = None) ->
     record = {
         "checkpoint": str(path.resolve()),
         "checkpoint_sha256": file_digest(path, "sha256"),
-        "fingerprint": fingerprint(ensure_mnist(dm.root, dm.sources, dm.checksums)),
+        "fingerprint": fingerprint(dm.files()),
         "scored": len(dm.train_set),
         "total": len(dm.whole_train),
         "settings": {**recorded, "flag_threshold": threshold, "device": str(device)},

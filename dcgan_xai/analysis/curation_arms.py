@@ -25,6 +25,7 @@ from dcgan_xai.runs.layout import RunDir
 from dcgan_xai.runs.load import load_module
 from dcgan_xai.runs.tables import SCORES
 from dcgan_xai.xai.gradcam import layer_names
+from dcgan_xai.xai.scores import ScoreThresholds
 
 Log = Callable[[str], None]
 
@@ -151,7 +152,7 @@ def record(
     epoch = curation_epoch(study, run)
     no_choice = study.curation_epoch == "selected" and selected_epoch(run, study.analysis.k)[1]
     literal = curation(study, seed, run, "study-literal-block3", "block3",
-                       {"flag_threshold": 0.7}, control=False)  # fmt: skip
+                       {"flag_threshold": ScoreThresholds.flag_threshold}, control=False)  # fmt: skip
     rows = []
     for label, rule in rules(study):
         s = curation(study, seed, run, f"study-{label}", layer, rule)

@@ -10,10 +10,12 @@ import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from dcgan_xai.data.idx import read_idx
@@ -281,20 +283,39 @@ class MNISTDataModule(L.LightningDataModule):
         self.whole_train: Split | None = None  # the train split before limit and exclusion
         self.test_set: Split | None = None
 
-    def _files(self) -> dict[str, Path]:
+    @classmethod
+    def from_config(
+        cls,
+        cfg: Any,
+        exclude: torch.Tensor | None = None,
+        limit: bool = True,
+        on_device: bool = False,
+    ) -> MNISTDataModule:
+        """The data of a training config: ``cfg.data`` (a key a run of an older version lacks
+        takes its default here) seeded by ``cfg.seed``, leaving out the dataset indices
+        ``exclude``; without ``limit`` the whole splits."""
+        values = OmegaConf.to_container(cfg.data, resolve=True)
+        assert isinstance(values, dict)
+        data = {str(k): v for k, v in values.items() if k != "exclude"}
+        if not limit:
+            data["limit"] = None
+        return cls(**data, seed=cfg.seed, exclude=exclude, on_device=on_device)
+
+    def files(self) -> dict[str, Path]:
+        """The raw MNIST files (fetched and checked first if missing)."""
         return ensure_mnist(self.root, self.sources, self.checksums)
 
     def prepare_data(self) -> None:
         if self.train_set is not None:  # setup() already read (and so cached) both splits
             return
-        files = self._files()
+        files = self.files()
         for split in ("train", "test"):
             load_split(files, split, self.image_size, self.cache_dir)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
-        files = self._files()
+        files = self.files()
         train = load_split(files, "train", self.image_size, self.cache_dir)
         self.test_set = load_split(files, "test", self.image_size, self.cache_dir)
         keep = torch.ones(len(train), dtype=torch.bool)

@@ -17,7 +17,6 @@ from torchmetrics.image.kid import KernelInceptionDistance
 from dcgan_xai.config import FidProtocol
 from dcgan_xai.data.idx import read_idx
 from dcgan_xai.data.mnist import MNISTDataModule, Split, load_split, to_unit_range
-from dcgan_xai.data.sources import ensure_mnist
 from dcgan_xai.errors import UserError
 from dcgan_xai.files import atomic_torch_save, file_digest, safe_torch_load
 from dcgan_xai.models.sampling import generate
@@ -113,10 +112,13 @@ def train_classifier(
     return model.eval(), accuracy(model, test)
 
 
-def classifier_path(folder: str | Path, image_size: int, epochs: int, test_md5: str) -> Path:
-    """Where the classifier is cached in ``folder`` (a data module's ``classifier_dir``), keyed
-    by image size, epochs and the test file."""
-    return Path(folder) / f"mnist{image_size}-cnn-e{epochs}-seed0-{test_md5[:8]}.pt"
+def classifier_path(dm: MNISTDataModule, protocol: FidProtocol) -> Path:
+    """Where the classifier of ``protocol`` on ``dm``'s data is cached (``dm.classifier_dir``),
+    keyed by image size, epochs and the test file."""
+    md5 = dm.checksums["test-images"][:8]
+    return (
+        dm.classifier_dir / f"mnist{dm.image_size}-cnn-e{protocol.classifier_epochs}-seed0-{md5}.pt"
+    )
 
 
 def load_or_train_classifier(
@@ -233,68 +235,44 @@ def reference_name(n_test: int, samples: int, seed: int) -> str:
     return f"{samples} random test images (seed {seed})"
 
 
-def reference_meter(
-    classifier: MNISTClassifier,
-    accuracy: float,
-    path: str | Path,
-    test_images: torch.Tensor,
-    samples: int,
-    seed: int,
-    batch_size: int = 500,
-) -> tuple[QualityMeter, dict[str, Any]]:
-    """A meter against :func:`reference_images` of the test images, and the record that goes
-    with every FID it gives: sample count, reference set, the classifier's accuracy and MD5."""
-    real = reference_images(test_images, samples, seed)
-    record = {
-        "samples": samples,
-        "reference": reference_name(test_images.shape[0], samples, seed),
-        "classifier_accuracy": accuracy,
-        "classifier_md5": file_digest(path),
-    }
-    return QualityMeter(classifier, real, batch_size, seed=seed), record
-
-
 def noise_seed(seed: int, epoch: int, draw: int) -> int:
     """The seed of generated set ``draw`` at ``epoch``: draw 0 is the fixed set (the same noise
     at every epoch, for smooth curves); draws 1, 2, ... are fresh, independent sets."""
     return seed if draw == 0 else (seed * 1_000_003 + epoch) * 1_009 + draw
 
 
-def _classifier_file(dm: MNISTDataModule, protocol: FidProtocol) -> Path:
-    return classifier_path(
-        dm.classifier_dir, dm.image_size, protocol.classifier_epochs, dm.checksums["test-images"]
-    )
-
-
 def fid_meter(
     dm: MNISTDataModule, protocol: FidProtocol, device: str | torch.device
 ) -> tuple[QualityMeter, dict[str, Any]]:
-    """The FID/KID meter of ``protocol`` on ``dm``'s data (see :func:`reference_meter`) and the
-    record that goes with its numbers. The classifier is cached in ``dm.classifier_dir``; where
-    it is missing it is trained on the full train split (whatever ``dm``'s limit and exclusion)."""
-    path = _classifier_file(dm, protocol)
-    files = ensure_mnist(dm.root, dm.sources, dm.checksums)
+    """The FID/KID meter of ``protocol`` on ``dm``'s data, against :func:`reference_images` of
+    the test split, and the record that goes with every FID it gives (sample count, reference
+    set, the classifier's accuracy and MD5). The classifier is cached in ``dm.classifier_dir``;
+    where it is missing it is trained on the full train split (whatever ``dm``'s limit and
+    exclusion)."""
+    path = classifier_path(dm, protocol)
+    files = dm.files()
     test = dm.test_set or load_split(files, "test", dm.image_size, dm.cache_dir)
     train = None if path.is_file() else load_split(files, "train", dm.image_size, dm.cache_dir)
     classifier, accuracy = load_or_train_classifier(
         path, train, test, epochs=protocol.classifier_epochs,
         min_accuracy=protocol.min_accuracy, device=device,
     )  # fmt: skip
-    return reference_meter(classifier, accuracy, path, test.images, protocol.fid_samples,
-                           protocol.fid_seed, protocol.batch_size)  # fmt: skip
+    record = {**(measured_alike(dm, protocol) or {}), "classifier_accuracy": accuracy}
+    real = reference_images(test.images, protocol.fid_samples, protocol.fid_seed)
+    return QualityMeter(classifier, real, protocol.batch_size, seed=protocol.fid_seed), record
 
 
 def measured_alike(dm: MNISTDataModule, protocol: FidProtocol) -> dict[str, Any] | None:
     """What every FID row measured by ``protocol`` on ``dm``'s data records of how it was
     measured (sample count, reference set, classifier file MD5), or None while that classifier
     is not trained yet (no row can be shown to be this protocol's)."""
-    path = _classifier_file(dm, protocol)
+    path = classifier_path(dm, protocol)
     if not path.is_file():
         return None
     if dm.test_set is not None:
         n_test = len(dm.test_set)
     else:  # the test split's size, from its labels file (the images are not read)
-        n_test = read_idx(ensure_mnist(dm.root, dm.sources, dm.checksums)["test-labels"]).numel()
+        n_test = read_idx(dm.files()["test-labels"]).numel()
     n = protocol.fid_samples
     return {"samples": n, "reference": reference_name(n_test, n, protocol.fid_seed),
             "classifier_md5": file_digest(path)}  # fmt: skip

@@ -9,7 +9,6 @@ from typing import Any
 from dcgan_xai.data.exclusion import fingerprint, load_exclusion
 from dcgan_xai.data.mnist import MNISTDataModule
 from dcgan_xai.data.probe import Probe, make_probe
-from dcgan_xai.data.sources import MD5, SOURCES, ensure_mnist
 from dcgan_xai.errors import UserError
 from dcgan_xai.models.module import DCGAN
 from dcgan_xai.runs.layout import RunDir, load_probe, run_config, save_probe
@@ -25,22 +24,9 @@ def datamodule_for_run(run: RunDir, trained: bool = False, setup: bool = True) -
 
 def datamodule_for_config(cfg: Any, trained: bool = False, setup: bool = True) -> MNISTDataModule:
     """The data of a training config (see :func:`datamodule_for_run`)."""
-    data = cfg.data
-    sources, checksums = list(data.get("sources", SOURCES)), dict(data.get("checksums", MD5))
-    exclude = None
-    if trained and data.get("exclude"):
-        files = ensure_mnist(data.root, sources, checksums)
-        exclude = load_exclusion(data.exclude, fingerprint(files))
-    dm = MNISTDataModule(
-        data.root,
-        data.image_size,
-        seed=cfg.seed,
-        limit=data.get("limit") if trained else None,
-        exclude=exclude,
-        sources=sources,
-        checksums=checksums,
-        cache_dir=data.get("cache_dir"),
-    )
+    dm = MNISTDataModule.from_config(cfg, limit=trained)
+    if trained and cfg.data.get("exclude"):
+        dm.exclude = load_exclusion(cfg.data.exclude, fingerprint(dm.files()))
     if setup:
         dm.setup()
     return dm
