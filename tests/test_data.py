@@ -210,6 +210,24 @@ def test_trainings_of_one_process_share_one_resident_copy_and_see_the_same_batch
     assert len(mnist._RESIDENT) == 0
 
 
+def test_a_run_config_of_an_older_version_still_gives_its_data(mnist_fixture):
+    """A run's config from before ``data.cache_dir`` existed and while ``data.on_device`` was a
+    data setting: its data module is built (the missing key at its default, the old one
+    ignored), the limited subset with ``trained``, the whole splits without."""
+    from omegaconf import OmegaConf
+
+    from dcgan_xai.runs.load import datamodule_for_config
+
+    root, sums = mnist_fixture
+    old = OmegaConf.create({"seed": 3, "data": {
+        "root": str(root), "image_size": 64, "batch_size": 16, "limit": 100, "exclude": None,
+        "on_device": True, "sources": ["local"], "checksums": sums}})  # fmt: skip
+    trained = datamodule_for_config(old, trained=True)
+    assert len(trained.train_set) == 100 and trained.cache_dir == root / "cache"
+    assert not trained.on_device and trained.seed == 3
+    assert len(datamodule_for_config(old).train_set) == 300
+
+
 @pytest.mark.parametrize("damage", ["flipped bit", "float zeros", "wrong size"])
 def test_a_damaged_resize_cache_is_rebuilt_with_a_warning(tmp_path, damage):
     root = tmp_path / "mnist"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import io
 import threading
 import warnings
@@ -291,12 +292,13 @@ class MNISTDataModule(L.LightningDataModule):
         limit: bool = True,
         on_device: bool = False,
     ) -> MNISTDataModule:
-        """The data of a training config: ``cfg.data`` (a key a run of an older version lacks
-        takes its default here) seeded by ``cfg.seed``, leaving out the dataset indices
-        ``exclude``; without ``limit`` the whole splits."""
+        """The data of a training config: ``cfg.data`` seeded by ``cfg.seed``, leaving out the
+        dataset indices ``exclude``; without ``limit`` the whole splits. (A run of an older
+        version may lack a key, which takes its default, or hold one no longer read here.)"""
         values = OmegaConf.to_container(cfg.data, resolve=True)
         assert isinstance(values, dict)
-        data = {str(k): v for k, v in values.items() if k != "exclude"}
+        known = set(inspect.signature(cls).parameters) - {"seed", "exclude", "on_device"}
+        data = {str(k): v for k, v in values.items() if k in known}
         if not limit:
             data["limit"] = None
         return cls(**data, seed=cfg.seed, exclude=exclude, on_device=on_device)
