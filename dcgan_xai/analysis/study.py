@@ -35,7 +35,7 @@ from dcgan_xai.analysis.report import epoch_quality, resolve_device
 from dcgan_xai.analysis.study_report import fid_figure, study_report
 from dcgan_xai.config import StudySettings, compose_config
 from dcgan_xai.data.mnist import to_unit_range
-from dcgan_xai.errors import Interrupted, UserError
+from dcgan_xai.errors import UserError
 from dcgan_xai.files import atomic_write_text, write_csv
 from dcgan_xai.metrics.quality import fid_meter, reference_images
 from dcgan_xai.models.sampling import probe_images
@@ -44,7 +44,6 @@ from dcgan_xai.runs.load import datamodule_for_config, ensure_probe, load_module
 from dcgan_xai.runs.ownership import held_lock
 from dcgan_xai.runs.tables import QUALITY, SCORES, read_csv, read_table, score_rows
 from dcgan_xai.seeds import train_together
-from dcgan_xai.training import train
 from dcgan_xai.xai.epoch import explain_epoch
 from dcgan_xai.xai.gradcam import layer_names
 from dcgan_xai.xai.scores import thresholds_of
@@ -104,25 +103,12 @@ def train_runs(
         else:
             todo[run_dir] = _train_config(study, experiment, seed, run_dir, extra, log)
     left = None if deadline is None else deadline - time.monotonic()
-    if len(todo) > 1:
-        done = train_together(todo, left, resume="the same study command (it resumes its runs)")
-    else:
-        done = {run_dir: _train_or_error(cfg, run_dir, left) for run_dir, cfg in todo.items()}
+    resume = "the same study command (it resumes its runs)"
+    done = train_together(todo, left, resume) if todo else {}  # a refused or diverged run: data
     for run_dir, result in done.items():
         status[run_dir] = _training_status(result)
         log(f"{run_dir.name}: {status[run_dir]}")
     return {run_dir: status[run_dir] for _, run_dir, _ in runs}
-
-
-def _train_or_error(
-    cfg: DictConfig, run_dir: Path, left: float | None
-) -> dict[str, Any] | UserError:
-    try:
-        return train(cfg, run_dir, time_limit_s=left)
-    except Interrupted:  # SIGTERM: the job stops here; the study resumes it later
-        raise
-    except UserError as err:  # a diverged or refused run is the study's data, not its end
-        return err
 
 
 def _train_config(
