@@ -11,7 +11,7 @@ import io
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -122,3 +122,42 @@ def write_csv(path: str | os.PathLike[str], fields: Sequence[str], rows: Iterabl
     for row in rows:
         writer.writerow(row)
     atomic_write_text(path, buf.getvalue())
+
+
+def read_table(
+    path: str | os.PathLike[str],
+    parse: Callable[[dict[str, str]], dict[str, Any]] = dict,
+    what: str = "CSV table",
+    required: Sequence[str] = (),
+    hint: str = "delete that line",
+) -> list[dict[str, Any]]:
+    """The rows of a CSV file through ``parse``, each problem one error naming the file: not
+    readable text CSV, a column of ``required`` (or one ``parse`` reads) missing, or a line with
+    more or fewer values than the header or a value ``parse`` refuses (then its line, and
+    ``hint``). A byte-order mark, as spreadsheets save one, is read past."""
+    rows = []
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in required if c not in (reader.fieldnames or [])]
+            if missing:
+                raise KeyError(", ".join(missing))
+            for line, raw in enumerate(reader, start=2):
+                try:
+                    if None in raw or None in raw.values():
+                        raise ValueError("it has more or fewer values than the header")
+                    rows.append(parse(raw))
+                except (TypeError, ValueError, AttributeError) as err:
+                    raise UserError(f"{path} line {line} is damaged ({type(err).__name__}: "
+                                    f"{err}); {hint}") from err  # fmt: skip
+    except (csv.Error, UnicodeDecodeError) as err:
+        raise UserError(f"{path} is not a readable {what} ({type(err).__name__}: {err})") from err
+    except KeyError as err:  # the header lacks a column: not a table of this project's
+        raise UserError(f"{path} has no column {err}; it is not a {what} this project wrote, or "
+                        "a damaged one: restore it or remove it") from err  # fmt: skip
+    return rows
+
+
+def read_csv(path: str | os.PathLike[str]) -> list[dict[str, str]]:
+    """The rows of a CSV file as text; one that is not readable text CSV is one error naming it."""
+    return read_table(path)

@@ -12,9 +12,8 @@ from dcgan_xai.data.exclusion import read_manifest
 from dcgan_xai.data.mnist import to_unit_range
 from dcgan_xai.data.sources import FILES
 from dcgan_xai.errors import UserError
-from dcgan_xai.files import file_digest
+from dcgan_xai.files import file_digest, read_csv
 from dcgan_xai.runs.layout import RunDir
-from dcgan_xai.runs.tables import read_csv
 from dcgan_xai.training import build_datamodule, train
 from dcgan_xai.xai import coverage
 
@@ -127,8 +126,11 @@ def _other_data(s):
 @pytest.mark.parametrize(
     "content, message",
     [
-        (b"\x00\x01\xff\xfe binary", "not UTF-8 text"),
-        ("index,label,coverage,focus,flagged\n0,1,0.5,0.5,caf\xe9\n".encode("latin-1"), "not UTF-8 text"),
+        (b"\x00\x01\xff\xfe binary", r"is not a readable curation manifest \(UnicodeDecodeError"),
+        ("index,label,coverage,focus,flagged\n0,1,0.5,0.5,caf\xe9\n".encode("latin-1"),
+         r"is not a readable curation manifest \(UnicodeDecodeError"),
+        (b"index,label,coverage,focus,flagged\n0,1,0.5,0.5,maybe\n",
+         r"line 2 is damaged \(ValueError: flagged='maybe' is not true, false, 1 or 0\); write it again"),
         (b"index,label,coverage,focus,flagged\n0,1,0.5,0.5," + b"x" * 200_000 + b"\n", "field larger than field limit"),
     ],
 )  # fmt: skip
@@ -164,7 +166,7 @@ def test_curate_names_stay_inside_the_run(smoke_run, tmp_path):
             "malformed",
             _no_coverage,
             None,
-            "malformed curation manifest .*: missing column\\(s\\) coverage",
+            "manifest.csv has no column 'coverage'; it is not a curation manifest this project wrote",
         ),
         ("other", None, _other_data, "was made for other data \\(train, 300 images, md5 ffff"),
     ],

@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from dcgan_xai.errors import UserError
+from dcgan_xai.files import read_csv
 from dcgan_xai.models.checkpoint import AtomicCheckpointIO
 from dcgan_xai.runs.layout import RunDir
 from dcgan_xai.runs.load import load_module
 from dcgan_xai.runs.resume import resume_checkpoint
-from dcgan_xai.runs.tables import read_csv
 from dcgan_xai.training import train
 from tests.helpers import REPO, data_overrides, same_weights
 

@@ -11,11 +11,10 @@ from dcgan_xai.analysis.curation import curate_run
 from dcgan_xai.config import AnalysisSettings, CurationSettings
 from dcgan_xai.data.sources import FILES
 from dcgan_xai.errors import UserError
-from dcgan_xai.files import file_digest
+from dcgan_xai.files import file_digest, read_csv
 from dcgan_xai.models.module import NonFiniteLossError
 from dcgan_xai.runs.layout import RunDir, load_gradcam_epoch
 from dcgan_xai.runs.load import load_module
-from dcgan_xai.runs.tables import read_csv
 from dcgan_xai.training import build_callbacks, build_datamodule, build_model, build_trainer, train
 from tests.conftest import compose_train, write_fixture
 from tests.helpers import REPO, data_overrides, kill_when, same_weights
@@ -357,7 +356,7 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(tmp_path, monke
     "damage, message",
     [
         ("extra_value", r"scores.csv line 2 is damaged \(ValueError: it has more or fewer values than the header\)"),
-        ("no_epoch_column", r"scores.csv has no column 'epoch'; it is not a table this project wrote, or a damaged one"),
+        ("no_epoch_column", r"scores.csv has no column 'epoch'; it is not a CSV table this project wrote, or a damaged one"),
         ("huge_field", r"scores.csv is not a readable CSV table \(Error: field larger than field limit"),
         ("not_utf8", r"scores.csv is not a readable CSV table \(UnicodeDecodeError"),
         ("config_tag", r"config.yaml is not a readable config \("),

@@ -10,8 +10,8 @@ import pytest
 
 from dcgan_xai.config import AnalysisSettings, StudyJob, StudySettings
 from dcgan_xai.errors import UserError
+from dcgan_xai.files import read_csv
 from dcgan_xai.runs.layout import RunDir
-from dcgan_xai.runs.tables import read_csv
 from tests.helpers import REPO, data_overrides
 
 PLANNED = ["gradcam/block3/batch/real/focus/coarse", "hirescam/block3/batch/real/focus/coarse"]

@@ -7,8 +7,9 @@ import pytest
 
 from dcgan_xai.analysis.aggregate import aggregate_sweep
 from dcgan_xai.config import AnalysisSettings
+from dcgan_xai.files import read_csv
 from dcgan_xai.runs.layout import RunDir
-from dcgan_xai.runs.tables import SCORES, read_csv
+from dcgan_xai.runs.tables import SCORES
 from tests.helpers import REPO
 
 

@@ -9,8 +9,8 @@ from omegaconf.errors import ConfigAttributeError, ValidationError
 from dcgan_xai.checks import validate
 from dcgan_xai.config import compose_config
 from dcgan_xai.errors import UserError
+from dcgan_xai.files import read_csv
 from dcgan_xai.runs.layout import RunDir
-from dcgan_xai.runs.tables import read_csv
 from dcgan_xai.training import train
 from tests.helpers import REPO, event_tags, same_weights, scalar_values
 

@@ -36,13 +36,13 @@ from dcgan_xai.analysis.study_report import fid_figure, study_report
 from dcgan_xai.config import StudySettings, compose_config
 from dcgan_xai.data.mnist import to_unit_range
 from dcgan_xai.errors import UserError
-from dcgan_xai.files import atomic_write_text, write_csv
+from dcgan_xai.files import atomic_write_text, read_csv, read_table, write_csv
 from dcgan_xai.metrics.quality import fid_meter, reference_images
 from dcgan_xai.models.sampling import probe_images
 from dcgan_xai.runs.layout import RunDir, run_config
 from dcgan_xai.runs.load import datamodule_for_config, ensure_probe, load_module
 from dcgan_xai.runs.ownership import held_lock
-from dcgan_xai.runs.tables import QUALITY, SCORES, read_csv, read_table, score_rows
+from dcgan_xai.runs.tables import QUALITY, SCORES, score_rows
 from dcgan_xai.seeds import train_together
 from dcgan_xai.xai.epoch import explain_epoch
 from dcgan_xai.xai.gradcam import layer_names

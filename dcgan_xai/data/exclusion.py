@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -12,7 +11,7 @@ import torch
 
 from dcgan_xai.data.sources import ensure_mnist
 from dcgan_xai.errors import UserError
-from dcgan_xai.files import file_digest
+from dcgan_xai.files import file_digest, read_table
 
 MANIFEST_FIELDS = ["index", "label", "coverage", "focus", "flagged"]
 
@@ -54,48 +53,20 @@ def read_manifest(path: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any
             f"curation manifest {path} is {path.stat().st_size / 1e6:.0f} MB; a manifest of MNIST's "
             f"train split is about 3 MB (allowed: up to {limit // 1_000_000} MB)"
         )
-    try:
-        return _parse_manifest(path), summary
-    except UnicodeDecodeError as err:
-        raise UserError(
-            f"malformed curation manifest {path}: not UTF-8 text ({err.reason} at byte {err.start})"
-        ) from err
-    except csv.Error as err:
-        raise UserError(f"malformed curation manifest {path}: {err}") from err
+    rows = read_table(path, _manifest_row, "curation manifest", MANIFEST_FIELDS,
+                      hint="write it again with curate")  # fmt: skip
+    return rows, summary
 
 
 MAX_MANIFEST_BYTES = 20_000_000
 
 
-def _parse_manifest(path: Path) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: as spreadsheets save it
-        reader = csv.DictReader(f)
-        missing = [c for c in MANIFEST_FIELDS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise UserError(
-                f"malformed curation manifest {path}: missing column(s) {', '.join(missing)}; "
-                f"expected {', '.join(MANIFEST_FIELDS)}"
-            )
-        for line, raw in enumerate(reader, start=2):
-            try:
-                flagged = raw["flagged"].strip().lower()
-                if flagged not in ("true", "false", "1", "0"):
-                    raise ValueError(raw["flagged"])
-                rows.append(
-                    {
-                        "index": int(raw["index"]),
-                        "label": int(raw["label"]),
-                        "coverage": float(raw["coverage"]),
-                        "focus": float(raw["focus"]),
-                        "flagged": flagged in ("true", "1"),
-                    }
-                )
-            except (ValueError, TypeError, AttributeError) as err:
-                raise UserError(
-                    f"malformed curation manifest {path}: bad value on line {line}: {err}"
-                ) from err
-    return rows
+def _manifest_row(raw: dict[str, str]) -> dict[str, Any]:
+    flagged = raw["flagged"].strip().lower()
+    if flagged not in ("true", "false", "1", "0"):
+        raise ValueError(f"flagged={raw['flagged']!r} is not true, false, 1 or 0")
+    return {"index": int(raw["index"]), "label": int(raw["label"]), "coverage": float(raw["coverage"]),
+            "focus": float(raw["focus"]), "flagged": flagged in ("true", "1")}  # fmt: skip
 
 
 def load_exclusion(path: str | Path, expected: Mapping[str, Any]) -> torch.Tensor:

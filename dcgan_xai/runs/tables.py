@@ -4,14 +4,13 @@ and the two a training writes.
 
 from __future__ import annotations
 
-import csv
-import os
 from dataclasses import dataclass
 from typing import Any
 
-from dcgan_xai.errors import UserError
-from dcgan_xai.files import write_csv
+from dcgan_xai.files import read_table, write_csv
 from dcgan_xai.runs.layout import RunDir
+
+RESUME_HINT = "delete that line (a resumed run writes the rows of the epochs it trains again)"
 
 
 @dataclass(frozen=True)
@@ -38,7 +37,9 @@ class Table:
     def read(self, run: RunDir) -> list[dict[str, Any]]:
         """The run's rows, numbers parsed, sorted by key; none where the table is missing."""
         path = run.root / self.where
-        return sorted(read_table(path, self.parse), key=self.key) if path.is_file() else []
+        if not path.is_file():
+            return []
+        return sorted(read_table(path, self.parse, hint=RESUME_HINT), key=self.key)
 
     def update(
         self, run: RunDir, rows: list[dict[str, Any]], keep_through: int | None = None
@@ -62,37 +63,6 @@ QUALITY = Table("quality/scores.csv", ("epoch", "draw", "noise_seed", "samples",
                 "kid_std", "reference", "classifier_accuracy", "classifier_md5"),
                 ("epoch", "draw"), ints=("epoch", "draw", "noise_seed", "samples"),
                 floats=("fid", "kid", "kid_std", "classifier_accuracy"))  # fmt: skip
-
-
-def read_csv(path: str | os.PathLike[str]) -> list[dict[str, str]]:
-    """The rows of a CSV file; one that is not readable text CSV is one error naming it."""
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            return list(csv.DictReader(f))
-    except (csv.Error, UnicodeDecodeError) as err:
-        raise UserError(
-            f"{path} is not a readable CSV table ({type(err).__name__}: {err})"
-        ) from err
-
-
-def read_table(path: str | os.PathLike[str], parse: Any) -> list[dict[str, Any]]:
-    """Rows of a CSV table through ``parse``; a damaged line (a value missing or extra, or
-    one ``parse`` refuses) is one error naming it."""
-    rows = []
-    for line, raw in enumerate(read_csv(path), start=2):
-        try:
-            if None in raw or None in raw.values():
-                raise ValueError("it has more or fewer values than the header")
-            rows.append(parse(raw))
-        except KeyError as err:  # the header lacks a column: not a table of this project's
-            raise UserError(f"{path} has no column {err}; it is not a table this project "
-                            "wrote, or a damaged one: restore it or remove it") from err  # fmt: skip
-        except (TypeError, ValueError) as err:
-            raise UserError(
-                f"{path} line {line} is damaged ({type(err).__name__}: {err}); delete that line "
-                "(a resumed run writes the rows of the epochs it trains again)"
-            ) from err
-    return rows
 
 
 def score_rows(epoch: int, record: dict[str, Any]) -> list[dict[str, Any]]:
