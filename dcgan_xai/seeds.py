@@ -74,7 +74,7 @@ def train_together(
     resume: str = "the same settings and resume=true",
 ) -> dict[Path, Any]:
     """Train each config of ``jobs`` into its run dir, all at once: each in a thread of its own
-    and, on a GPU, on a CUDA stream of its own.
+    and, on a GPU, on a CUDA stream of its own (one training alone keeps the default stream).
 
     SIGTERM (or Ctrl+C) stops every training at its next step, keeping finished epochs.
     ``time_limit_s`` and the results are those of :func:`~dcgan_xai.training.train`; ``resume``
@@ -92,7 +92,8 @@ def train_together(
     results: dict[Path, Any] = {}
 
     def run(run_dir: Path, cfg: DictConfig) -> None:
-        stream = torch.cuda.Stream() if trains_on_cuda(str(cfg.trainer.accelerator)) else None
+        side = len(jobs) > 1 and trains_on_cuda(str(cfg.trainer.accelerator))
+        stream = torch.cuda.Stream() if side else None
         try:
             with torch.cuda.stream(stream) if stream is not None else nullcontext():
                 results[run_dir] = train(cfg, run_dir, time_limit_s, stop=stop)
