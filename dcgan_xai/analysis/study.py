@@ -93,8 +93,9 @@ def train_runs(
     status: dict[Path, str] = {}
     todo: dict[Path, DictConfig] = {}
     for seed, run_dir, extra in runs:
-        epochs = len(RunDir(run_dir).checkpoint_epochs())
-        if _finished(RunDir(run_dir)):
+        run = RunDir(run_dir)
+        epochs = len(run.checkpoint_epochs())
+        if _finished(run):
             status[run_dir] = "found finished"
         elif not study.train:
             status[run_dir] = f"not trained (train=false): {epochs} epochs checkpointed"

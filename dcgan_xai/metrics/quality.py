@@ -257,7 +257,9 @@ def fid_meter(
         path, train, test, epochs=protocol.classifier_epochs,
         min_accuracy=protocol.min_accuracy, device=device,
     )  # fmt: skip
-    record = {**(measured_alike(dm, protocol) or {}), "classifier_accuracy": accuracy}
+    alike = measured_alike(dm, protocol)
+    assert alike is not None, f"the classifier {path} was just loaded or trained"
+    record = {**alike, "classifier_accuracy": accuracy}
     real = reference_images(test.images, protocol.fid_samples, protocol.fid_seed)
     return QualityMeter(classifier, real, protocol.batch_size, seed=protocol.fid_seed), record
 
