@@ -15,6 +15,14 @@ from dcgan_xai.models.step import gan_step
 K, N, NZ, WIDTH = 3, 4, 8, 4
 
 
+def assert_rounding_close(got: torch.Tensor, want: torch.Tensor) -> None:
+    """Equal to fp64 rounding: no element off by more than 1e-12 of the tensor's scale."""
+    if not want.dtype.is_floating_point:  # BatchNorm's step count
+        assert torch.equal(got, want)
+        return
+    assert (got - want).abs().max().item() <= 1e-12 * want.abs().max().item()
+
+
 def seeded_nets(seed: int, arch: str = "paper", dtype: torch.dtype = torch.float64):
     torch.manual_seed(seed)  # as a single run builds its nets after seed_everything(seed)
     g, d = Generator(NZ, WIDTH), build_discriminator(arch, WIDTH)
@@ -56,7 +64,10 @@ def test_fold_then_unfold_gives_back_every_tensor_and_each_column_is_its_net(arc
 @pytest.mark.parametrize("noise", [False, True])
 def test_k_folded_models_train_as_each_alone_step_by_step(noise):
     """fp64 (CPU convolutions without oneDNN): 5 full GAN steps of 3 seeds, folded against
-    alone; losses, D(x), D(G(z)) and every weight, buffer and Adam moment bitwise equal."""
+    alone. Losses, D(x) and D(G(z)) bitwise equal; every weight, buffer and Adam moment equal to
+    fp64 rounding (bitwise on an AVX-512 CPU; an AVX2 CPU's kernels reduce a grouped channel in
+    another order: at most 3.1e-15 of the tensor's largest value). A column mixed with another
+    would be off by its whole scale."""
     dtype, steps = torch.float64, 5
     alone = [seeded_nets(s) for s in range(K)]
     folded_g = fold([g for g, _ in alone])
@@ -81,7 +92,7 @@ def test_k_folded_models_train_as_each_alone_step_by_step(noise):
         unfold(folded_d.folded, [taken[1] if i == k else copy.deepcopy(d) for i in range(K)])
         for mine, theirs in ((g, taken[0]), (d, taken[1])):
             for key, t in mine.state_dict().items():
-                torch.testing.assert_close(theirs.state_dict()[key], t, rtol=0, atol=0)
+                assert_rounding_close(theirs.state_dict()[key], t)
     # Adam's moments split by the same rule as the weights
     for fopt, index in ((fopt_g, 0), (fopt_d, 1)):
         fparams = list(fopt.param_groups[0]["params"])
@@ -91,8 +102,7 @@ def test_k_folded_models_train_as_each_alone_step_by_step(noise):
                 own = opts[k][index]
                 mine = own.state[own.param_groups[0]["params"][i]]
                 for name in ("exp_avg", "exp_avg_sq"):
-                    part = split_state(state[name], K)[k]
-                    torch.testing.assert_close(part, mine[name], rtol=0, atol=0)
+                    assert_rounding_close(split_state(state[name], K)[k], mine[name])
                 assert float(state["step"]) == float(mine["step"]) == steps
 
 
