@@ -12,7 +12,7 @@ import sys
 import tempfile
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -481,9 +481,38 @@ def compose_config(config_name: str, overrides: list[str], hydra: bool = False) 
             return compose(config_name, overrides=overrides, return_hydra_config=hydra)
         conf = str(Path(__file__).resolve().parent / "conf")
         with initialize_config_dir(config_dir=conf, version_base="1.3"):
-            return compose(config_name, overrides=overrides, return_hydra_config=hydra)
+            cfg = compose(config_name, overrides=overrides, return_hydra_config=hydra)
     except (HydraException, OmegaConfBaseException) as err:
         raise UserError(hydra_error_line(err)) from err
+    refuse_added_keys(cfg, config_name, overrides)
+    return cfg
+
+
+def refuse_added_keys(cfg: DictConfig, config_name: str, overrides: list[str]) -> None:
+    """Refuse a key no schema has. Hydra adds ``+key=value`` to a structured config without a
+    word, so ``+study=nope`` where no ``study`` config group is found (outside the project's
+    folder) would be dropped silently and the default run instead."""
+    for key in _added_keys(cfg):
+        given = next((o for o in overrides if o.lstrip("+").split("=")[0] == key), key)
+        parent, _, name = key.rpartition(".")
+        raise UserError(f"{given} is not allowed: {parent or f'the {config_name} config'} has no setting "
+                        f"'{name}' and no config group '{key}' is found (the package's configs "
+                        f"and {Path.cwd() / 'conf'} are searched)")  # fmt: skip
+
+
+def _added_keys(node: DictConfig, prefix: str = "") -> list[str]:
+    kind = OmegaConf.get_type(node)
+    names = {f.name for f in fields(kind)} if kind is not None and is_dataclass(kind) else None
+    added = []
+    for key in node.keys():
+        path = f"{prefix}{key}"
+        if names is not None and key not in names and path != "hydra":
+            added.append(path)
+        elif path != "hydra" and not OmegaConf.is_interpolation(node, str(key)):
+            child = node[key]
+            if isinstance(child, DictConfig):
+                added += _added_keys(child, f"{path}.")
+    return added
 
 
 def command_ranges(config_name: str) -> Ranges:

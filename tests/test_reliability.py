@@ -416,6 +416,26 @@ def test_bad_multirun_and_unreadable_overrides_are_one_line_before_any_folder(
 
 
 @pytest.mark.parametrize(
+    "command, message",
+    [
+        (["study", "+study=nope"], r"^error: \+study=nope is not allowed: the study config has no setting 'study' and no config group 'study' is found \(the package's configs and .*/conf are searched\)$"),
+        (["study", "-m", "+study=claim"], r"^error: \+study=claim is not allowed: the study config has no setting 'study'"),
+        (["train", "+foo=1"], r"^error: \+foo=1 is not allowed: the train config has no setting 'foo'"),
+        (["train", "+trainer.fast=true"], r"^error: \+trainer.fast=true is not allowed: trainer has no setting 'fast'"),
+    ],
+)  # fmt: skip
+def test_a_key_no_config_has_is_refused_in_any_folder(tmp_path, command, message):
+    """Hydra adds ``+key=value`` to a structured config silently: outside the project's folder,
+    where no ``conf/study`` is found, ``+study=nope`` would drop the study's name and run the
+    default study. Here it is one line, and nothing is written in the folder."""
+    done = subprocess.run([sys.executable, "-m", f"dcgan_xai.{command[0]}", *command[1:]],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)  # fmt: skip
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1 and re.search(message, lines[0]), done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
     "where, message",
     [
         ("under_a_file", r"^error: hydra.run.dir=.*/notes.txt/run is under .*/notes.txt, which is a file; choose a folder$"),
