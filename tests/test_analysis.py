@@ -185,16 +185,20 @@ def test_fid_of_a_set_against_itself_is_zero_and_halves_beat_noise(fixture_class
     assert halves["kid"] < noise["kid"]
 
 
-def test_analyze_cli_refuses_a_run_without_checkpoints(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "dcgan_xai.analyze", f"run_dir={tmp_path}"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=120,
-    )  # fmt: skip
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1] == (
-        f"error: analyze: {tmp_path / 'checkpoints'} holds no epoch=NNN.ckpt checkpoints"
-    )
-    assert not (tmp_path / "analysis").exists()
+@pytest.mark.parametrize("command", ["analyze", "curate"])
+def test_a_folder_that_is_not_a_trained_run_is_refused_in_one_line(tmp_path, command):
+    for run_dir, message in (
+        (tmp_path, f"{tmp_path / 'checkpoints'} holds no epoch=NNN.ckpt checkpoints"),
+        (tmp_path / "typo", f"run_dir={tmp_path / 'typo'} does not exist; give a training's run dir"),
+    ):  # fmt: skip
+        proc = subprocess.run(
+            [sys.executable, "-m", f"dcgan_xai.{command}", f"run_dir={run_dir}",
+             *(["epoch=1"] if command == "curate" else [])],
+            capture_output=True, text=True, cwd=tmp_path, timeout=120,
+        )  # fmt: skip
+        assert proc.returncode == 2
+        assert proc.stderr.strip().splitlines()[-1] == f"error: {command}: {message}"
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_notebook_runs_on_a_smoke_run(smoke_run, monkeypatch):

@@ -254,7 +254,7 @@ def test_compare_puts_baseline_and_curated_side_by_side(curated, smoke_cfg, smok
     ):
         compare_runs(runs, settings, out)
     assert not (out / "compare.json").exists()
-    with pytest.raises(UserError, match="holds no epoch=NNN.ckpt checkpoints"):
+    with pytest.raises(UserError, match="no_run does not exist; give a training's run dir"):
         compare_runs([runs[0], tmp_path / "no_run"], settings, tmp_path / "new")
     assert not (tmp_path / "new").exists()  # a failed comparison leaves no folder of its own
 

@@ -176,6 +176,7 @@ def curate_run(run_dir: str | Path, settings: CurationSettings | None = None) ->
     s = settings or CurationSettings()
     s.check()
     run = RunDir(run_dir)
+    run.trained_epochs("curate")
     if s.name is not None:  # refused before the scoring, not after it
         _refuse_existing(run, s.name, s.control)
     path = resolve_checkpoint(run, s.epoch, s.ckpt)

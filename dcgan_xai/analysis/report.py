@@ -195,9 +195,7 @@ def analyze_run(run_dir: str | Path, settings: AnalysisSettings | None = None) -
     settings = settings or AnalysisSettings()
     settings.check()
     run = RunDir(run_dir)
-    epochs = run.checkpoint_epochs()
-    if not epochs:
-        raise UserError(f"analyze: {run.checkpoints} holds no epoch=NNN.ckpt checkpoints")
+    epochs = run.trained_epochs("analyze")
     probe = ensure_probe(run)
     kind, arg = parse_samples(settings.samples, probe.labels.numel())
     records = epoch_records(run, probe, settings, epochs)

@@ -87,6 +87,15 @@ class RunDir:
         """Epochs (counted as epochs trained) that have a checkpoint, ascending."""
         return _numbered(self.checkpoints, CKPT_RE)
 
+    def trained_epochs(self, command: str) -> list[int]:
+        """:meth:`checkpoint_epochs`; a folder that is not a trained run is refused in one line."""
+        if not self.root.is_dir():
+            raise UserError(f"{command}: run_dir={self.root} does not exist; give a training's "
+                            "run dir")  # fmt: skip
+        if not (epochs := self.checkpoint_epochs()):
+            raise UserError(f"{command}: {self.checkpoints} holds no epoch=NNN.ckpt checkpoints")
+        return epochs
+
     def gradcam_epochs(self) -> list[int]:
         return _numbered(self.gradcam, GRADCAM_RE)
 
