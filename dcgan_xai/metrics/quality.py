@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,9 +183,12 @@ class QualityMeter:
         features = Features(self.classifier.num_features)
         n = self.real.shape[0]
         self.fid = FrechetInceptionDistance(feature=features, reset_real_features=False)
-        self.kid = KernelInceptionDistance(
-            feature=features, subset_size=min(self.kid_subset_size, n), reset_real_features=False
-        )
+        with warnings.catch_warnings():  # it keeps every feature: fid_samples of them, bounded
+            warnings.filterwarnings("ignore", ".*will save all extracted features in buffer")
+            subset = min(self.kid_subset_size, n)
+            self.kid = KernelInceptionDistance(
+                feature=features, subset_size=subset, reset_real_features=False
+            )
         device = next(self.classifier.parameters()).device
         self.fid.to(device)
         self.kid.to(device)
