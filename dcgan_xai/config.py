@@ -478,10 +478,11 @@ def compose_config(config_name: str, overrides: list[str], hydra: bool = False) 
 
     try:
         if GlobalHydra.instance().is_initialized():
-            return compose(config_name, overrides=overrides, return_hydra_config=hydra)
-        conf = str(Path(__file__).resolve().parent / "conf")
-        with initialize_config_dir(config_dir=conf, version_base="1.3"):
             cfg = compose(config_name, overrides=overrides, return_hydra_config=hydra)
+        else:
+            conf = str(Path(__file__).resolve().parent / "conf")
+            with initialize_config_dir(config_dir=conf, version_base="1.3"):
+                cfg = compose(config_name, overrides=overrides, return_hydra_config=hydra)
     except (HydraException, OmegaConfBaseException) as err:
         raise UserError(hydra_error_line(err)) from err
     refuse_added_keys(cfg, config_name, overrides)
