@@ -421,6 +421,7 @@ def test_bad_multirun_and_unreadable_overrides_are_one_line_before_any_folder(
         (["study", "+study=nope"], r"^error: \+study=nope is not allowed: the study config has no setting 'study' and no config group 'study' is found \(the package's configs and .*/conf are searched\)$"),
         (["study", "-m", "+study=claim"], r"^error: \+study=claim is not allowed: the study config has no setting 'study'"),
         (["train", "+foo=1"], r"^error: \+foo=1 is not allowed: the train config has no setting 'foo'"),
+        (["study", "seeds=[0]", "train_overrides=['+foo=1']"], r"^error: \+foo=1 is not allowed: the train config has no setting 'foo'"),
         (["train", "+trainer.fast=true"], r"^error: \+trainer.fast=true is not allowed: trainer has no setting 'fast'"),
     ],
 )  # fmt: skip
