@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from dcgan_xai.config import TRAIN_RANGES, check_ranges
+from dcgan_xai.config import TRAIN_RANGES, check_ranges, refuse_added_keys
 from dcgan_xai.data.mnist import MNISTDataModule
 from dcgan_xai.errors import UserError
 from dcgan_xai.models.networks import IMAGE_SIZE, Generator, build_discriminator
@@ -22,6 +22,7 @@ def validate(cfg: DictConfig) -> None:
     """Refuse values the schema's types cannot catch, before anything is written: the ranges of
     :data:`dcgan_xai.config.TRAIN_RANGES`, then what depends on several settings or on the
     machine."""
+    refuse_added_keys(cfg, "train", [])  # where check_overrides did not run
     check_ranges(cfg, TRAIN_RANGES)
     if cfg.data.image_size != IMAGE_SIZE:
         raise UserError(

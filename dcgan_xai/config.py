@@ -271,6 +271,7 @@ class TrainConfig:
 
 def settings_in(cls: Any, cfg: DictConfig) -> Any:
     """The dataclass ``cls`` of the settings in a composed config (its other keys dropped)."""
+    refuse_added_keys(cfg, cls.__name__, [])  # where check_overrides did not run
     names = {f.name for f in fields(cls)}
     values = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(values, dict)
@@ -393,6 +394,7 @@ class StudySettings:
     @classmethod
     def from_config(cls, cfg: DictConfig) -> StudySettings:
         """The settings in a composed ``study`` config (its ``hydra`` node, if any, left out)."""
+        refuse_added_keys(cfg, "study", [])  # where check_overrides did not run
         values = OmegaConf.to_container(cfg, resolve=True)
         assert isinstance(values, dict)
         values.pop("hydra", None)
@@ -494,7 +496,8 @@ def refuse_added_keys(cfg: DictConfig, config_name: str, overrides: list[str]) -
     word, so ``+study=nope`` where no ``study`` config group is found (outside the project's
     folder) would be dropped silently and the default run instead."""
     for key in _added_keys(cfg):
-        given = next((o for o in overrides if o.lstrip("+").split("=")[0] == key), key)
+        given = next((o for o in overrides if o.lstrip("+").split("=")[0] == key),
+                     f"+{key}={OmegaConf.select(cfg, key)}")  # fmt: skip
         parent, _, name = key.rpartition(".")
         raise UserError(f"{given} is not allowed: {parent or f'the {config_name} config'} has no setting "
                         f"'{name}' and no config group '{key}' is found (the package's configs "

@@ -1,3 +1,4 @@
+import os
 import re
 import subprocess
 import sys
@@ -433,6 +434,17 @@ def test_a_key_no_config_has_is_refused_in_any_folder(tmp_path, command, message
                           capture_output=True, text=True, cwd=tmp_path, timeout=120)  # fmt: skip
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode == 2 and len(lines) == 1 and re.search(message, lines[0]), done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_study_name_no_folder_holds_is_refused_with_full_errors_too(tmp_path):
+    """With ``HYDRA_FULL_ERROR=1`` the command line is left to Hydra; the study still refuses
+    the key Hydra added (with a traceback) instead of running the default study."""
+    done = subprocess.run([sys.executable, "-m", "dcgan_xai.study", "+study=nope"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                          env={**os.environ, "HYDRA_FULL_ERROR": "1"})  # fmt: skip
+    assert done.returncode != 0
+    assert "UserError: +study=nope is not allowed" in done.stderr.splitlines()[-1], done.stderr
     assert list(tmp_path.iterdir()) == []
 
 
