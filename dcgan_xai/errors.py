@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -63,6 +64,10 @@ def hydra_error_line(err: BaseException) -> str:
         if line and not line.startswith(skip):
             lines.append(line)
     line = " ".join(lines)
+    group = re.match(r"In '(\w+)/[^']+': ConfigKeyError .* Key '(\w+)' not in", line)
+    if group and group[1] == group[2]:  # the file's keys landed under its group's name
+        line += (f"; a file in {group[1]}/ sets top-level keys only with the line "
+                 "'# @package _global_' at its top")  # fmt: skip
     if line.startswith(("LexerNoViableAltException:", "mismatched input")):  # the grammar's
         override = line.split(": ", 1)[-1].split(" ^")[0].strip()
         return (f"{override} cannot be read by Hydra's override grammar (a character it takes only "

@@ -437,6 +437,22 @@ def test_a_key_no_config_has_is_refused_in_any_folder(tmp_path, command, message
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("command, group", [(["train", "experiment=mine"], "experiment"),
+                                            (["study", "+study=mine"], "study")])  # fmt: skip
+def test_a_users_config_without_its_package_header_is_one_line_saying_so(tmp_path, command, group):
+    mine = tmp_path / "conf" / group / "mine.yaml"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("seeds: [0]\n" if group == "study" else "model:\n  lr: 4.0e-4\n")
+    done = subprocess.run([sys.executable, "-m", f"dcgan_xai.{command[0]}", command[1]],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)  # fmt: skip
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"error: In '{group}/mine': ConfigKeyError")
+    assert lines[0].endswith(f"; a file in {group}/ sets top-level keys only with the line "
+                             "'# @package _global_' at its top")  # fmt: skip
+    assert [p.name for p in tmp_path.iterdir()] == ["conf"]
+
+
 def test_a_study_name_no_folder_holds_is_refused_with_full_errors_too(tmp_path):
     """With ``HYDRA_FULL_ERROR=1`` the command line is left to Hydra; the study still refuses
     the key Hydra added (with a traceback) instead of running the default study."""
