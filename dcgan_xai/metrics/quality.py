@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
@@ -144,9 +145,13 @@ def load_or_train_classifier(
             acc = float(saved["accuracy"])
         else:
             assert train is not None, "no cached classifier: its training split is needed"
+            rank_zero_info(f"training the MNIST classifier of FID/KID ({epochs} epochs, seed "
+                           f"{seed}), once: later runs read it from {path}")  # fmt: skip
             start = time.perf_counter()
             model, acc = train_classifier(train, test, seed, epochs, device=device)
             model = model.cpu()
+            rank_zero_info(f"classifier trained in {time.perf_counter() - start:.0f} s: test "
+                           f"accuracy {acc:.4f}")  # fmt: skip
             atomic_torch_save(
                 {
                     "state_dict": model.state_dict(),
