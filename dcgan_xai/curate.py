@@ -16,7 +16,8 @@ def run(cfg: DictConfig) -> str:
         raise UserError("run_dir is required: python -m dcgan_xai.curate run_dir=<run dir>")
     s = curate_run(cfg.run_dir, settings_in(CurationSettings, cfg))
     return (
-        f"flagged {s['flagged']} of {s['total']} training images (coverage > "
+        f"flagged {s['flagged']} of the {s['scored']} images the run trained on (of {s['total']} "
+        f"in the split; coverage > "
         f"{s['settings']['flag_threshold']}) in {s['seconds']:.1f} s; manifest: {s['dir']}/manifest.csv"
     )
 
