@@ -150,6 +150,9 @@ def _train_owned(
         # (finished epochs stay, exit 3); the entry point's handler covered the start
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
     rank_zero_info(start.numeric_path)  # the start is accepted: every check has passed
+    if start.exclusion is not None:
+        rank_zero_info(f"data: {start.exclusion['excluded']} training images left out, as "
+                       f"{start.exclusion['manifest']} flags them")  # fmt: skip
     if trainer.is_global_zero:
         record_start(run, start.cfg, start.exclusion, composed=cfg)
     began, stopped = time.perf_counter(), None

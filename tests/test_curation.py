@@ -1,5 +1,6 @@
 import csv
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -70,7 +71,7 @@ def test_source_data_is_untouched(curated, mnist_fixture):
     assert {name: file_digest(root / name) for name in FILES.values()} == before
 
 
-def test_exclude_removes_exactly_the_flagged_images(curated, smoke_cfg, tmp_path):
+def test_exclude_removes_exactly_the_flagged_images(curated, smoke_cfg, tmp_path, caplog):
     _, half, _ = curated
     manifest = f"{half['dir']}/manifest.csv"
     rows, _ = read_manifest(manifest)
@@ -79,8 +80,11 @@ def test_exclude_removes_exactly_the_flagged_images(curated, smoke_cfg, tmp_path
     cfg = smoke_cfg(
         "data.limit=null", f"data.exclude={manifest}", "trainer.max_epochs=1", "callbacks=none"
     )
-    result = train(cfg, tmp_path)
+    with caplog.at_level(logging.INFO):
+        result = train(cfg, tmp_path)
     assert result["train_images"] == 300 - len(flagged)
+    said = f"data: {len(flagged)} training images left out, as {manifest} flags them"
+    assert said in caplog.messages
     record = json.loads((tmp_path / "exclusion.json").read_text())
     assert record["excluded"] == len(flagged) and record["fingerprint"]["size"] == 300
     from dcgan_xai.data.exclusion import load_exclusion
