@@ -508,11 +508,11 @@ def _added_keys(node: DictConfig, prefix: str = "") -> list[str]:
     kind = OmegaConf.get_type(node)
     names = {f.name for f in fields(kind)} if kind is not None and is_dataclass(kind) else None
     added = []
-    for key in node.keys():
+    for key in map(str, node.keys()):
         path = f"{prefix}{key}"
         if names is not None and key not in names and path != "hydra":
             added.append(path)
-        elif path != "hydra" and not OmegaConf.is_interpolation(node, str(key)):
+        elif path != "hydra" and not OmegaConf.is_interpolation(node, key):
             child = node[key]
             if isinstance(child, DictConfig):
                 added += _added_keys(child, f"{path}.")

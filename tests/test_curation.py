@@ -236,6 +236,12 @@ def test_compare_puts_baseline_and_curated_side_by_side(curated, smoke_cfg, smok
         [f"| {runs[0]}", "0", str(selected[0])], [f"| {runs[1]}", str(half["flagged"]), str(selected[1])],
     ]  # fmt: skip
     assert (out / "compare.png").is_file()
+    assert "last epochs differ" not in (out / "compare.md").read_text()
+    short = train(smoke_cfg("trainer.max_epochs=1", "callbacks=none"), tmp_path / "short")
+    compare_runs([runs[0], short["run_dir"]], settings, tmp_path / "cmp_short")
+    last = RunDir(runs[0]).checkpoint_epochs()[-1]
+    assert (f"The runs' last epochs differ ({last}, 1): their last epochs are generators trained "
+            "for different lengths.") in (tmp_path / "cmp_short" / "compare.md").read_text()  # fmt: skip
     with pytest.raises(UserError, match="already holds a comparison; choose another out_dir"):
         compare_runs(runs, settings, out)
     (out / "compare.json").unlink()  # a comparison killed before its record: written again

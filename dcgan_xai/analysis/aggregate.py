@@ -147,7 +147,8 @@ def _compare(
         exclusion, v = RunDir(run_dir).root / "exclusion.json", result.get("verdict") or {}
         excluded = json.loads(exclusion.read_text())["excluded"] if exclusion.is_file() else 0
         rows.append({"run_dir": str(run_dir), "excluded": excluded,
-                     "selected_epoch": result["selected_epoch"], **{k: v.get(k) for k in VERDICT_FIELDS},
+                     "selected_epoch": result["selected_epoch"], "last_epoch": result["last_epoch"],
+                     **{k: v.get(k) for k in VERDICT_FIELDS},
                      "last_kid": result["epochs"][-1]["kid"]})  # fmt: skip
         series[f"{Path(run_dir).name} focus"] = [r["focus"] for r in result["epochs"]]
     for row, vs in zip(rows, _against_the_first(fresh), strict=True):
@@ -164,6 +165,9 @@ def _compare(
         "a loss only beyond 2 standard errors of the noise pooled over these runs' sets, else a "
         "tie. One run each (n = 1): a comparison of these runs, not a study's verdict.",
     ]
+    if len(set(last := [r["last_epoch"] for r in rows])) > 1:
+        lines += ["", f"The runs' last epochs differ ({', '.join(map(str, last))}): their last "
+                  "epochs are generators trained for different lengths."]  # fmt: skip
     _focus_curves(series, out / "compare.png", "focus")
     atomic_write_text(out / "compare.md", "\n".join(lines) + "\n")
     atomic_write_text(out / "compare.json", json.dumps(rows, indent=2) + "\n")  # the record, last
