@@ -499,9 +499,10 @@ def refuse_added_keys(cfg: DictConfig, config_name: str, overrides: list[str]) -
         given = next((o for o in overrides if o.lstrip("+").split("=")[0] == key),
                      f"+{key}={OmegaConf.select(cfg, key)}")  # fmt: skip
         parent, _, name = key.rpartition(".")
-        raise UserError(f"{given} is not allowed: {parent or f'the {config_name} config'} has no setting "
-                        f"'{name}' and no config group '{key}' is found (the package's configs "
-                        f"and {Path.cwd() / 'conf'} are searched)")  # fmt: skip
+        where = parent or f"the {config_name} config"
+        raise UserError(f"{given} is not allowed: {where} has no setting '{name}' and no config "
+                        f"group '{key}' is found (the package's configs and "
+                        f"{Path.cwd() / 'conf'} are searched)")  # fmt: skip
 
 
 def _added_keys(node: DictConfig, prefix: str = "") -> list[str]:
