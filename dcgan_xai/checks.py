@@ -22,7 +22,7 @@ def validate(cfg: DictConfig) -> None:
     """Refuse values the schema's types cannot catch, before anything is written: the ranges of
     :data:`dcgan_xai.config.TRAIN_RANGES`, then what depends on several settings or on the
     machine."""
-    refuse_added_keys(cfg, "train", [])  # where check_overrides did not run
+    refuse_added_keys(cfg)  # where check_overrides did not run
     check_ranges(cfg, TRAIN_RANGES)
     if cfg.data.image_size != IMAGE_SIZE:
         raise UserError(

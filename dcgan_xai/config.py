@@ -271,7 +271,7 @@ class TrainConfig:
 
 def settings_in(cls: Any, cfg: DictConfig) -> Any:
     """The dataclass ``cls`` of the settings in a composed config (its other keys dropped)."""
-    refuse_added_keys(cfg, cls.__name__, [])  # where check_overrides did not run
+    refuse_added_keys(cfg)  # where check_overrides did not run
     names = {f.name for f in fields(cls)}
     values = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(values, dict)
@@ -394,7 +394,7 @@ class StudySettings:
     @classmethod
     def from_config(cls, cfg: DictConfig) -> StudySettings:
         """The settings in a composed ``study`` config (its ``hydra`` node, if any, left out)."""
-        refuse_added_keys(cfg, "study", [])  # where check_overrides did not run
+        refuse_added_keys(cfg)  # where check_overrides did not run
         values = OmegaConf.to_container(cfg, resolve=True)
         assert isinstance(values, dict)
         values.pop("hydra", None)
@@ -487,11 +487,11 @@ def compose_config(config_name: str, overrides: list[str], hydra: bool = False) 
                 cfg = compose(config_name, overrides=overrides, return_hydra_config=hydra)
     except (HydraException, OmegaConfBaseException) as err:
         raise UserError(hydra_error_line(err)) from err
-    refuse_added_keys(cfg, config_name, overrides)
+    refuse_added_keys(cfg, overrides)
     return cfg
 
 
-def refuse_added_keys(cfg: DictConfig, config_name: str, overrides: list[str]) -> None:
+def refuse_added_keys(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
     """Refuse a key no schema has. Hydra adds ``+key=value`` to a structured config without a
     word, so ``+study=nope`` where no ``study`` config group is found (outside the project's
     folder) would be dropped silently and the default run instead."""
@@ -499,7 +499,8 @@ def refuse_added_keys(cfg: DictConfig, config_name: str, overrides: list[str]) -
         given = next((o for o in overrides if o.lstrip("+").split("=")[0] == key),
                      f"+{key}={OmegaConf.select(cfg, key)}")  # fmt: skip
         parent, _, name = key.rpartition(".")
-        where = parent or f"the {config_name} config"
+        command = next((f"{k} " for k, v in SCHEMAS.items() if v is OmegaConf.get_type(cfg)), "")
+        where = parent or f"the {command}config"
         raise UserError(f"{given} is not allowed: {where} has no setting '{name}' and no config "
                         f"group '{key}' is found (the package's configs and "
                         f"{Path.cwd() / 'conf'} are searched)")  # fmt: skip
@@ -597,14 +598,16 @@ def _job_dir(experiment: str, seed: Any) -> str:
     return f"jobs/{experiment}" if seed is None else f"runs/{experiment}_seed_{seed}"
 
 
+# Each command's schema: the primary config ``<command>.yaml`` names ``<command>_schema`` first.
+SCHEMAS = {"train": TrainConfig, "analyze": AnalyzeConfig, "curate": CurateConfig,
+           "aggregate": AggregateConfig, "study": StudySettings}  # fmt: skip
+
+
 def register_configs() -> None:
     """Register the schemas; the primary configs name them first in their defaults."""
     cs = ConfigStore.instance()
-    cs.store(name="train_schema", node=TrainConfig)
-    cs.store(name="analyze_schema", node=AnalyzeConfig)
-    cs.store(name="curate_schema", node=CurateConfig)
-    cs.store(name="aggregate_schema", node=AggregateConfig)
-    cs.store(name="study_schema", node=StudySettings)
+    for command, schema in SCHEMAS.items():
+        cs.store(name=f"{command}_schema", node=schema)
     OmegaConf.register_new_resolver("csv", _csv, replace=True)
     OmegaConf.register_new_resolver("job_seeds", _job_seeds, replace=True)
     OmegaConf.register_new_resolver("job_dir", _job_dir, replace=True)
