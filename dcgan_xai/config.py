@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
+import subprocess
 import sys
 import tempfile
 import warnings
@@ -548,9 +550,31 @@ def check_overrides(config_name: str) -> None:
         check_ranges(cfg, command_ranges(config_name))  # before Hydra makes any folder
         key = "hydra.sweep.dir" if flags else "hydra.run.dir"
         check_folder_can_be_made(key, Path(OmegaConf.select(cfg, key)))
+        if flags:
+            check_slurm_answers(cfg)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+
+
+def check_slurm_answers(cfg: DictConfig) -> None:
+    """Refuse in one line a Slurm launcher where no Slurm controller answers (not a cluster's
+    node): ``sbatch`` would fail after Hydra made the sweep folder, with a long traceback."""
+    if not str(OmegaConf.select(cfg, "hydra.launcher._target_")).endswith(".SlurmLauncher"):
+        return
+    if shutil.which("sbatch") is None or shutil.which("scontrol") is None:
+        raise UserError("the Slurm launcher submits with sbatch, which is not on PATH here; run "
+                        "from a login node of the cluster, or choose another hydra/launcher")  # fmt: skip
+    try:
+        ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=30)
+        said = (ping.stderr.strip() or ping.stdout.strip()).splitlines()[-1:]
+        ok = ping.returncode == 0 and "DOWN" not in ping.stdout
+    except subprocess.TimeoutExpired:
+        said, ok = ["no answer in 30 s"], False
+    if not ok:
+        raise UserError(f"the Slurm launcher needs a Slurm controller, and none answers here "
+                        f"(scontrol ping: {' '.join(said) or 'DOWN'}); run from a login node of "
+                        "the cluster, or choose another hydra/launcher")  # fmt: skip
 
 
 def check_folder_can_be_made(key: str, folder: Path) -> None:

@@ -453,6 +453,38 @@ def test_a_users_config_without_its_package_header_is_one_line_saying_so(tmp_pat
     assert [p.name for p in tmp_path.iterdir()] == ["conf"]
 
 
+@pytest.mark.parametrize("command", ["train", "study"])
+def test_the_slurm_launcher_where_no_controller_answers_is_one_line(tmp_path, command):
+    """Before Hydra makes the sweep folder: no sbatch on PATH, then a controller that does not
+    answer (a stand-in ``scontrol`` failing as Slurm's does off a cluster). The launch through
+    a real cluster is tests/test_slurm.py's."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    sweep = tmp_path / "sweep"
+    extra = (
+        ["experiment=smoke", "seed=0,1"]
+        if command == "train"
+        else ["+study=claim", f"out_dir={sweep}"]
+    )
+    args = [sys.executable, "-m", f"dcgan_xai.{command}", "-m", "hydra/launcher=slurm", *extra,
+            f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    expected = [r"^error: the Slurm launcher submits with sbatch, which is not on PATH here; ",
+                r"^error: the Slurm launcher needs a Slurm controller, and none answers here "
+                r"\(scontrol ping: scontrol: fatal: Could not establish a configuration source\); "]  # fmt: skip
+    for message in expected:
+        done = subprocess.run(args, capture_output=True, text=True, cwd=REPO, timeout=120,
+                              env={**os.environ, "PATH": str(bin_dir)})  # fmt: skip
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        assert done.returncode == 2 and len(lines) == 1, done.stderr
+        assert re.search(message, lines[0]), lines[0]
+        assert not sweep.exists()
+        for name in ("sbatch", "scontrol"):  # the second round: Slurm's tools, no controller
+            tool = bin_dir / name
+            tool.write_text("#!/bin/sh\necho 'scontrol: fatal: Could not establish a "
+                            "configuration source' >&2\nexit 1\n")  # fmt: skip
+            tool.chmod(0o755)
+
+
 def test_a_study_name_no_folder_holds_is_refused_with_full_errors_too(tmp_path):
     """With ``HYDRA_FULL_ERROR=1`` the command line is left to Hydra; the study still refuses
     the key Hydra added (with a traceback) instead of running the default study."""
