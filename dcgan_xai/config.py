@@ -497,29 +497,32 @@ def refuse_added_keys(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
     """Refuse a key no schema has. Hydra adds ``+key=value`` to a structured config without a
     word, so ``+study=nope`` where no ``study`` config group is found (outside the project's
     folder) would be dropped silently and the default run instead."""
-    for key in _added_keys(cfg):
-        given = next((o for o in overrides if o.lstrip("+").split("=")[0] == key),
-                     f"+{key}={OmegaConf.select(cfg, key)}")  # fmt: skip
-        parent, _, name = key.rpartition(".")
-        command = next((f"{k} " for k, v in SCHEMAS.items() if v is OmegaConf.get_type(cfg)), "")
-        where = parent or f"the {command}config"
-        raise UserError(f"{given} is not allowed: {where} has no setting '{name}' and no config "
-                        f"group '{key}' is found (the package's configs and "
-                        f"{Path.cwd() / 'conf'} are searched)")  # fmt: skip
+    added = _added_keys(cfg)
+    if not added:
+        return
+    key = added[0]
+    given = next((o for o in overrides if o.lstrip("+").split("=")[0] == key),
+                 f"+{key}={OmegaConf.select(cfg, key)}")  # fmt: skip
+    parent, _, name = key.rpartition(".")
+    command = next((f"{k} " for k, v in SCHEMAS.items() if v is OmegaConf.get_type(cfg)), "")
+    raise UserError(f"{given} is not allowed: {parent or f'the {command}config'} has no setting "
+                    f"'{name}' and no config group '{key}' is found (the package's configs and "
+                    f"{Path.cwd() / 'conf'} are searched)")  # fmt: skip
 
 
 def _added_keys(node: DictConfig, prefix: str = "") -> list[str]:
+    """The keys under ``node`` that its schema (a dataclass) lacks; ``hydra`` is Hydra's."""
     kind = OmegaConf.get_type(node)
     names = {f.name for f in fields(kind)} if kind is not None and is_dataclass(kind) else None
     added = []
     for key in map(str, node.keys()):
         path = f"{prefix}{key}"
-        if names is not None and key not in names and path != "hydra":
+        if path == "hydra":
+            continue
+        if names is not None and key not in names:
             added.append(path)
-        elif path != "hydra" and not OmegaConf.is_interpolation(node, key):
-            child = node[key]
-            if isinstance(child, DictConfig):
-                added += _added_keys(child, f"{path}.")
+        elif not OmegaConf.is_interpolation(node, key) and isinstance(node[key], DictConfig):
+            added += _added_keys(node[key], f"{path}.")
     return added
 
 
@@ -563,8 +566,9 @@ def check_slurm_answers(cfg: DictConfig) -> None:
     if not str(OmegaConf.select(cfg, "hydra.launcher._target_")).endswith(".SlurmLauncher"):
         return
     if shutil.which("sbatch") is None or shutil.which("scontrol") is None:
-        raise UserError("the Slurm launcher submits with sbatch, which is not on PATH here; run "
-                        "from a login node of the cluster, or choose another hydra/launcher")  # fmt: skip
+        raise UserError("the Slurm launcher submits with sbatch, which is not on PATH here; "
+                        "run from a login node of the cluster, or choose another "
+                        "hydra/launcher")  # fmt: skip
     try:
         ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=30)
         said = (ping.stderr.strip() or ping.stdout.strip()).splitlines()[-1:]
