@@ -101,6 +101,13 @@ def test_any_run_artifact_needs_resume(smoke_run, smoke_cfg, tmp_path):
         train(smoke_cfg("seed=7"), tmp_path / "r")
 
 
+def test_resume_where_no_run_is_yet_starts_one(smoke_cfg, tmp_path):
+    """A job script may always pass resume=true: a requeued job stopped before its first
+    checkpoint starts the run (docs/runs.md)."""
+    train(smoke_cfg("resume=true", "trainer.max_epochs=1"), tmp_path / "new")
+    assert RunDir(tmp_path / "new").checkpoint_epochs() == [1]
+
+
 def test_resume_is_strict(smoke_run, smoke_cfg, tmp_path):
     shutil.copytree(smoke_run["run_dir"], tmp_path / "r")
     same = "callbacks.gradcam.layers=[block1,block3]"

@@ -32,6 +32,9 @@ DIGITS = {"selected_fid": 2, "best_fid": 2, "last_fid": 2, "last_kid": 4, "regre
 
 def job_dirs(sweep_dir: Path) -> list[Path]:
     """Run directories under a sweep (any depth), ordered by path."""
+    if not sweep_dir.is_dir():
+        raise UserError(f"aggregate: sweep_dir={sweep_dir} does not exist; give a multirun's "
+                        "sweep folder")  # fmt: skip
     found = sorted(
         p.parent for p in sweep_dir.rglob("config.yaml") if (p.parent / "checkpoints").is_dir()
     )
@@ -119,6 +122,8 @@ def compare_runs(
     """
     if len(run_dirs) < 2:
         raise UserError(f"compare needs at least two run dirs, got {len(run_dirs)}")
+    for run_dir in run_dirs:  # every one, before minutes of analysis of the first
+        RunDir(run_dir).trained_epochs("aggregate compare")
     out = Path(out_dir)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
