@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from typing import Any
 
 import numpy as np
@@ -64,9 +64,7 @@ class Variant:
 
     @property
     def name(self) -> str:
-        return "/".join(
-            (self.method, self.layer, self.bn_mode, self.probe, self.score, self.selection)
-        )
+        return "/".join(astuple(self))
 
     @classmethod
     def parse(cls, name: str) -> Variant:

@@ -31,8 +31,6 @@ from dcgan_xai.errors import UserError
 from dcgan_xai.files import TEMP_SUFFIX, atomic_torch_save, safe_torch_load
 
 CKPT_RE = re.compile(r"^epoch=(\d+)\.ckpt$")
-
-
 GRADCAM_RE = re.compile(r"^epoch_(\d+)\.pt$")
 
 
@@ -41,38 +39,14 @@ class RunDir:
 
     def __init__(self, root: str | os.PathLike[str]):
         self.root = Path(root)
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
-
-    @property
-    def tensorboard(self) -> Path:
-        return self.root / "tensorboard"
-
-    @property
-    def probe(self) -> Path:
-        return self.root / "probe.pt"
-
-    @property
-    def gradcam(self) -> Path:
-        return self.root / "gradcam"
-
-    @property
-    def scores_csv(self) -> Path:
-        return self.gradcam / "scores.csv"
-
-    @property
-    def quality_csv(self) -> Path:
-        return self.root / "quality" / "scores.csv"
-
-    @property
-    def analysis(self) -> Path:
-        return self.root / "analysis"
-
-    @property
-    def last_checkpoint(self) -> Path:
-        return self.checkpoints / "last.ckpt"
+        self.checkpoints = self.root / "checkpoints"
+        self.tensorboard = self.root / "tensorboard"
+        self.probe = self.root / "probe.pt"
+        self.gradcam = self.root / "gradcam"
+        self.scores_csv = self.gradcam / "scores.csv"
+        self.quality_csv = self.root / "quality" / "scores.csv"
+        self.analysis = self.root / "analysis"
+        self.last_checkpoint = self.checkpoints / "last.ckpt"
 
     def checkpoint(self, epoch: int) -> Path:
         return self.checkpoints / f"epoch={epoch:03d}.ckpt"
