@@ -1,4 +1,5 @@
 import json
+import shutil
 import subprocess
 import sys
 
@@ -202,18 +203,20 @@ def test_a_folder_that_is_not_a_trained_run_is_refused_in_one_line(tmp_path, com
 
 
 def test_aggregate_refuses_a_missing_sweep_or_compared_run_before_any_work(tmp_path, smoke_run):
-    typo, out = tmp_path / "typo", tmp_path / "out"
+    typo, out, base = tmp_path / "typo", tmp_path / "out", tmp_path / "base"
+    shutil.copytree(smoke_run["run_dir"], base, ignore=shutil.ignore_patterns("analysis"))
     for args, message in (
         ([f"sweep_dir={typo}"], f"aggregate: sweep_dir={typo} does not exist; give a multirun's "
                                 "sweep folder"),
-        ([f"compare=[{smoke_run['run_dir']},{typo}]", f"out_dir={out}"],
+        ([f"compare=[{base},{typo}]", f"out_dir={out}"],
          f"aggregate compare: run_dir={typo} does not exist; give a training's run dir"),
     ):  # fmt: skip
         proc = subprocess.run([sys.executable, "-m", "dcgan_xai.aggregate", *args],
                               capture_output=True, text=True, cwd=tmp_path, timeout=120)  # fmt: skip
         assert proc.returncode == 2
         assert proc.stderr.strip().splitlines()[-1] == f"error: {message}"
-    assert list(tmp_path.iterdir()) == []  # the first run was not analysed into out_dir either
+    assert list(tmp_path.iterdir()) == [base]  # no out_dir made
+    assert not (base / "analysis").exists()  # the first run was not analysed before the refusal
 
 
 def test_notebook_runs_on_a_smoke_run(smoke_run, monkeypatch):
